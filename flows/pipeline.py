@@ -1,0 +1,87 @@
+"""The Silkfire pipeline as a Prefect flow.
+
+Each stage is `dvc repro --single-item <stage>`: DVC runs the stage command (`silkfire stage <name>`, the one
+implementation of the stage) only when its code, params or inputs changed, so a second run with nothing
+changed does no work. The flow adds what DVC does not: one MLflow parent run per pipeline run with a nested run
+per stage, retries, pushing data and models to the DVC remote, and a summary artefact.
+
+Run it:       silkfire run [hydra overrides...]        (or: python flows/pipeline.py)
+Schedule it:  silkfire serve --cron "0 2 * * *"
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from silkfire.config import project_root, write_params
+from silkfire.reporting import StageRow, collect_row, markdown_table, print_table
+from silkfire.stages import STAGES
+from silkfire.tracking.runs import PARENT_RUN_ENV, run_tags, safe_params
+from silkfire.versioning import has_default_remote, push, reproduce_stage
+
+
+@task(name="dvc-stage", task_run_name="{stage}")
+def run_stage(root: str, stage: str) -> bool:
+    """Reproduce one stage through DVC; True when it ran, False when it was up to date."""
+    return reproduce_stage(Path(root), stage)
+
+
+# Pushing to a remote is the step that meets the network (or a busy disk): retry it.
+@task(name="dvc-push", retries=3, retry_delay_seconds=[2, 10, 30])
+def push_outputs(root: str) -> int:
+    return push(Path(root))
+
+
+@flow(name="silkfire-pipeline", log_prints=True)
+def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True) -> list[dict[str, Any]]:
+    """Compose the config (Hydra overrides), run generate -> validate -> base -> sft -> evaluate, track it all."""
+    import mlflow
+
+    from silkfire.tracking.store import configure
+
+    logger = get_run_logger()
+    root = project_root()
+    cfg, params_changed = write_params(overrides or [], root)
+    logger.info("params.yaml %s", "updated" if params_changed else "unchanged")
+    configure(root, cfg.tracking.experiment_name)
+
+    rows: list[StageRow] = []
+    started = time.perf_counter()
+    with mlflow.start_run(run_name="pipeline", tags=run_tags(root)) as parent:
+        mlflow.log_params(safe_params(cfg))
+        mlflow.set_tag("silkfire.overrides", " ".join(overrides or []) or "(none)")
+        os.environ[PARENT_RUN_ENV] = parent.info.run_id
+        try:
+            for stage in STAGES:
+                ran = run_stage(str(root), stage)
+                rows.append(collect_row(root, cfg, stage, ran=ran, parent_run_id=parent.info.run_id))
+        finally:
+            os.environ.pop(PARENT_RUN_ENV, None)
+        if push_to_remote and has_default_remote(root):
+            pushed = push_outputs(str(root))
+            mlflow.log_metric("dvc_files_pushed", pushed)
+        for row in rows:
+            if row.digest:
+                mlflow.set_tag(f"silkfire.dvc.{row.stage}", row.digest)
+        if (root / "dvc.lock").is_file():
+            mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
+        mlflow.log_artifact(str(root / "params.yaml"), artifact_path="lineage")
+        wall = time.perf_counter() - started
+        mlflow.log_metric("pipeline_wall_seconds", wall)
+        table = markdown_table(rows, parent.info.run_id, wall)
+        mlflow.log_text(table, "summary.md")
+    create_markdown_artifact(table, key="silkfire-summary", description="Silkfire pipeline run summary")
+    print_table(rows, parent.info.run_id, wall)
+    return [row.as_dict() for row in rows]
+
+
+if __name__ == "__main__":
+    import sys
+
+    pipeline(overrides=sys.argv[1:])

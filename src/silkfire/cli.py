@@ -1,0 +1,154 @@
+"""`silkfire`: run the pipeline, run one stage, score benchmark files, serve a schedule, open the MLflow UI.
+
+Heavy libraries are imported inside the commands that need them, so `silkfire score ...` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
+
+
+def _load_flow_module() -> ModuleType:
+    """Import flows/pipeline.py of the project (flows/ lives beside src/, per the project layout)."""
+    from silkfire.config import project_root
+
+    path = project_root() / "flows" / "pipeline.py"
+    spec = importlib.util.spec_from_file_location("silkfire_flows_pipeline", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load the pipeline flow from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    flows = _load_flow_module()
+    flows.pipeline(overrides=list(args.overrides), push_to_remote=not args.no_push)
+    return 0
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from silkfire.stages.runner import run_stage
+
+    try:
+        run_stage(args.name)
+    except Exception as error:
+        # A failed gate carries a readable report: print it, not a traceback.
+        if type(error).__name__ == "GateFailed":
+            print(str(error), file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    from silkfire.config import write_params
+
+    _, changed = write_params(list(args.overrides))
+    print("params.yaml " + ("updated" if changed else "unchanged"))
+    return 0
+
+
+def _parse_groups(pairs: Sequence[str]) -> dict[str, str]:
+    groups: dict[str, str] = {}
+    for pair in pairs:
+        category, sep, group = pair.partition("=")
+        if not sep or group not in ("perception", "cognition"):
+            raise SystemExit(f"--group expects CATEGORY=perception|cognition, got {pair!r}")
+        groups[category] = group
+    return groups
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from silkfire.io import RecordFileError
+
+    try:
+        if args.benchmark == "mme":
+            from silkfire.eval.mme import score_mme_file
+
+            result = score_mme_file(args.file, extra_groups=_parse_groups(args.group))
+        else:  # pragma: no cover - argparse restricts choices
+            raise SystemExit(f"unknown benchmark {args.benchmark}")
+    except (RecordFileError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    flows = _load_flow_module()
+    flows.pipeline.serve(
+        name=args.name,
+        cron=args.cron,
+        parameters={"overrides": list(args.overrides)},
+        tags=["silkfire"],
+        description="Silkfire pipeline on a schedule (Hydra overrides as the `overrides` parameter)",
+    )
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from silkfire.config import project_root
+    from silkfire.tracking.store import tracking_uri
+
+    uri = tracking_uri(project_root())
+    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print(" ".join(command))
+    os.execvp(command[0], command)
+    return 0  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="silkfire", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline flow (Prefect) on the composed config")
+    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.max_steps=50 experiment=smoke")
+    run.add_argument("--no-push", action="store_true", help="do not push outputs to the DVC remote")
+    run.set_defaults(func=_cmd_run)
+
+    stage = sub.add_parser("stage", help="run one stage on params.yaml (what dvc.yaml calls)")
+    stage.add_argument("name")
+    stage.set_defaults(func=_cmd_stage)
+
+    params = sub.add_parser("params", help="compose conf/ into params.yaml (as `dvc exp run` does)")
+    params.add_argument("overrides", nargs="*")
+    params.set_defaults(func=_cmd_params)
+
+    score = sub.add_parser("score", help="score a predictions file with a benchmark's official rules")
+    score.add_argument("benchmark", choices=["mme"])
+    score.add_argument("file", type=Path)
+    score.add_argument("--group", action="append", default=[], metavar="CATEGORY=GROUP",
+                       help="declare the group (perception|cognition) of a category MME does not have")
+    score.set_defaults(func=_cmd_score)
+
+    serve = sub.add_parser("serve", help="serve a scheduled (cron) deployment of the pipeline")
+    serve.add_argument("overrides", nargs="*")
+    serve.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule (default {DEFAULT_CRON!r})")
+    serve.add_argument("--name", default="silkfire-nightly")
+    serve.set_defaults(func=_cmd_serve)
+
+    ui = sub.add_parser("ui", help="open the MLflow UI on the project's store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=_cmd_ui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

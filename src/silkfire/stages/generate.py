@@ -1,0 +1,28 @@
+"""Stage `generate`: render the shapes world (images, scene graphs, instructions, held-out benchmarks)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+PARAMS = ("seed", "world", "paths.world")
+
+
+def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    from silkfire.world import WorldConfig, generate_world
+
+    out_dir = root / cfg.paths.world
+    if out_dir.exists():  # a partial earlier attempt must not leak stale files into the new version
+        shutil.rmtree(out_dir)
+    counts = generate_world(WorldConfig.from_mapping(cfg.world), out_dir, seed=int(cfg.seed))
+    return {"counts": counts}
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    counts = metrics["counts"]
+    scenes = counts.get("scenes", {})
+    total_scenes = sum(scenes.values()) if isinstance(scenes, dict) else scenes
+    return f"scenes={total_scenes} records={counts.get('records', '?')}"

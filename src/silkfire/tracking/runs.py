@@ -1,0 +1,74 @@
+"""MLflow runs for pipeline stages: one parent run per pipeline run, one nested run per stage.
+
+The Prefect flow opens the parent run and hands its id to the stage processes (which DVC starts) through
+$SILKFIRE_PARENT_RUN_ID. A stage started by a plain `dvc repro` has no parent and opens a top-level run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from silkfire.config import flatten
+
+PARENT_RUN_ENV = "SILKFIRE_PARENT_RUN_ID"
+STAGE_TAG = "silkfire.stage"
+# Never let anything that looks like a credential reach MLflow params (keys come from the environment only).
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|credential)", re.IGNORECASE)
+
+
+def git_commit(root: Path) -> str | None:
+    """The checked-out commit of the project, with '-dirty' when tracked files have local changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def safe_params(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flattened config as MLflow params, with credential-like keys redacted and values length-capped."""
+    params: dict[str, str] = {}
+    for key, value in flatten(cfg, prefix).items():
+        text = "***" if _SECRET_KEY.search(key) else str(value)
+        params[key] = text[:6000]  # MLflow's param value limit
+    return params
+
+
+def run_tags(root: Path, stage: str | None = None) -> dict[str, str]:
+    tags = {"silkfire.project_root": str(root)}
+    if commit := git_commit(root):
+        tags["mlflow.source.git.commit"] = commit
+        tags["silkfire.git_commit"] = commit
+    if stage:
+        tags[STAGE_TAG] = stage
+    return tags
+
+
+@contextmanager
+def stage_run(root: Path, stage: str, params: Mapping[str, str], experiment_name: str) -> Iterator[Any]:
+    """Open the MLflow run of one stage, nested under $SILKFIRE_PARENT_RUN_ID when the flow set it."""
+    import mlflow
+
+    from silkfire.tracking.store import configure
+
+    configure(root, experiment_name)
+    parent = os.environ.get(PARENT_RUN_ENV) or None
+    with mlflow.start_run(
+        run_name=stage, nested=parent is not None, parent_run_id=parent, tags=run_tags(root, stage)
+    ) as run:
+        mlflow.log_params(dict(params))
+        yield run

@@ -1,0 +1,1 @@
+"""Silkfire: train."""
