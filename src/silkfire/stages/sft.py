@@ -1,0 +1,65 @@
+"""Stage `sft`: supervised fine-tuning of the base model on the world's instructions.
+
+Curves stream to MLflow while training; the final model folder (safetensors + processor) is logged and
+registered with the `candidate` alias.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+PARAMS = (
+    "seed", "train", "model", "tracking",
+    "paths.world", "paths.base_model", "paths.sft", "paths.metrics",
+)
+
+
+def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    import mlflow
+
+    from silkfire.stages.base import resolve_base
+    from silkfire.tracking.callbacks import MlflowMetricsCallback
+    from silkfire.tracking.datasets import log_dvc_dataset
+    from silkfire.tracking.plots import training_curves
+    from silkfire.tracking.registry import log_and_register
+    from silkfire.train.sft import SFTConfig, train_sft
+
+    world = root / cfg.paths.world
+    out_dir = root / cfg.paths.sft
+    for split in ("train", "val"):
+        log_dvc_dataset(root, cfg.paths.world, world / f"{split}.jsonl", f"world-{split}", context=split)
+    result = train_sft(
+        resolve_base(root / cfg.paths.base_model),
+        world / "train.jsonl",
+        world / "val.jsonl",
+        world,
+        SFTConfig.from_mapping(cfg.train, seed=int(cfg.seed)),
+        out_dir,
+        callbacks=[MlflowMetricsCallback()],
+    )
+    history_csv = out_dir / "history.csv"
+    plots_csv = root / cfg.paths.metrics / "sft_history.csv"  # DVC plots read it
+    plots_csv.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(history_csv, plots_csv)
+    mlflow.log_artifact(str(history_csv), artifact_path="curves")
+    mlflow.log_figure(training_curves(result.history), "curves/sft_curves.png")
+    metrics: dict[str, Any] = dict(result.metrics)
+    if cfg.tracking.log_model:
+        metrics["registered_version"] = log_and_register(
+            result.model_dir, cfg.tracking.registered_model, cfg.tracking.candidate_alias
+        )
+    return metrics
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key in ("train_loss", "eval_loss", "samples_per_second"):
+        if isinstance(metrics.get(key), (int, float)):
+            parts.append(f"{key}={metrics[key]:.3g}")
+    if "registered_version" in metrics:
+        parts.append(f"registered v{metrics['registered_version']}")
+    return " ".join(parts)

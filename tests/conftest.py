@@ -1,0 +1,44 @@
+"""Shared test set-up: offline, quiet tools; one migrated MLflow database copied per test (migrating takes
+seconds, copying takes milliseconds)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite database with the current schema."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    directory = tmp_path_factory.mktemp("mlflow-template")
+    db = directory / "mlflow.db"
+    SqlAlchemyStore(f"sqlite:///{db}", str(directory / "artifacts"))
+    return db
+
+
+@pytest.fixture()
+def mlflow_root(tmp_path: Path, mlflow_db_template: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project root whose mlruns/mlflow.db is a fresh, migrated store; no run is left active after."""
+    import mlflow
+
+    (tmp_path / "mlruns").mkdir()
+    shutil.copyfile(mlflow_db_template, tmp_path / "mlruns" / "mlflow.db")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SILKFIRE_PARENT_RUN_ID", raising=False)
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
