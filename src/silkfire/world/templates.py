@@ -1,0 +1,121 @@
+"""Text templates of the shapes world: every question and answer string is built here, and only here.
+
+Each template is a small pure function of its slots, so :func:`silkfire.world.texts.world_texts` can enumerate
+the whole language of the world for the tokenizer, and checkers can rebuild the expected strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# MME's yes/no suffix (lmms-lab/MME questions end with it).
+MME_SUFFIX = " Please answer yes or no."
+YES, NO = "Yes", "No"
+
+
+def plural(shape: str, count: int = 2) -> str:
+    """'circle' / 'circles' (all supported shape names take a plain -s)."""
+    return shape if count == 1 else f"{shape}s"
+
+
+def position_phrase(row_name: str, col_name: str) -> str:
+    """'top left', 'middle center', ..."""
+    return f"{row_name} {col_name}"
+
+
+def group_phrase(kind: str, value: str) -> str:
+    """A countable group: shapes 'circles', colours 'red objects'."""
+    return plural(value) if kind == "shape" else f"{value} objects"
+
+
+def _objects(count: int) -> str:
+    return "object" if count == 1 else "objects"
+
+
+# ---- MME-style yes/no questions (perception) ------------------------------------------------------------------
+def q_existence(color: str, shape: str) -> str:
+    return f"Is there a {color} {shape} in the image?{MME_SUFFIX}"
+
+
+def q_count(shape: str, count: int) -> str:
+    verb = "Is" if count == 1 else "Are"
+    return f"{verb} there exactly {count} {plural(shape, count)} in the image?{MME_SUFFIX}"
+
+
+def q_position(color: str, shape: str, position: str) -> str:
+    return f"Is the {color} {shape} in the {position} of the image?{MME_SUFFIX}"
+
+
+def q_position_occupied(position: str) -> str:
+    """Fallback of ``position`` when no object is unique by colour and shape."""
+    return f"Is there an object in the {position} of the image?{MME_SUFFIX}"
+
+
+def q_color(shape: str, color: str) -> str:
+    return f"Is the {shape} in the image {color}?{MME_SUFFIX}"
+
+
+def q_color_at(position: str, color: str) -> str:
+    """Fallback of ``color`` when no shape is unique: the object is named by its cell instead."""
+    return f"Is the object in the {position} of the image {color}?{MME_SUFFIX}"
+
+
+# ---- MME-style yes/no questions (cognition) -------------------------------------------------------------------
+def q_sum(group_a: str, group_b: str, value: int) -> str:
+    return f"Is the number of {group_a} plus the number of {group_b} equal to {value}?{MME_SUFFIX}"
+
+
+def q_more(group_a: str, group_b: str) -> str:
+    return f"Are there more {group_a} than {group_b}?{MME_SUFFIX}"
+
+
+def q_more_than_total(count: int) -> str:
+    """Fallback of ``comparison`` when no two groups differ in size."""
+    return f"Are there more than {count} {_objects(count)} in the image?{MME_SUFFIX}"
+
+
+# ---- open questions and hallucination probes ------------------------------------------------------------------
+def q_how_many(shape: str) -> str:
+    return f"How many {plural(shape)} are there?"
+
+
+def q_what_color(shape: str) -> str:
+    return f"What color is the {shape}?"
+
+
+def q_where(color: str, shape: str) -> str:
+    return f"Where is the {color} {shape}?"
+
+
+Q_DESCRIBE = "Describe the image."
+
+
+def a_count(count: int) -> str:
+    return str(count)
+
+
+def a_color(color: str) -> str:
+    return color
+
+
+def a_where(position: str) -> str:
+    return f"In the {position}."
+
+
+def a_absent(what: str) -> str:
+    """Answer to a probe about something absent: ``what`` is 'triangle' or 'green square'."""
+    return f"There is no {what} in the image."
+
+
+def object_phrase(size: str, color: str, shape: str, position: str, first: bool) -> str:
+    article = "A" if first else "a"
+    return f"{article} {size} {color} {shape} in the {position}"
+
+
+def a_describe(phrases: Sequence[str]) -> str:
+    """Join object phrases: 'A x.', 'A x and a y.', 'A x, a y and a z.'."""
+    if not phrases:
+        return "The image is empty."
+    if len(phrases) == 1:
+        return f"{phrases[0]}."
+    return f"{', '.join(phrases[:-1])} and {phrases[-1]}."
