@@ -23,6 +23,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 
 def summary(metrics: dict[str, Any]) -> str:
     counts = metrics["counts"]
-    scenes = counts.get("scenes", {})
-    total_scenes = sum(scenes.values()) if isinstance(scenes, dict) else scenes
-    return f"scenes={total_scenes} records={counts.get('records', '?')}"
+    scenes = sum(counts.get("scenes", {}).values())
+    files = counts.get("files", {})
+    records = sum(n for name, n in files.items() if name.endswith(".jsonl") and name != "scenes.jsonl")
+    return f"scenes={scenes} records={records}"

@@ -1,0 +1,120 @@
+"""The whole pipeline on a tiny world: Prefect flow over the DVC stages, tracked in MLflow, gated by GX."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dvc.repo import Repo
+
+from silkfire.stages import STAGES
+
+pytestmark = pytest.mark.e2e
+SMOKE = ["experiment=smoke"]
+
+
+def _flow_module(root: Path):
+    spec = importlib.util.spec_from_file_location("e2e_pipeline_flow", root / "flows" / "pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stage_runs(client, experiment_id: str, parent_id: str) -> dict[str, object]:
+    runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return {run.data.tags["silkfire.stage"]: run for run in runs}
+
+
+def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+
+    flows = _flow_module(project)
+
+    # 1. First run: every stage runs.
+    rows = flows.pipeline(overrides=SMOKE)
+    assert [row["stage"] for row in rows] == list(STAGES)
+    assert all(row["status"] == "ran" for row in rows), rows
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+    world_md5 = next(o["md5"] for o in lock["stages"]["generate"]["outs"] if o["path"] == "data/world")
+    assert world_md5.endswith(".dir")
+    with Repo(str(project)) as repo:
+        assert repo.status() == {}, "dvc status after a finished run must be clean"
+    assert any((project / ".dvcstore").rglob("*")), "outputs were not pushed to the local DVC remote"
+
+    evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
+    for model in ("sft", "base"):
+        result = evaluation["mme"][model]
+        assert set(result) == {"perception", "cognition", "subtasks"}
+        assert {"existence", "count", "position", "color"} <= set(result["subtasks"])
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("silkfire")
+    parents = client.search_runs([experiment.experiment_id], "tags.`mlflow.runName` = 'pipeline'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.params["world.train_scenes"] == str(
+        yaml.safe_load((project / "params.yaml").read_text())["world"]["train_scenes"])
+    assert "mlflow.source.git.commit" in parent.data.tags
+    assert parent.data.tags["silkfire.dvc.generate"] == world_md5
+    stage_runs = _stage_runs(client, experiment.experiment_id, parent.info.run_id)
+    assert set(stage_runs) == set(STAGES)
+    sft_run = stage_runs["sft"]
+    losses = client.get_metric_history(sft_run.info.run_id, "train/loss")
+    assert len(losses) >= 2, "training curve was not streamed to MLflow"
+    inputs = {d.dataset.name: d.dataset.digest for d in sft_run.inputs.dataset_inputs}
+    assert inputs == {"world-train": world_md5, "world-val": world_md5}
+    artifacts = {a.path for a in client.list_artifacts(sft_run.info.run_id)}
+    assert {"model", "curves"} <= artifacts
+    version = client.get_model_version_by_alias("silkfire-sft", "candidate")
+    assert version.run_id == sft_run.info.run_id
+    docs = client.list_artifacts(stage_runs["validate"].info.run_id, "validation")
+    assert docs, "the gate's report and Data Docs were not logged"
+
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts()
+    summaries = [a for a in artifacts if a.key == "silkfire-summary"]
+    assert summaries and parent.info.run_id in summaries[0].data
+
+    # 2. Nothing changed: nothing runs, the lock stays as it was, and it takes seconds.
+    lock_before = (project / "dvc.lock").read_text()
+    started = time.perf_counter()
+    rows = flows.pipeline(overrides=SMOKE)
+    elapsed = time.perf_counter() - started
+    assert all(row["status"] == "cached" for row in rows), rows
+    assert (project / "dvc.lock").read_text() == lock_before
+    assert elapsed < 60, f"a no-change re-run took {elapsed:.1f} s"
+    latest_parent = client.search_runs(
+        [experiment.experiment_id], "tags.`mlflow.runName` = 'pipeline'", order_by=["attributes.start_time DESC"]
+    )[0]
+    cached = _stage_runs(client, experiment.experiment_id, latest_parent.info.run_id)
+    assert set(cached) == set(STAGES)
+    assert cached["sft"].data.tags["silkfire.produced_by"] == sft_run.info.run_id
+
+    # 3. One evaluation param changed: only the stage that reads it runs again.
+    rows = flows.pipeline(overrides=[*SMOKE, "eval.max_new_tokens=6"])
+    status = {row["stage"]: row["status"] for row in rows}
+    assert status == {"generate": "cached", "validate": "cached", "base": "cached", "sft": "cached",
+                      "evaluate": "ran"}
+
+    mlflow.end_run()
+
+
+def test_failed_gate_stops_before_training(prefect_server: None, project: Path) -> None:
+    """A world that fails its gate (images are not the size the gate expects) never reaches SFT."""
+    flows = _flow_module(project)
+    with pytest.raises(Exception):
+        flows.pipeline(overrides=[*SMOKE, "quality.image_size=32"], push_to_remote=False)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert "generate" in lock["stages"]
+    assert "sft" not in lock["stages"] and "validate" not in lock["stages"]
+    assert not (project / "models" / "sft").exists()
+    report = (project / "reports" / "validate" / "report.txt").read_text()
+    assert "image" in report.lower()
