@@ -1,0 +1,158 @@
+"""Checks Great Expectations cannot express, computed in Python as derived columns of the frame.
+
+Each helper returns one value per row: "ok" or a short reason (or a count), and None where the row has
+nothing to check (a null input). The suites then assert the column through ordinary GX expectations
+(``expect_column_values_to_be_in_set(["ok"])``, ``..._to_be_between``), so every failure, computed here or
+by GX itself, lands in the same validation result and the same Data Docs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from tqdm import tqdm
+
+OK = "ok"
+
+
+def is_null(value: Any) -> bool:
+    """None or a float NaN (what pandas puts in a missing cell)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def per_row(values: Iterable[Any], check: Callable[[Any], Any]) -> list[Any]:
+    """``check(value)`` for every non-null value, None for null ones."""
+    return [None if is_null(value) else check(value) for value in values]
+
+
+def group_sizes(keys: Sequence[Any]) -> list[int | None]:
+    """How many rows share each row's key (None for a null key): asserts 'exactly N rows per key'."""
+    counts = Counter(key for key in keys if not is_null(key))
+    return [None if is_null(key) else counts[key] for key in keys]
+
+
+def group_composition(
+    keys: Sequence[Any], values: Sequence[Any], expected: Mapping[Hashable, int]
+) -> list[str | None]:
+    """Per row: "ok" when its key's group holds exactly ``expected`` (value -> count), else what it holds.
+
+    E.g. ``expected={"Yes": 1, "No": 1}`` gives "2 x Yes, 0 x No (expected 1 x Yes, 1 x No)" on both rows of a
+    question whose two answers are "Yes".
+    """
+    groups: dict[Any, Counter[Any]] = {}
+    for key, value in zip(keys, values):
+        if not is_null(key):
+            groups.setdefault(key, Counter())[None if is_null(value) else value] += 1
+    want = ", ".join(f"{count} x {value}" for value, count in expected.items())
+    status: dict[Any, str] = {}
+    for key, counter in groups.items():
+        if dict(counter) == {value: count for value, count in expected.items() if count}:
+            status[key] = OK
+        else:
+            names = list(expected) + [value for value in counter if value not in expected]
+            seen = ", ".join(f"{counter.get(value, 0)} x {value}" for value in names)
+            status[key] = f"{seen} (expected {want})"
+    return [None if is_null(key) else status[key] for key in keys]
+
+
+def lookup_status(
+    values: Sequence[Any], table: Mapping[Any, Any], expected: Iterable[Any], what: str
+) -> list[str | None]:
+    """Per row: "ok" when ``table[value]`` is one of ``expected``; else "unknown <what> ..." or what it maps to."""
+    allowed = set(expected)
+
+    def check(value: Any) -> str:
+        if value not in table:
+            return f"unknown {what} {value!r}"
+        found = table[value]
+        if found in allowed:
+            return OK
+        return f"{what} {value!r} is {found!r}, expected {' or '.join(map(repr, sorted(allowed)))}"
+
+    return per_row(values, check)
+
+
+# ---- images --------------------------------------------------------------------------------------------------
+class ImageChecker:
+    """Decides whether image paths of records point at good images under a data root; caches by path.
+
+    A path is good when it is relative, stays inside the root once resolved (no ``..`` escape, no symlink
+    out of it), names a file PIL can fully decode (``img.load()``), of the expected size and mode. An image
+    shared by many records is opened once; files are checked on a small thread pool (PIL releases the GIL
+    while decoding).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        size: tuple[int, int] | None = None,
+        mode: str | None = None,
+        workers: int = 4,
+        progress: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self._resolved_root = self.root.resolve()
+        self.size = size
+        self.mode = mode
+        self.workers = workers
+        self.progress = progress
+        self._cache: dict[str, str] = {}
+
+    def statuses(self, paths: Sequence[Any]) -> list[str | None]:
+        """One status per row (None for a null path); each distinct path is checked once."""
+        todo = sorted({path for path in paths if isinstance(path, str) and path not in self._cache})
+        if todo:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                results = pool.map(self._check, todo)
+                for path, status in zip(
+                    todo, tqdm(results, total=len(todo), desc="quality: images", unit="img", disable=not self.progress)
+                ):
+                    self._cache[path] = status
+        return [self._cache[path] if isinstance(path, str) else None for path in paths]
+
+    @property
+    def checked(self) -> int:
+        """Distinct paths checked so far."""
+        return len(self._cache)
+
+    def _check(self, relative: str) -> str:
+        if not relative.strip():
+            return "empty path"
+        if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).anchor:
+            return "absolute path (image paths must be relative to the data root)"
+        candidate = self.root / relative
+        try:
+            resolved = candidate.resolve()
+        except (OSError, RuntimeError) as error:  # symlink loops
+            return f"cannot resolve path ({error})"
+        if not resolved.is_relative_to(self._resolved_root):
+            if ".." in PurePosixPath(relative.replace("\\", "/")).parts:
+                return "path escapes the data root through '..'"
+            return "symlink points outside the data root"
+        if not resolved.exists():
+            return "file not found"
+        if not resolved.is_file():
+            return "not a file"
+        return self._decode(resolved)
+
+    def _decode(self, path: Path) -> str:
+        from PIL import Image  # PIL is cheap, but only the image checks need it
+
+        try:
+            with Image.open(path) as image:
+                image.load()  # decode every pixel: a truncated file fails here, not at open()
+                size, mode = image.size, image.mode
+        except Exception as error:  # noqa: BLE001 - any decoder error means "not a usable image"
+            return f"cannot decode image ({type(error).__name__}: {error})"
+        problems = []
+        if self.size is not None and tuple(size) != tuple(self.size):
+            problems.append(f"size {size[0]}x{size[1]}, expected {self.size[0]}x{self.size[1]}")
+        if self.mode is not None and mode != self.mode:
+            problems.append(f"mode {mode}, expected {self.mode}")
+        return "; ".join(problems) if problems else OK
