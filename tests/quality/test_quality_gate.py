@@ -136,6 +136,13 @@ def test_unknown_expectation_name() -> None:
         expectation_class("expect_the_moon")
 
 
+def test_bad_check_arguments_name_the_check(tmp_path: Path) -> None:
+    bad = Check("expect_column_values_to_be_between", {"column": "n", "min_value": "low"}, "n is small")
+    with pytest.raises(ValueError, match="check 'n is small': bad arguments"):
+        validate_table("demo.bad", pd.DataFrame({"n": [1]}), [bad], source=tmp_path / "b.jsonl",
+                       docs_dir=tmp_path / "docs")
+
+
 # ---- config -----------------------------------------------------------------------------------------------------
 def test_config_from_composed_yaml_and_errors() -> None:
     from omegaconf import OmegaConf

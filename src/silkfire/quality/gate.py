@@ -152,7 +152,10 @@ class GxSession:
         cls = expectation_class(check.expectation)
         label = f"{check.description} [{check.expectation}]"
         notes = [f"What to do: {check.hint}"] if check.hint else None
-        return cls(**dict(check.kwargs), description=label, notes=notes, meta={_CHECK_KEY: position})
+        try:
+            return cls(**dict(check.kwargs), description=label, notes=notes, meta={_CHECK_KEY: position})
+        except Exception as error:  # pydantic validation of the kwargs: name the check, not GX internals
+            raise ValueError(f"check {check.description!r}: bad arguments for {check.expectation}: {error}") from error
 
     def run(
         self, name: str, frame: pd.DataFrame, checks: Sequence[Check], *, build_docs: bool = True
