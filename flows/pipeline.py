@@ -38,6 +38,17 @@ def push_outputs(root: str) -> int:
     return push(Path(root))
 
 
+def publish_failure(root: Path, cfg: Any, stage: str) -> None:
+    """A failed stage may leave a report for people (the gate does): show it in Prefect and MLflow."""
+    import mlflow
+
+    report = root / cfg.paths.reports / stage / "report.md"
+    text = report.read_text(encoding="utf-8") if report.is_file() else f"Stage `{stage}` failed; see the run logs."
+    create_markdown_artifact(text, key=f"silkfire-{stage}-failure", description=f"Why stage {stage} failed")
+    mlflow.set_tag("silkfire.failed_stage", stage)
+    mlflow.log_text(text, f"failure/{stage}.md")
+
+
 @flow(name="silkfire-pipeline", log_prints=True)
 def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True) -> list[dict[str, Any]]:
     """Compose the config (Hydra overrides), run generate -> validate -> base -> sft -> evaluate, track it all."""
@@ -59,7 +70,11 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True) ->
         os.environ[PARENT_RUN_ENV] = parent.info.run_id
         try:
             for stage in STAGES:
-                ran = run_stage(str(root), stage)
+                try:
+                    ran = run_stage(str(root), stage)
+                except Exception:
+                    publish_failure(root, cfg, stage)
+                    raise
                 rows.append(collect_row(root, cfg, stage, ran=ran, parent_run_id=parent.info.run_id))
         finally:
             os.environ.pop(PARENT_RUN_ENV, None)

@@ -37,7 +37,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         world / "train.jsonl",
         world / "val.jsonl",
         world,
-        SFTConfig.from_mapping(cfg.train, seed=int(cfg.seed)),
+        SFTConfig.from_mapping(cfg.train),
         out_dir,
         callbacks=[MlflowMetricsCallback()],
     )

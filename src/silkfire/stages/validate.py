@@ -12,7 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-PARAMS = ("quality", "world.image_size", "paths.world", "paths.reports")
+PARAMS = ("quality", "paths.world", "paths.reports")
+FAILURE_REPORT = "report.md"  # the flow publishes it as a Prefect artefact when the gate fails
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
@@ -22,6 +23,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 
     report_dir = root / cfg.paths.reports / "validate"
     result = validate_world(root / cfg.paths.world, QualityConfig.from_mapping(cfg.quality), report_dir)
+    (report_dir / FAILURE_REPORT).write_text(result.to_markdown(), encoding="utf-8")
     mlflow.log_artifacts(str(report_dir), artifact_path="validation")
     mlflow.set_tag("silkfire.gate", "passed" if result.success else "failed")
     if not result.success:

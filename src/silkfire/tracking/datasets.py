@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from silkfire.tracking.lineage import output_digest
@@ -15,8 +16,9 @@ def log_dvc_dataset(root: Path, dvc_out: str, file: Path, name: str, context: st
 
     digest = output_digest(root, dvc_out)
     frame = pd.read_json(file, lines=True)
-    dataset = mlflow.data.from_pandas(
-        frame, source=str(file.relative_to(root) if file.is_relative_to(root) else file), name=name, digest=digest
-    )
+    with warnings.catch_warnings():
+        # MLflow 3.17 registers its local-artifact source class twice and warns that a path is ambiguous.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_pandas(frame, source=str(file.resolve()), name=name, digest=digest)
     mlflow.log_input(dataset, context=context, tags={"dvc.out": dvc_out, "dvc.md5": digest or "unknown"})
     return digest
