@@ -87,4 +87,7 @@ def print_table(rows: list[StageRow], parent_run_id: str, wall_seconds: float) -
         table.add_column(column, overflow="fold")
     for r in rows:
         table.add_row(r.stage, r.status, r.summary, r.run_id, r.digest)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or logged: do not fold run ids and digests into 80 columns
+        console = Console(width=180)
+    console.print(table)

@@ -18,12 +18,12 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     if out_dir.exists():  # a partial earlier attempt must not leak stale files into the new version
         shutil.rmtree(out_dir)
     counts = generate_world(WorldConfig.from_mapping(cfg.world), out_dir, seed=int(cfg.seed))
-    return {"counts": counts}
+    # Totals only: the full breakdown (families, categories, fallbacks) stays in manifest.json.
+    files = {name: n for name, n in counts["files"].items() if name.endswith(".jsonl")}
+    return {"scenes": dict(counts["scenes"]), "records": files}
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    counts = metrics["counts"]
-    scenes = sum(counts.get("scenes", {}).values())
-    files = counts.get("files", {})
-    records = sum(n for name, n in files.items() if name.endswith(".jsonl") and name != "scenes.jsonl")
+    scenes = sum(metrics["scenes"].values())
+    records = sum(n for name, n in metrics["records"].items() if name != "scenes.jsonl")
     return f"scenes={scenes} records={records}"
