@@ -96,6 +96,18 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True) ->
     return [row.as_dict() for row in rows]
 
 
+def scheduled_deployment(cron: str, overrides: list[str] | None = None, name: str = "silkfire-nightly"):
+    """A cron-scheduled deployment of the pipeline; at most one of its runs at a time (concurrency limit 1)."""
+    return pipeline.to_deployment(
+        name=name,
+        cron=cron,
+        parameters={"overrides": list(overrides or [])},
+        concurrency_limit=1,
+        tags=["silkfire"],
+        description="Silkfire pipeline on a schedule; Hydra overrides are the `overrides` parameter",
+    )
+
+
 if __name__ == "__main__":
     import sys
 

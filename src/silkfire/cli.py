@@ -15,23 +15,28 @@ from pathlib import Path
 from types import ModuleType
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
+FLOW_MODULE = "silkfire_pipeline_flow"
 
 
-def _load_flow_module() -> ModuleType:
-    """Import flows/pipeline.py of the project (flows/ lives beside src/, per the project layout)."""
+def load_flow_module(root: Path | None = None) -> ModuleType:
+    """Import flows/pipeline.py of the project (flows/ lives beside src/, per the project layout).
+
+    The module is registered in sys.modules so Prefect can find the flow's source file for deployments.
+    """
     from silkfire.config import project_root
 
-    path = project_root() / "flows" / "pipeline.py"
-    spec = importlib.util.spec_from_file_location("silkfire_flows_pipeline", path)
+    path = (root or project_root()) / "flows" / "pipeline.py"
+    spec = importlib.util.spec_from_file_location(FLOW_MODULE, path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load the pipeline flow from {path}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[FLOW_MODULE] = module
     spec.loader.exec_module(module)
     return module
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    flows = _load_flow_module()
+    flows = load_flow_module()
     flows.pipeline(overrides=list(args.overrides), push_to_remote=not args.no_push)
     return 0
 
@@ -86,14 +91,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    flows = _load_flow_module()
-    flows.pipeline.serve(
-        name=args.name,
-        cron=args.cron,
-        parameters={"overrides": list(args.overrides)},
-        tags=["silkfire"],
-        description="Silkfire pipeline on a schedule (Hydra overrides as the `overrides` parameter)",
-    )
+    from prefect import serve
+
+    flows = load_flow_module()
+    serve(flows.scheduled_deployment(args.cron, list(args.overrides), name=args.name))
     return 0
 
 
@@ -102,7 +103,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from silkfire.tracking.store import tracking_uri
 
     uri = tracking_uri(project_root())
-    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    mlflow_cli = str(Path(sys.executable).with_name("mlflow"))  # the environment's, activated or not
+    command = [mlflow_cli, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     print(" ".join(command))
     os.execvp(command[0], command)
     return 0  # pragma: no cover

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -18,10 +17,9 @@ SMOKE = ["experiment=smoke"]
 
 
 def _flow_module(root: Path):
-    spec = importlib.util.spec_from_file_location("e2e_pipeline_flow", root / "flows" / "pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from silkfire.cli import load_flow_module
+
+    return load_flow_module(root)
 
 
 def _stage_runs(client, experiment_id: str, parent_id: str) -> dict[str, object]:
