@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -101,8 +105,30 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
     status = {row["stage"]: row["status"] for row in rows}
     assert status == {"generate": "cached", "validate": "cached", "base": "cached", "sft": "cached",
                       "evaluate": "ran"}
-
     mlflow.end_run()
+
+    # 4. The pushed remote alone brings the data back: drop the workspace copy and the cache, pull.
+    shutil.rmtree(project / "data")
+    shutil.rmtree(project / ".dvc" / "cache")
+    with Repo(str(project)) as repo:
+        repo.pull()
+    assert (project / "data" / "world" / "mme.jsonl").is_file()
+    with Repo(str(project)) as repo:
+        assert repo.status() == {}
+
+    # 5. `dvc exp run -S` recomposes params.yaml from conf/ through Hydra and runs the variant.
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "after runs"],
+                   cwd=project, check=True)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("dvc")), "exp", "run", "-S", "experiment=smoke",
+         "-S", "eval.max_new_tokens=4"],
+        cwd=project, env=env, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert yaml.safe_load((project / "params.yaml").read_text())["eval"]["max_new_tokens"] == 4
+    assert "Stage 'sft' didn't change" in done.stdout
+    assert "Running stage 'evaluate'" in done.stdout
 
 
 def test_failed_gate_stops_before_training(prefect_server: None, project: Path) -> None:
