@@ -1,0 +1,65 @@
+"""Batched greedy answers of a VLM to image questions (the evaluation and sampling workhorse)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+def generate_answers(
+    model: Any,
+    processor: Any,
+    records: Sequence[Mapping[str, Any]],
+    image_root: Path,
+    batch_size: int = 32,
+    max_new_tokens: int = 16,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy answers to ``record["question"]`` about ``image_root / record["image"]``, in input order.
+
+    Prompts are rendered with the processor's chat template (image block + question, assistant header) and
+    left-padded, so every row's answer starts right after the prompt; answers are decoded without special
+    tokens and stripped. Results do not depend on ``batch_size`` beyond float rounding.
+    """
+    import torch
+
+    from silkfire.train.data import load_image, prompt_text
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tokenizer = processor.tokenizer
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    try:
+        starts = range(0, len(records), batch_size)
+        for start in tqdm(starts, desc="generate", unit="batch", disable=not progress):
+            batch = records[start:start + batch_size]
+            prompts = [prompt_text(processor, record["question"]) for record in batch]
+            images = [load_image(image_root, record["image"]) for record in batch]
+            inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
+            inputs = {
+                key: value.to(device=device, dtype=dtype) if key == "pixel_values" else value.to(device)
+                for key, value in inputs.items()
+            }
+            with torch.inference_mode():
+                output = model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            answers.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = previous_side
+        model.train(was_training)
+    return answers

@@ -1,0 +1,87 @@
+"""Encoding SFT records: labels only on the assistant's answer, padding/collation, record selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from silkfire.io import read_records
+from silkfire.models.loading import load_vlm
+from silkfire.models.testing import make_test_model, make_test_world
+from silkfire.train.data import IGNORE_INDEX, SFTCollator, encode_sft_records, select_records
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_test_world(tmp_path_factory.mktemp("world"), train_scenes=3, val_scenes=1, test_scenes=1)
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory: pytest.TempPathFactory):
+    return load_vlm(make_test_model(tmp_path_factory.mktemp("model") / "m"))[1]
+
+
+def test_only_assistant_tokens_carry_labels(world: Path, processor):
+    records = read_records(world / "train.jsonl")
+    data = encode_sft_records(records, processor, world, progress=False)
+    tokenizer = processor.tokenizer
+    assert len(data) == len(records)
+    for index, record in enumerate(records):
+        ids, labels = data.input_ids[index], data.labels[index]
+        assert ids.shape == labels.shape
+        supervised = labels != IGNORE_INDEX
+        # labels equal the ids where supervised, and supervision is one contiguous block at the end
+        assert torch.equal(labels[supervised], ids[supervised])
+        first = int(supervised.nonzero()[0])
+        assert supervised[first:].all() and not supervised[:first].any()
+        # ... which is exactly " <answer></s>"
+        assert tokenizer.decode(ids[first:]) == f" {record['answer']}</s>"
+        # the prompt (with <s>, the 64 image tokens and the question) carries no label
+        assert ids[0] == tokenizer.bos_token_id
+        assert int((ids == processor.image_token_id).sum()) == 64
+        assert not supervised[ids == processor.image_token_id].any()
+        assert record["question"] in tokenizer.decode(ids[:first])
+
+
+def test_images_are_encoded_once_per_scene(world: Path, processor):
+    records = read_records(world / "train.jsonl")
+    data = encode_sft_records(records, processor, world, progress=False)
+    assert data.pixel_values.shape == (len({r["image"] for r in records}), 3, 64, 64)
+    first, second = data[0], data[1]
+    assert records[0]["image"] == records[1]["image"]
+    assert torch.equal(first["pixel_values"], second["pixel_values"])
+
+
+def test_collator_pads_right_with_ignored_labels(world: Path, processor):
+    records = read_records(world / "train.jsonl")
+    describe = next(i for i, r in enumerate(records) if r["category"] == "describe")
+    yes_no = next(i for i, r in enumerate(records) if r["family"] == "mme")
+    data = encode_sft_records(records, processor, world, progress=False)
+    batch = SFTCollator(processor.tokenizer.pad_token_id)([data[yes_no], data[describe]])
+    short = len(data.input_ids[yes_no])
+    assert batch["input_ids"].shape[1] == len(data.input_ids[describe]) > short
+    assert batch["attention_mask"][0, :short].all() and not batch["attention_mask"][0, short:].any()
+    assert (batch["input_ids"][0, short:] == processor.tokenizer.pad_token_id).all()
+    assert (batch["labels"][0, short:] == IGNORE_INDEX).all()
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+
+
+def test_missing_image_names_the_path(tmp_path: Path, processor):
+    records = [{"image": "images/nope.png", "question": "Is there a red circle?", "answer": "No"}]
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        encode_sft_records(records, processor, tmp_path, progress=False)
+
+
+def test_select_records_filters_caps_and_is_seeded():
+    records = [{"id": i, "family": "mme" if i % 3 else "open"} for i in range(300)]
+    picked = select_records(records, ["mme"], 50, seed=1)
+    assert len(picked) == 50 and all(r["family"] == "mme" for r in picked)
+    assert picked == select_records(records, ["mme"], 50, seed=1)
+    assert picked != select_records(records, ["mme"], 50, seed=2)
+    assert len(select_records(records, None, None, seed=0)) == 300
+    weighted = select_records(records, None, 100, seed=0, family_weights={"mme": 1, "open": 3})
+    assert sum(r["family"] == "open" for r in weighted) == 75
+    with pytest.raises(ValueError, match="no records"):
+        select_records(records, ["probe"], None, seed=0)
