@@ -157,8 +157,15 @@ def test_config_from_composed_yaml_and_errors() -> None:
     assert QualityConfig.from_mapping(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown key"):
         QualityConfig.from_mapping({"polcy": "fail"})
-    with pytest.raises(ValueError, match="not implemented yet.*quarantine"):
-        QualityConfig.from_mapping({"policy": "filter"})
+    assert QualityConfig.from_mapping({"policy": "filter"}).policy_for("fire") == "filter"
+    assert QualityConfig.from_mapping({"fire": {"policy": "filter"}}).policy_for("fire") == "filter"
+    assert QualityConfig.from_mapping({"fire": {"policy": "filter"}}).policy_for("mme") == "fail"
+    with pytest.raises(ValueError, match="quality.fire.*policy must be one of"):
+        QualityConfig.from_mapping({"fire": {"policy": "drop"}})
+    with pytest.raises(ValueError, match=r"quality.fire.scores: expected a list of 2"):
+        QualityConfig.from_mapping({"fire": {"scores": [0]}})
+    with pytest.raises(ValueError, match="quality.vlfeedback: unknown key"):
+        QualityConfig.from_mapping({"vlfeedback": {"aspect": []}})
     with pytest.raises(ValueError, match="must be one of"):
         QualityConfig.from_mapping({"policy": "ignore"})
     with pytest.raises(ValueError, match="quote it"):

@@ -77,6 +77,77 @@ def lookup_status(
     return per_row(values, check)
 
 
+def duplicate_status(frame: Any, columns: Sequence[str], line_column: str = "__line__") -> list[str | None]:
+    """Per row: "ok", "duplicate of line(s) 3, 9" when another row has the same values in ``columns``, or None
+    when one of them is null.
+
+    Rows are hashed (Python's 64-bit hash of the value tuple: strings cache their hash, so this beats pandas'
+    hashing 10x) and only rows whose hashes collide are compared by value; a million long prompts cost about a
+    second, and long texts need not go to GX at all.
+    """
+    import numpy as np
+    import pandas as pd
+
+    subset = frame[list(columns)]
+    null = subset.isna().any(axis=1).to_numpy()
+    values = zip(*(subset[column].tolist() for column in columns))
+    keys = np.fromiter((_hash(row) for row in values), dtype=np.int64, count=len(subset))
+    candidate = pd.Series(keys).duplicated(keep=False).to_numpy() & ~null
+    status = np.full(len(frame), OK, dtype=object)
+    status[null] = None
+    if candidate.any():
+        positions = np.flatnonzero(candidate)
+        rows = frame.iloc[positions][[*columns, line_column]].set_axis(positions, axis=0)
+        for _, group in rows.groupby(list(columns), sort=False, dropna=True):  # by value: hash ties drop out
+            if len(group) < 2:
+                continue
+            lines = group[line_column].tolist()
+            for position, line in zip(group.index, lines):
+                others = [str(other) for other in lines if other != line][:5]
+                status[position] = f"duplicate of line(s) {', '.join(others)}"
+    return status.tolist()
+
+
+def _hash(row: tuple[Any, ...]) -> int:
+    try:
+        return hash(row)
+    except TypeError:  # a list or dict in a key column: hash its text
+        return hash(repr(row))
+
+
+# ---- texts ------------------------------------------------------------------------------------------------
+def text_status(value: Any) -> str:
+    """"ok" for a string holding at least one non-space character; else "missing", "blank" or the type found."""
+    if type(value) is str:
+        return OK if value.strip() else "blank"
+    if value is None:
+        return "missing"
+    return f"not a string ({_type_name(value)})"
+
+
+def token_count(text: str, low: int, high: int) -> int | None:
+    """Whitespace tokens of ``text`` when they might lie outside [low, high]; None when they cannot.
+
+    ``str.split()`` costs ~2.5 us on a 40-word turn, 10+ s over a million FIRE dialogues, so it runs only where
+    the answer is in doubt: a string of L characters holds at most ceil(L/2) tokens, and a non-blank one at
+    least 1 (blank texts are reported by the text checks, so ``low <= 1`` needs no count).
+    """
+    if low <= 1 and (len(text) + 1) // 2 <= high:
+        return None
+    return len(text.split())
+
+
+def token_counts(values: Iterable[Any], low: int, high: int) -> list[int | None]:
+    """``token_count`` per row (None for non-strings: the type checks report those)."""
+    return [token_count(value, low, high) if type(value) is str else None for value in values]
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "bool", int: "int", float: "float", list: "list", dict: "dict", str: "str"}.get(
+        type(value), type(value).__name__
+    )
+
+
 # ---- images --------------------------------------------------------------------------------------------------
 class ImageChecker:
     """Decides whether image paths of records point at good images under a data root; caches by path.

@@ -13,6 +13,9 @@ from silkfire.io import write_json
 VALIDATION_JSON = "validation.json"
 REPORT_TXT = "report.txt"
 DATA_DOCS_DIR = "data_docs"
+QUARANTINE_JSONL = "quarantine.jsonl"  # policy filter: the dropped rows, each with its line and failures
+CLEAN_DIR = "clean"  # policy filter: the kept rows, one file per validated file (same name, same format)
+PROFILE_JSON = "profile.json"  # this version's distributions, the next version's drift reference
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class Failure:
     examples: tuple[tuple[int | None, Any], ...] = ()
     observed: Any = None
     error: str | None = None
+    # whether dropping the failing rows removes the problem (a row-level check that allows it, see Check)
+    filterable: bool = False
+    # every failing (line, value), uncapped: what policy "filter" quarantines (not written to validation.json)
+    unexpected_rows: tuple[tuple[int, Any], ...] = field(default=(), repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,7 +56,13 @@ class Failure:
             "examples": [{"line": line, "value": jsonable(value)} for line, value in self.examples],
             "observed": jsonable(self.observed),
             "error": self.error,
+            "filterable": self.filterable,
         }
+
+    def brief(self) -> dict[str, Any]:
+        """What a quarantined row records about this failure."""
+        return {"expectation": self.expectation, "column": self.column, "field": self.field,
+                "description": self.description}
 
 
 @dataclass(frozen=True)
@@ -64,19 +77,41 @@ class TableResult:
     failures: tuple[Failure, ...] = ()
     line_label: str = "line"  # "record" for JSON-list files
     docs_page: Path | None = None  # this validation's page in the Data Docs
+    role: str = "data"  # "data": a validated file; "drift": the distribution checks against the previous version
+    policy: str = "fail"
+    rows_failing: int = 0  # distinct rows failing a row-level expectation (whatever the policy)
+    rows_quarantined: int = 0  # rows moved to quarantine.jsonl (policy filter)
+    rows_out: int | None = None  # rows that go on; None: all of them (policy fail)
+    clean_path: Path | None = None  # policy filter: the kept rows
+    verdict: str = ""  # why the policy passed or failed the table, in words
+
+    @property
+    def rows_kept(self) -> int:
+        return self.rows if self.rows_out is None else self.rows_out
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "source": str(self.source),
             "success": self.success,
+            "role": self.role,
             "rows": self.rows,
             "evaluated_expectations": self.evaluated,
             "failed_expectations": len(self.failures),
             "line_label": self.line_label,
             "docs_page": str(self.docs_page) if self.docs_page else None,
+            "policy": self.policy,
+            "rows_failing": self.rows_failing,
+            "rows_quarantined": self.rows_quarantined,
+            "rows_out": self.rows_kept,
+            "clean_path": str(self.clean_path) if self.clean_path else None,
+            "verdict": self.verdict,
             "failures": [failure.to_dict() for failure in self.failures],
         }
+
+
+def _slug(text: str) -> str:
+    return "_".join(str(text).lower().split())
 
 
 def load_failure(name: str, source: Path, error: str, hint: str = "") -> TableResult:
@@ -111,19 +146,67 @@ class GateResult:
     def failures(self) -> list[tuple[TableResult, Failure]]:
         return [(table, failure) for table in self.tables for failure in table.failures]
 
+    @property
+    def data_tables(self) -> tuple[TableResult, ...]:
+        return tuple(table for table in self.tables if table.role == "data")
+
+    @property
+    def policy(self) -> str:
+        return self.tables[0].policy if self.tables else "fail"
+
     def summary(self) -> dict[str, Any]:
-        """Flat numbers for a metrics file / MLflow: tables, rows, expectations, failures, images, seconds."""
-        return {
+        """Flat numbers for a metrics file / MLflow: tables, rows, expectations, failures, images, seconds.
+
+        ``rows_in == rows_out + rows_quarantined`` always (asserted when the policy is applied); under policy
+        fail nothing is quarantined and ``rows_failing`` counts the rows that would have been. ``drift.<metric>``
+        are the total variation distances to the previous version (absent on a first run).
+        """
+        data = self.data_tables
+        out: dict[str, Any] = {
             "success": self.success,
+            "policy": self.policy,
             "tables": len(self.tables),
             "failed_tables": sum(not table.success for table in self.tables),
-            "rows": sum(table.rows for table in self.tables),
+            "rows": sum(table.rows for table in data),
+            "rows_in": sum(table.rows for table in data),
+            "rows_out": sum(table.rows_kept for table in data),
+            "rows_quarantined": sum(table.rows_quarantined for table in data),
+            "rows_failing": sum(table.rows_failing for table in data),
             "expectations": sum(table.evaluated for table in self.tables),
             "failed_expectations": sum(len(table.failures) for table in self.tables),
             "unexpected_rows": sum(failure.unexpected_count or 0 for _, failure in self.failures),
             "images_checked": int(self.stats.get("images_checked", 0)),
             "elapsed_s": round(self.elapsed_s or 0.0, 3),
         }
+        drift = self.stats.get("drift")
+        if isinstance(drift, dict):
+            for metric, item in drift.items():
+                if isinstance(item, dict) and item.get("tvd") is not None:
+                    out[f"drift.{_slug(metric)}"] = item["tvd"]
+        return out
+
+    def failure_rows(self, max_examples: int = 1) -> list[dict[str, Any]]:
+        """One dict per failed expectation (a Prefect table artefact): table, expectation, column, rows, example."""
+        rows = []
+        for table, failure in self.failures:
+            examples = [
+                f"{table.source.name}:{line} {_value_text(value, 80)}" if line is not None else _value_text(value, 80)
+                for line, value in failure.examples[:max_examples]
+            ]
+            if not examples and failure.error:
+                examples = [failure.error]
+            elif not examples and failure.observed is not None:
+                examples = [f"observed {_value_text(failure.observed, 80)}"]
+            rows.append({
+                "table": table.name,
+                "expectation": failure.expectation,
+                "column": failure.column or "",
+                "rows": failure.unexpected_count if failure.unexpected_count is not None else "",
+                "example": "; ".join(examples),
+                "field": failure.field or "",
+                "description": failure.description,
+            })
+        return rows
 
     def raise_if_failed(self) -> GateResult:
         """Raise :class:`GateFailed` (its message is the text report) unless every table passed."""
@@ -148,18 +231,40 @@ class GateResult:
         for table in self.tables:
             out.append("")
             status = "passed" if table.success else "FAILED"
+            what = "metrics" if table.role == "drift" else "rows"
             out.append(
-                f"{status}  {table.source}  ({table.rows} rows, {table.evaluated} expectations, "
+                f"{status}  {table.source}  ({table.rows} {what}, {table.evaluated} expectations, "
                 f"{len(table.failures)} failed)"
             )
+            if table.verdict:
+                out.append(f"  policy {table.policy}: {table.verdict}")
             for number, failure in enumerate(table.failures, start=1):
                 out.extend(_failure_text(table, failure, number, max_examples, max_lines_shown))
+        drift = self.stats.get("drift")
+        if drift:
+            out.append("")
+            out.append("Drift against the previous data version (total variation distance, tolerance):")
+            if isinstance(drift, str):
+                out.append(f"  {drift}")
+            else:
+                for metric, item in drift.items():
+                    out.append(f"  {metric}: {item.get('text', item)}")
+        if self.stats.get("quarantine"):
+            out.append("")
+            out.append(f"Quarantine: {self.stats['quarantine']}")
         if not self.success:
             out.append("")
-            out.append(
-                "The pipeline stops here (policy: fail). Fix the producing stage (or the file) and run again; "
-                "open the Data Docs for every expectation and its result."
-            )
+            if self.policy == "filter":
+                out.append(
+                    "The pipeline stops here (policy: filter, but a failure cannot be fixed by dropping rows, or too "
+                    "many rows are bad). Fix the producing stage (or the file) and run again; open the Data Docs "
+                    "for every expectation and its result."
+                )
+            else:
+                out.append(
+                    "The pipeline stops here (policy: fail). Fix the producing stage (or the file) and run again; "
+                    "open the Data Docs for every expectation and its result."
+                )
         return "\n".join(out)
 
     def to_markdown(self, max_examples: int = 3) -> str:

@@ -8,6 +8,7 @@ leaks), is asserted through Great Expectations, so one Data Docs site shows them
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from silkfire.quality.gate import (
     run_gate,
     unique,
 )
+from silkfire.quality.profile import build_profile, compare, count_values, drift_table, load_profile, write_profile
 from silkfire.quality.records import JSON, LoadedRecords, load_records, records_frame, type_column
 from silkfire.quality.report import GateResult
 
@@ -60,21 +62,27 @@ IMAGE_HINT = (
 
 
 def validate_world(
-    world_dir: str | Path, config: QualityConfig, report_dir: str | Path, *, progress: bool = False
+    world_dir: str | Path,
+    config: QualityConfig,
+    report_dir: str | Path,
+    *,
+    progress: bool = False,
+    previous_profile: str | Path | None = None,
 ) -> GateResult:
-    """Validate a generated world; write ``validation.json``, ``report.txt`` and ``data_docs/`` to ``report_dir``.
+    """Validate a generated world; write ``validation.json``, ``report.txt``, ``data_docs/`` and ``profile.json``
+    (plus ``quarantine.jsonl`` and ``clean/`` under policy filter) to ``report_dir``.
 
-    Returns the :class:`GateResult` (``result.raise_if_failed()`` turns a failure into ``GateFailed``).
+    ``previous_profile``: the ``profile.json`` of the previous world version; its Yes/No balances and answer
+    distributions are compared with this one's (``quality.drift``). Returns the :class:`GateResult`
+    (``result.raise_if_failed()`` turns a failure into ``GateFailed``).
     """
     start = time.perf_counter()
     world_dir = Path(world_dir)
-    images = derive.ImageChecker(
-        world_dir,
-        size=(config.image_size, config.image_size),
-        mode=config.image_mode,
-        workers=config.workers,
-        progress=progress,
-    )
+    report_dir = Path(report_dir)
+    previous = load_profile(previous_profile) if previous_profile is not None else None  # before overwriting it
+    size, mode = config.image_shape_for("world")
+    images = derive.ImageChecker(world_dir, size=size, mode=mode, workers=config.workers, progress=progress)
+    check_images = config.images_for("world")
 
     loaded = {name: load_records(world_dir / name) for name in WORLD_FILES}
     scenes = loaded[SCENES]
@@ -82,29 +90,61 @@ def validate_world(
     manifest = _manifest_config(world_dir)
 
     prepared: list[PreparedTable] = []
+    counts: dict[str, Counter[str]] = {}
     for name, loaded_file in loaded.items():
         if loaded_file.error:
             prepared.append(PreparedTable(TABLES[name], loaded_file, hint=REGENERATE))
             continue
         if name == SCENES:
-            frame, suite = _scenes_table(loaded_file, config, images, manifest)
+            frame, suite = _scenes_table(loaded_file, config, images, manifest, check_images)
+            group = None
         elif name == MME:
-            frame, suite = _mme_table(loaded_file, config, images, scene_split, scene_image)
+            frame, suite = _mme_table(loaded_file, config, images, scene_split, scene_image, check_images)
+            group = "question_id"  # under policy filter a Yes/No pair goes together
+            counts[f"{TABLES[name]}.answer"] = count_values(frame["answer"])
+            counts[f"{TABLES[name]}.category"] = count_values(frame["category"])
         else:
             split = {TRAIN: "train", VAL: "val", OPEN: "test"}[name]
-            frame, suite = _instruction_table(loaded_file, split, config, images, scene_split, scene_image)
-        prepared.append(PreparedTable(suite.name, loaded_file, frame, suite))
-    stats = {
+            frame, suite = _instruction_table(loaded_file, split, config, images, scene_split, scene_image,
+                                              check_images)
+            group = None
+            for family, rows in frame.groupby("family", sort=True, observed=True):
+                counts[f"{TABLES[name]}.answer.{family}"] = count_values(rows["answer"])
+        suite = Suite(suite.name, suite.checks + tuple(_token_checks(frame, config)))
+        prepared.append(PreparedTable(suite.name, loaded_file, frame, suite, group=group))
+    profile = build_profile("world", counts, config.drift)
+    stats: dict[str, Any] = {
         "world_dir": str(world_dir),
         "records": sum(len(item.records) for item in loaded.values()),
         "images_checked": images.checked,
         "load_and_derive_s": round(time.perf_counter() - start, 3),
-        "policy": config.policy,
+        "policy": config.policy_for("world"),
     }
+    if previous is not None:
+        drift = compare(profile, previous, config.drift)
+        stats["drift"] = drift
+        if drift:
+            prepared.append(drift_table("world", drift, Path(previous_profile)))  # type: ignore[arg-type]
+    else:
+        stats["drift"] = "no previous profile (first version): distributions recorded, not compared"
+    stats["profile"] = str(write_profile(report_dir, profile))
     return run_gate(
         "world", prepared, report_dir=report_dir, max_examples=config.max_examples, max_lines=config.max_lines,
-        stats=stats, started=start,
+        stats=stats, started=start, policy=config.policy_for("world"),
+        max_quarantine_fraction=config.max_quarantine_fraction,
     )
+
+
+def _token_checks(frame: pd.DataFrame, config: QualityConfig) -> list[Check]:
+    low, high = config.min_tokens, config.max_tokens_for("world")
+    checks = []
+    for name in ("question", "answer"):
+        if name in frame.columns:
+            column = f"{name}__tokens"
+            frame[column] = pd.Series(derive.token_counts(frame[name].tolist(), low, high), dtype="float64")
+            checks.append(between(column, low, high, f"{name!r} has {low} to {high} whitespace tokens",
+                                  "shorten the text or raise quality.world.max_tokens", field=name))
+    return checks
 
 
 # ---- shared pieces -----------------------------------------------------------------------------------------------
@@ -151,12 +191,18 @@ def _manifest_config(world_dir: Path) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
-def _image_checks(frame: pd.DataFrame, images: derive.ImageChecker, config: QualityConfig) -> list[Check]:
+def _image_checks(
+    frame: pd.DataFrame, images: derive.ImageChecker, config: QualityConfig, enabled: bool = True
+) -> list[Check]:
+    if not enabled:
+        return []
     frame["image__status"] = images.statuses(frame["image"].tolist())
+    size, mode = config.image_shape_for("world")
+    shape = f"{size[0]}x{size[1]}" if size else "any size"
     return [
         is_ok("image__status",
-              f"'image' is a relative path inside the world folder to a decodable {config.image_mode} image of "
-              f"{config.image_size}x{config.image_size} pixels", IMAGE_HINT)
+              f"'image' is a relative path inside the world folder to a decodable {mode or ''} image of "
+              f"{shape} pixels", IMAGE_HINT)
     ]
 
 
@@ -174,7 +220,8 @@ def _scene_image_check(frame: pd.DataFrame, scene_ids: Sequence[Any], scene_imag
 
 # ---- scenes.jsonl ------------------------------------------------------------------------------------------------
 def _scenes_table(
-    loaded: LoadedRecords, config: QualityConfig, images: derive.ImageChecker, manifest: dict[str, Any] | None
+    loaded: LoadedRecords, config: QualityConfig, images: derive.ImageChecker, manifest: dict[str, Any] | None,
+    check_images: bool = True,
 ) -> tuple[pd.DataFrame, Suite]:
     frame = records_frame(loaded, SCENE_SCHEMA)
     checks = _schema_checks(SCENE_SCHEMA, config)
@@ -194,7 +241,7 @@ def _scenes_table(
         for scene_id, image in zip(frame["scene_id"].tolist(), frame["image"].tolist())
     ]
     checks.append(is_ok("image__name", "'image' is images/<scene_id>.png", REGENERATE))
-    checks += _image_checks(frame, images, config)
+    checks += _image_checks(frame, images, config, check_images)
     frame["objects__status"] = derive.per_row(frame["objects"].tolist(), lambda items: _objects_status(items, manifest))
     checks.append(is_ok("objects__status",
                         "'objects' is a non-empty list of {shape, color, size, row, col} within the world's vocabulary "
@@ -241,6 +288,7 @@ def _instruction_table(
     images: derive.ImageChecker,
     scene_split: Mapping[str, Any],
     scene_image: Mapping[str, Any],
+    check_images: bool = True,
 ) -> tuple[pd.DataFrame, Suite]:
     world = config.world
     families = world.family_categories
@@ -275,7 +323,7 @@ def _instruction_table(
               f"into {name.split('.')[1]})", "move the record to the file of its scene's split; " + REGENERATE)
     )
     checks.append(_scene_image_check(frame, scene_ids, scene_image))
-    checks += _image_checks(frame, images, config)
+    checks += _image_checks(frame, images, config, check_images)
     return frame, Suite(name, tuple(checks))
 
 
@@ -286,6 +334,7 @@ def _mme_table(
     images: derive.ImageChecker,
     scene_split: Mapping[str, Any],
     scene_image: Mapping[str, Any],
+    check_images: bool = True,
 ) -> tuple[pd.DataFrame, Suite]:
     world = config.world
     frame = records_frame(loaded, MME_SCHEMA)
@@ -331,7 +380,7 @@ def _mme_table(
                         "'question_id' is '<category>/<scene_id>' of a test scene in scenes.jsonl",
                         REGENERATE))
     checks.append(_scene_image_check(frame, scene_ids, scene_image))
-    checks += _image_checks(frame, images, config)
+    checks += _image_checks(frame, images, config, check_images)
     return frame, Suite(TABLES[MME], tuple(checks))
 
 

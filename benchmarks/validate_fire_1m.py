@@ -1,0 +1,249 @@
+"""Benchmark: 1,000,000 FIRE-sized dialogues through the FIRE gate, side by side with a plain-Python peer.
+
+    .venv/bin/python benchmarks/validate_fire_1m.py [--records 1000000] [--bad 20] [--keep DIR]
+
+Generates FIRE-1M-like raw records (question ~20 words, 2-3 rounds, ~40 words per turn, "Score: N." or
+"Score: N/10." teacher lines, ground truths that are numbers or words) into a temporary JSONL, plants ``--bad``
+corrupted records, then times:
+
+- silkfire: ``validate_fire`` (chunked orjson loading, derived columns, Great Expectations over the whole
+  table, reports, Data Docs, profile), images skipped (``check_images=False``);
+- peer: a plain loop over the same file (orjson + the same rules from ``silkfire.quality.fire``, sets for the
+  duplicates), collecting failing lines only: no frame, no GX, no reports.
+
+Both must find the planted corruptions. Prints the wall times and the ratio silkfire / peer.
+Target (issue 5): validation under 60 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+WORDS = (
+    "the image shows a region near object left right top bottom corner colour shape large small next to behind "
+    "front visible appears there which of these is most likely picture scene area label text chart value line "
+    "bar axis figure person holding standing sitting wearing looking table building street sign road sky water "
+    "tree window door car bus train plate food cup bottle book screen room wall floor light dark bright"
+).split()
+FEEDBACK = (
+    "consider look again at carefully check your reasoning about the count relation between items try focus "
+    "on what stands out you missed detail part answer should reflect observe closer read labels compare both "
+    "sides recount think whether earlier step was wrong nearly there good effort"
+).split()
+ANSWERS = [str(n) for n in range(2, 100)] + [
+    "giraffe", "umbrella", "bicycle", "orange", "purple", "kitchen", "stadium", "elephant", "airplane", "zebra",
+]
+SOURCES = ("coco", "gqa", "ocr_vqa", "textvqa", "vg", "docvqa", "chartqa", "ai2d", "dvqa", "scienceqa")
+
+
+def sentence(rng: random.Random, vocab: list[str] | tuple[str, ...], words: int) -> str:
+    return " ".join(rng.choices(vocab, k=words))
+
+
+def make_pools(rng: random.Random, size: int = 4000) -> dict[str, list[str]]:
+    """Pre-built texts (drawing 40 random words per turn for a million records would dominate the run)."""
+    return {
+        "question": [sentence(rng, WORDS, rng.randint(12, 28)).capitalize() + "?" for _ in range(size)],
+        "thought": [sentence(rng, WORDS, rng.randint(30, 50)) for _ in range(size)],
+        "feedback": [sentence(rng, FEEDBACK, rng.randint(30, 50)) for _ in range(size)],
+    }
+
+
+def fire_record(index: int, rng: random.Random, pools: dict[str, list[str]]) -> dict:
+    rounds = rng.choice((2, 2, 3))
+    answer = rng.choice(ANSWERS)
+    wrong = [a for a in rng.sample(ANSWERS, 4) if a != answer]
+    source = rng.choice(SOURCES)
+    turns, scores = [], []
+    for turn in range(rounds):
+        last = turn == rounds - 1
+        said = answer if last else wrong[turn]
+        score = 10 if last else rng.randint(1, 7)
+        turns.append({"role": "student", "type": "response",
+                      "value": f"Thought: {rng.choice(pools['thought'])}\nAnswer: {said}\n"})
+        score_text = f"{score}/10" if rng.random() < 0.02 else str(score)
+        turns.append({"role": "teacher", "type": "feedback",
+                      "value": f"Score: {score_text}.\nFeedback: {rng.choice(pools['feedback'])}\n"})
+        scores.append(score)
+    return {
+        "image": f"{source}/images/{index:07d}.jpg",
+        "question": {"role": "user", "value": rng.choice(pools["question"]) + f" (item {index})"},
+        "conversations": turns,
+        "groundtruth": {"role": "user", "value": answer},
+        "source": source,
+        "round": rounds,
+        "score": scores,
+    }
+
+
+def corrupt(record: dict, kind: int) -> tuple[dict | str, str]:
+    """One planted corruption; returns the record (or a broken line) and what must catch it."""
+    record = {**record, "conversations": [dict(t) for t in record["conversations"]]}
+    if kind == 0:
+        record["conversations"][0]["role"], record["conversations"][1]["role"] = "teacher", "student"
+        return record, "conversations__status"
+    if kind == 1:
+        record["round"] = record["round"] + 1
+        return record, "round__turns"
+    if kind == 2:
+        record["conversations"][1]["value"] = "Score: 14.\nFeedback: fine\n"
+        return record, "score__parsed"
+    if kind == 3:
+        record["conversations"][1]["value"] += f" The answer is {record['groundtruth']['value']}."
+        return record, "feedback__leak"
+    return json.dumps(record)[:80], "__json__"  # a write cut short
+
+
+def generate(path: Path, records: int, bad: int, seed: int = 0) -> dict[int, str]:
+    """Write ``records`` JSONL lines; return line -> the column that must flag it."""
+    import orjson
+
+    rng = random.Random(seed)
+    pools = make_pools(rng)
+    planted: dict[int, str] = {}
+    bad_lines = set(random.Random(seed + 1).sample(range(1, records + 1), min(bad, records)))
+    with path.open("wb") as out:
+        for index in range(records):
+            line = index + 1
+            record = fire_record(index, rng, pools)
+            if line in bad_lines:
+                broken, column = corrupt(record, len(planted) % 5)
+                planted[line] = column
+                out.write((broken if isinstance(broken, str) else orjson.dumps(broken).decode()).encode() + b"\n")
+            else:
+                out.write(orjson.dumps(record) + b"\n")
+    return planted
+
+
+def peer(path: Path, cfg) -> set[int]:
+    """The same rules as a plain loop: orjson per line, silkfire.quality.fire's rule functions, sets for dups."""
+    import orjson
+
+    from silkfire.quality import fire
+
+    low, high = 1, 2048
+    short = 2 * high - 1  # the gate's rule: shorter strings cannot exceed `high` tokens
+    smin, smax = cfg.scores
+    bad: set[int] = set()
+    seen: set[tuple[str, str]] = set()
+    with path.open("rb") as handle:
+        for line, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                bad.add(line)
+                continue
+            if not isinstance(record, dict):
+                bad.add(line)
+                continue
+            image, question, turns = record.get("image"), record.get("question"), record.get("conversations")
+            gt, rounds, stored = record.get("groundtruth"), record.get("round"), record.get("score")
+            if not (isinstance(image, str) and image.strip() and isinstance(question, dict)
+                    and isinstance(turns, list) and isinstance(gt, dict) and isinstance(record.get("source"), str)
+                    and type(rounds) is int and isinstance(stored, list)):
+                bad.add(line)
+                continue
+            q_text, q_state = fire._dialog_text(question, "question")
+            g_text, g_state = fire._dialog_text(gt, "groundtruth")
+            structure, tokens, scores = fire._turns(turns, short, low, high)
+            if q_state != "ok" or g_state != "ok" or structure != "ok" or tokens is not None:
+                bad.add(line)
+                continue
+            if len(q_text) >= short and not low <= len(q_text.split()) <= high:
+                bad.add(line)
+                continue
+            if rounds != len(scores) or not cfg.rounds[0] <= rounds <= cfg.rounds[1] or any(
+                s is None or not smin <= s <= smax for s in scores
+            ):
+                bad.add(line)
+                continue
+            key = fire.leak_key(g_text, cfg)
+            if key is not None and fire.leaks(turns, key) != "ok":
+                bad.add(line)
+                continue
+            pair = (image, q_text)
+            if pair in seen:
+                bad.add(line)
+            seen.add(pair)
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--bad", type=int, default=20, help="corrupted records planted in the file")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the JSONL and reports in this folder")
+    parser.add_argument("--chunk-size", type=int, default=50_000)
+    args = parser.parse_args(argv)
+
+    from silkfire.quality.config import QualityConfig
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="silkfire-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "fire.jsonl"
+    sidecar = work / "planted.json"
+    try:
+        t0 = time.perf_counter()
+        reuse = args.keep is not None and sidecar.is_file() and json.loads(sidecar.read_text())["records"] == args.records
+        if reuse:  # --keep DIR of an earlier run with the same size: same seed, same file
+            planted = {int(k): v for k, v in json.loads(sidecar.read_text())["planted"].items()}
+        else:
+            planted = generate(data, args.records, args.bad)
+            sidecar.write_text(json.dumps({"records": args.records, "planted": planted}))
+        gen_s = time.perf_counter() - t0
+        size_mb = data.stat().st_size / 1e6
+        print(f"{'reused' if reuse else 'generated'} {args.records:,} records ({size_mb:,.0f} MB) in {gen_s:.1f} s; "
+              f"{len(planted)} planted")
+
+        config = QualityConfig(check_images=False, chunk_size=args.chunk_size)
+        t0 = time.perf_counter()
+        bad_peer = peer(data, config.fire)
+        peer_s = time.perf_counter() - t0
+
+        from silkfire.quality.fire import validate_fire
+        from silkfire.quality.gate import import_gx
+
+        t0 = time.perf_counter()
+        import_gx()  # counted apart: a one-off per process
+        import_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = validate_fire(data, config, work / "report")
+        gate_s = time.perf_counter() - t0
+
+        flagged = {line for _, failure in result.failures for line, _ in failure.unexpected_rows}
+        missed_gate = sorted(set(planted) - flagged)
+        missed_peer = sorted(set(planted) - bad_peer)
+        stats = result.stats
+        print()
+        print(f"{'':28}{'silkfire gate':>16}{'plain-Python peer':>20}")
+        print(f"{'generation (shared)':28}{gen_s:>15.1f}s{gen_s:>19.1f}s")
+        print(f"{'load + derive':28}{stats['load_s'] + stats['derive_s']:>15.1f}s{'-':>20}")
+        print(f"{'GX + reports + Data Docs':28}{stats['gx_s']:>15.1f}s{'-':>20}")
+        print(f"{'validation total':28}{gate_s:>15.1f}s{peer_s:>19.1f}s")
+        print(f"{'(GX import, once)':28}{import_s:>15.1f}s{'':>20}")
+        print(f"ratio silkfire / peer: {gate_s / peer_s:.2f}x   target: validation < 60 s  ->  "
+              f"{'met' if gate_s < 60 else 'NOT met'}")
+        print(f"rows flagged: gate {len(flagged)}, peer {len(bad_peer)}; planted {len(planted)}; "
+              f"missed by gate {missed_gate or 'none'}, by peer {missed_peer or 'none'}")
+        print(f"gate verdict: {'passed' if result.success else 'failed'} "
+              f"({len(result.failures)} failed expectations); reports in {work / 'report'}")
+        return 0 if not missed_gate else 1
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

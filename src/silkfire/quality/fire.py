@@ -1,0 +1,318 @@
+"""FIRE dialogues (MM-FIRE/FIRE raw records) through the gate.
+
+Record: ``{"image", "question": {"role", "value"}, "conversations": [{"role": "student"|"teacher",
+"type": "response"|"feedback", "value"}, ...], "groundtruth": {"role", "value"}, "source", "round",
+"score": [...]}`` (+ optional ``split``, ``img_path``, ``human_rating``). Rules (docs/quality.md):
+
+- turns alternate student, teacher, ... starting with the student and ending with the teacher; a student turn
+  is a "response", a teacher turn a "feedback"; no blank turn;
+- ``round`` == the number of teacher turns, within ``fire.rounds``;
+- the teacher's score is the first integer on its ``Score:`` line ("Score: 5/10." -> 5), in ``fire.scores``;
+  the stored ``score[]`` should equal these (upstream stores N/10 scores wrongly, so only
+  ``fire.score_agreement`` of the records must agree);
+- no ground-truth leak: see :func:`leaks`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from silkfire.quality.config import FireConfig, QualityConfig
+from silkfire.quality.derive import OK
+from silkfire.quality.gate import Check, between, is_ok
+from silkfire.quality.kinds import Derived, KindSpec, validate_file
+from silkfire.quality.records import OK as JSON_OK
+from silkfire.quality.report import GateResult
+
+STUDENT, TEACHER = "student", "teacher"
+TURN_TYPE = {STUDENT: "response", TEACHER: "feedback"}
+HINT = "fix the dialogue generator (or the file) and validate again"
+
+SCHEMA: dict[str, str | tuple[str, ...]] = {
+    "image": "text",
+    "question": "dict",
+    "conversations": "list",
+    "groundtruth": "dict",
+    "source": "text",
+    "round": "int",
+    "score": "list",
+    "split": ("text", "missing"),
+    "img_path": ("text", "missing"),
+    "human_rating": ("list", "missing"),
+}
+
+_INT = re.compile(r"-?\d+")
+_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
+
+
+# ---- the rules, one record at a time ---------------------------------------------------------------------------
+def parse_score(text: str) -> int | None:
+    """The first integer on the first ``Score:`` line ("Score: 5/10." -> 5, "Score: 10." -> 10); None if none."""
+    start = text.find("Score:")
+    if start < 0:
+        return None
+    end = text.find("\n", start)
+    found = _INT.search(text, start + 6, end if end >= 0 else len(text))
+    return int(found.group()) if found else None
+
+
+def feedback_text(text: str) -> str:
+    """What the teacher tells the student: the text after "Feedback:", else the turn without its Score line."""
+    marker = text.find("Feedback:")
+    if marker >= 0:
+        return text[marker + 9:]
+    start = text.find("Score:")
+    if start < 0:
+        return text
+    end = text.find("\n", start)
+    return text[:start] + (text[end:] if end >= 0 else "")
+
+
+def leak_key(groundtruth: str, cfg: FireConfig) -> tuple[str, bool] | None:
+    """The normalised ground truth to look for and whether it is a number; None when it is not checked.
+
+    Normalised: case-folded, whitespace collapsed, a trailing "." dropped. Checked when it is a number (any
+    length: "9", "3.5") or has at least ``leak_min_chars`` characters, and is not in ``leak_ignore``
+    (answers like "yes"/"no" occur in any prose).
+    """
+    key = " ".join(groundtruth.casefold().split()).rstrip(".").strip()
+    if not key or key in cfg.leak_ignore:
+        return None
+    number = _NUMBER.fullmatch(key) is not None
+    if not number and len(key) < cfg.leak_min_chars:
+        return None
+    return key, number
+
+
+def mentions(text: str, key: str, number: bool) -> bool:
+    """Whether ``key`` occurs in ``text`` (already normalised like the key) as a whole word or number.
+
+    The characters around the occurrence must not be letters/digits/"_" (where the key itself starts/ends
+    with one); a number must also not be part of a longer number ("9" is not in "19", "9.5", "0.9" or "-9").
+    """
+    start = 0
+    size = len(key)
+    left_word, right_word = _word(key[0]), _word(key[-1])
+    while True:
+        at = text.find(key, start)
+        if at < 0:
+            return False
+        before = text[at - 1] if at else " "
+        after = text[at + size] if at + size < len(text) else " "
+        good = not (left_word and _word(before)) and not (right_word and _word(after))
+        if good and number:
+            next_digit = at + size + 1 < len(text) and text[at + size + 1].isdigit()
+            good = before not in ".-," and not (after in ".," and next_digit)
+        if good:
+            return True
+        start = at + 1
+
+
+def _word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _normalise(text: str, spaced: bool) -> str:
+    text = text.casefold()
+    return " ".join(text.split()) if spaced else text
+
+
+def leaks(turns: Sequence[dict[str, Any]], key: tuple[str, bool]) -> str:
+    """"ok", or which teacher turn reveals the ground truth.
+
+    A leak: the normalised ground truth occurs (see :func:`mentions`) in a teacher's Feedback text while the
+    student's response just before does not contain it; a teacher confirming the student's own (correct)
+    answer reveals nothing.
+    """
+    text_key, number = key
+    spaced = " " in text_key
+    for position in range(1, len(turns), 2):
+        feedback = _normalise(feedback_text(turns[position]["value"]), spaced)
+        if text_key not in feedback or not mentions(feedback, text_key, number):
+            continue
+        student = _normalise(turns[position - 1]["value"], spaced)
+        if text_key in student and mentions(student, text_key, number):
+            continue
+        return (f"turn {position + 1} (teacher): the feedback reveals the ground truth {text_key!r}, which the "
+                "student has not said")
+    return OK
+
+
+def _dialog_text(value: Any, name: str) -> tuple[str | None, str | None]:
+    """(value text, status) of a {"role", "value"} object; status None when the field is not an object."""
+    if type(value) is not dict:
+        return None, None  # the type check reports it
+    text = value.get("value")
+    if type(text) is not str:
+        return None, f"{name}.value is {'missing' if text is None else type(text).__name__}, expected a string"
+    if not text.strip():
+        return None, f"{name}.value is blank"
+    if type(value.get("role")) is not str:
+        return text, f"{name}.role is missing or not a string"
+    return text, OK
+
+
+def _turns(turns: list[Any], short: int, low: int, high: int) -> tuple[str, int | None, list[int | None]]:
+    """One pass over the turns: (structure status, an out-of-bounds token count or None, teacher scores).
+
+    Structure: turns alternate student "response" / teacher "feedback", starting with the student and ending
+    with the teacher, no blank text. Scores are parsed from every teacher turn whatever the structure, so a
+    bad score is reported even in a dialogue with another problem.
+    """
+    status = OK if turns else "no turns"
+    tokens: int | None = None
+    scores: list[int | None] = []
+    for position, turn in enumerate(turns):
+        if type(turn) is not dict:
+            if status is OK:
+                status = f"turn {position + 1} is {type(turn).__name__}, expected an object {{role, type, value}}"
+            continue
+        role, value = turn.get("role"), turn.get("value")
+        if status is OK:
+            expected = STUDENT if position % 2 == 0 else TEACHER
+            if role != expected:
+                status = (f"turn {position + 1}: role {role!r}, expected {expected!r} (turns alternate student, "
+                          "teacher, ... starting with the student)")
+            elif turn.get("type") != TURN_TYPE[expected]:
+                status = f"turn {position + 1} ({role}): type {turn.get('type')!r}, expected {TURN_TYPE[expected]!r}"
+            elif type(value) is not str:
+                status = f"turn {position + 1} ({role}): value is {type(value).__name__}, expected a string"
+            elif not value.strip():
+                status = f"turn {position + 1} ({role}): empty text"
+        if type(value) is not str:
+            continue
+        if len(value) >= short:
+            count = len(value.split())
+            if count > high or count < low:
+                tokens = count if tokens is None else max(tokens, count)
+        if role == TEACHER:
+            scores.append(parse_score(value))
+    if status is OK and len(turns) % 2:
+        status = f"ends with a student turn (turn {len(turns)}); a dialogue ends with the teacher's feedback"
+    return status, tokens, scores
+
+
+def derive_fire(records: Sequence[dict[str, Any]], status: Sequence[str], cfg: FireConfig,
+                config: QualityConfig) -> Derived:
+    """Per-record status columns of the FIRE rules (one pass over the chunk; see the module docstring)."""
+    low, high = config.min_tokens, config.max_tokens_for("fire")
+    short = 2 * high - 1 if low <= 1 else -1  # a string shorter than this cannot exceed `high` tokens
+    smin, smax = cfg.scores
+    names = ("image__path", "question__value", "question__status", "question__tokens", "groundtruth__status",
+             "groundtruth__tokens", "conversations__status", "conversations__tokens", "round__turns",
+             "score__parsed", "score__agreement", "feedback__leak")
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    (image_path, q_value, q_status, q_tokens, gt_status, gt_tokens, conv_status, conv_tokens, round_turns,
+     score_parsed, score_agree, leak) = (columns[name].append for name in names)
+    nothing = (conv_status, conv_tokens, round_turns, score_parsed, score_agree, leak)
+    final_scores: Counter[str] = Counter()
+    image_field = cfg.image_field
+    for record, ok in zip(records, status):
+        if ok != JSON_OK:
+            for name in names:
+                columns[name].append(None)
+            continue
+        path = record.get(image_field)
+        image_path(path if type(path) is str else None)
+        text, state = _dialog_text(record.get("question"), "question")
+        q_value(text)
+        q_status(state)
+        q_tokens(None if text is None or len(text) < short else len(text.split()))
+        gt, state = _dialog_text(record.get("groundtruth"), "groundtruth")
+        gt_status(state)
+        gt_tokens(None if gt is None or len(gt) < short else len(gt.split()))
+
+        turns = record.get("conversations")
+        if type(turns) is not list:
+            for append in nothing:
+                append(None)
+            continue
+        structure, tokens, scores = _turns(turns, short, low, high)
+        conv_status(structure)
+        conv_tokens(tokens)
+        rounds = record.get("round")
+        teachers = len(scores)
+        if type(rounds) is int:
+            round_turns(OK if rounds == teachers else f"round {rounds} but {teachers} teacher turn(s)")
+        else:
+            round_turns(None)
+        problem = OK
+        for number, score in enumerate(scores, start=1):
+            if score is None:
+                problem = f"teacher turn {number}: no integer on a 'Score:' line"
+                break
+            if not smin <= score <= smax:
+                problem = f"teacher turn {number}: score {score} outside {smin}..{smax}"
+                break
+        score_parsed(problem if scores else None)
+        stored = record.get("score")
+        if problem is OK and scores and type(stored) is list:
+            score_agree(OK if stored == scores else f"score {stored} but the teacher turns say {scores}")
+            final_scores[str(scores[-1])] += 1
+        else:
+            score_agree(None)
+        if structure is OK and gt is not None:
+            key = leak_key(gt, cfg)
+            leak(OK if key is None else leaks(turns, key))
+        else:
+            leak(None)
+    return Derived(columns, {"final_score": final_scores})
+
+
+def fire_checks(frame: Any, cfg: FireConfig, config: QualityConfig) -> list[Check]:
+    smin, smax = cfg.scores
+    rmin, rmax = cfg.rounds
+    return [
+        is_ok("question__status", "'question' is {role, value} with a non-empty value", HINT, field="question"),
+        is_ok("groundtruth__status", "'groundtruth' is {role, value} with a non-empty value", HINT,
+              field="groundtruth"),
+        is_ok("conversations__status",
+              "'conversations' alternate student 'response' and teacher 'feedback' turns, starting with the student "
+              "and ending with the teacher, none blank", HINT, field="conversations"),
+        between("round", rmin, rmax, f"'round' lies in {rmin}..{rmax}", HINT + " (or widen quality.fire.rounds)"),
+        is_ok("round__turns", "'round' equals the number of teacher turns", HINT, field="round"),
+        is_ok("score__parsed",
+              f"every teacher turn has a 'Score:' line whose first integer lies in {smin}..{smax}", HINT,
+              field="conversations"),
+        Check("expect_column_values_to_be_in_set",
+              {"column": "score__agreement", "value_set": [OK], "mostly": cfg.score_agreement},
+              f"'score' equals the scores parsed from the teacher turns (in at least {cfg.score_agreement:.0%} of "
+              "the records: upstream stores N/10 scores wrongly; consumers re-parse the turns)", HINT, field="score"),
+        is_ok("feedback__leak",
+              "no teacher feedback reveals the ground truth the student has not said (docs/quality.md: the leak rule)",
+              "rewrite the feedback without the answer (the FIRE teacher must not tell the ground truth); " + HINT,
+              field="conversations"),
+    ]
+
+
+SPEC = KindSpec(
+    kind="fire",
+    schema=SCHEMA,
+    keep=("image", "source", "round", "split", "img_path"),
+    hint=HINT,
+    derive=derive_fire,
+    table_checks=fire_checks,
+    duplicate=("image", "question__value"),
+    texts=(),  # question, groundtruth and turns are nested: derive_fire counts their tokens
+    image="image__path",
+    image_field="image",
+    profile_columns=(("round", "round"), ("source", "source")),
+)
+
+
+def validate_fire(
+    path: str | Path,
+    config: QualityConfig,
+    report_dir: str | Path,
+    image_root: str | Path | None = None,
+    *,
+    previous_profile: str | Path | None = None,
+    progress: bool = False,
+) -> GateResult:
+    """Validate a FIRE dialogue file (JSONL or a JSON list) against the FIRE rules; see :func:`validate_file`."""
+    return validate_file(SPEC, path, config, report_dir, image_root, previous_profile=previous_profile,
+                         progress=progress)
