@@ -180,3 +180,40 @@ def quality_config() -> Any:
     from silkfire.quality.config import QualityConfig
 
     return QualityConfig(workers=2)
+
+
+# ---- the bad-input corpus (tests/quality/corpus) --------------------------------------------------------------
+CORPUS = Path(__file__).resolve().parent / "corpus"
+
+
+def materialise_corpus(root: Path) -> Path:
+    """Copy the corpus to ``root/data`` and create the images its records name (kept out of git):
+    good 8x8 PNGs, a broken PNG of a few bytes, an image outside the root and a symlink pointing at it."""
+    from PIL import Image
+
+    data = root / "data"
+    shutil.copytree(CORPUS, data)
+    good = [data / "images" / "ok.png", data / "coco" / "images" / "2.png"]
+    good += [data / "mathvista" / "images" / f"{i}.png" for i in range(1, 17)]
+    for path in good:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
+    (data / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")  # a PNG header and nothing else
+    outside = root / "outside.png"
+    Image.new("RGB", (8, 8)).save(outside)  # what "../outside.png" resolves to: a good image, but outside
+    (data / "images" / "link.png").symlink_to(outside)
+    return data  # the image root of every corpus file
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return materialise_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def corpus_config() -> Any:
+    """Small bounds so the corpus stays small: 64 tokens at most, drift checked from 1 value on, no HTML."""
+    from silkfire.quality.config import QualityConfig
+
+    return QualityConfig.from_mapping({"workers": 2, "max_tokens": 64, "processes": 1, "drift": {"min_rows": 1},
+                                       "data_docs": False})  # Data Docs: tested by the world and CLI tests

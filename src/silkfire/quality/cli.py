@@ -128,7 +128,8 @@ def add_arguments(parser: Any) -> None:
                         help="where reports go (default: reports/validate/<kind>/<file stem>)")
     parser.add_argument("--previous-profile", type=Path, default=None,
                         help="profile.json of the previous data version (drift checks)")
-    parser.add_argument("overrides", nargs="*", help="quality config overrides, e.g. fire.policy=filter")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a quality config override, repeatable: --set fire.policy=filter --set check_images=false")
 
 
 def run_args(args: Any) -> int:

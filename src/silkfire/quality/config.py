@@ -281,6 +281,7 @@ class QualityConfig:
     image_mode: str = "RGB"  # expected PIL mode of every world image
     max_text_length: int = 2000  # longest world question/answer accepted (characters)
     check_images: bool = True  # false skips every image check (benchmarks, text-only dry runs)
+    data_docs: bool = True  # false: no Data Docs HTML (saves ~1 s a gate; the JSON/text reports stay)
     chunk_size: int = 50_000  # records parsed and derived at a time (bounds memory on large files)
     processes: int = 2  # processes parsing + deriving a large JSONL file (>= 64 MB) in blocks; 1: in-process
     min_tokens: int = 1  # shortest text field in whitespace tokens

@@ -406,7 +406,10 @@ def _failure(
 
 
 def _plain_value(value: Any) -> Any:
-    """A count stored as a float (GX needs numeric columns) reads back as the integer it is."""
+    """A count stored as a float (GX needs numeric columns) reads back as the integer it is; numpy scalars
+    (also inside the tuples of column-pair expectations) as Python numbers."""
+    if isinstance(value, tuple):
+        return tuple(_plain_value(item) for item in value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
     item = getattr(value, "item", None)  # numpy scalars
@@ -469,6 +472,7 @@ def run_gate(
     started: float | None = None,
     policy: str = "fail",
     max_quarantine_fraction: float = 1.0,
+    data_docs: bool = True,
 ) -> GateResult:
     """Validate every table into one fresh Data Docs site (``report_dir/data_docs``); write the reports.
 
@@ -510,7 +514,8 @@ def run_gate(
             else:
                 checked = dataclasses.replace(checked, policy=policy)
             results.append(checked)
-    session.build_docs()  # once for all tables: every build re-renders the site
+    if data_docs:
+        session.build_docs()  # once for all tables: every build re-renders the site
     gx_s = time.perf_counter() - start
     extra = {"gx_s": round(gx_s, 3)}
     if quarantine.enabled:
@@ -518,7 +523,7 @@ def run_gate(
     result = GateResult(
         suite=gate,
         tables=tuple(results),
-        data_docs_index=session.index if session.index.exists() else None,
+        data_docs_index=session.index if data_docs and session.index.exists() else None,
         report_dir=report_dir,
         elapsed_s=time.perf_counter() - (start if started is None else started),
         stats={**dict(stats or {}), **extra},

@@ -206,7 +206,8 @@ def validate_file(
         tables = [PreparedTable(spec.kind, error, hint=spec.hint)]
         stats: dict[str, Any] = {"source": str(path), "policy": config.policy_for(spec.kind)}
         return run_gate(spec.kind, tables, report_dir=report_dir, max_examples=config.max_examples,
-                        max_lines=config.max_lines, stats=stats, started=start, policy=config.policy_for(spec.kind))
+                        max_lines=config.max_lines, stats=stats, started=start, policy=config.policy_for(spec.kind),
+                        data_docs=config.data_docs)
 
     frame = concat_frames(frames)
     del frames
@@ -246,7 +247,7 @@ def validate_file(
     return run_gate(
         spec.kind, tables, report_dir=report_dir, max_examples=config.max_examples, max_lines=config.max_lines,
         stats=stats, started=start, policy=config.policy_for(spec.kind),
-        max_quarantine_fraction=config.max_quarantine_fraction,
+        max_quarantine_fraction=config.max_quarantine_fraction, data_docs=config.data_docs,
     )
 
 

@@ -131,7 +131,7 @@ def validate_world(
     return run_gate(
         "world", prepared, report_dir=report_dir, max_examples=config.max_examples, max_lines=config.max_lines,
         stats=stats, started=start, policy=config.policy_for("world"),
-        max_quarantine_fraction=config.max_quarantine_fraction,
+        max_quarantine_fraction=config.max_quarantine_fraction, data_docs=config.data_docs,
     )
 
 
