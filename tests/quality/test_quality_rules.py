@@ -110,7 +110,8 @@ def test_blocks_renumber_to_file_lines(tmp_path: Path) -> None:
     config = QualityConfig(processes=1)
     lines, offset = [], 0
     for start, end in blocks:  # what the worker processes return, renumbered as _load_parallel does
-        frame, _, seen = _load_block(("fire", str(path), start, end, config))
+        frame, _, seen, cpu = _load_block(("fire", str(path), start, end, config))
+        assert set(cpu) == {"parse_cpu_s", "schema_cpu_s", "rules_cpu_s"}
         lines += (frame["__line__"] + offset).tolist()
         offset += seen
     (whole,) = list(iter_record_chunks(path, 10_000))

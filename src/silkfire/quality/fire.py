@@ -131,7 +131,10 @@ def leaks(turns: Sequence[dict[str, Any]], key: tuple[str, bool]) -> str:
     text_key, number = key
     spaced = " " in text_key
     for position in range(1, len(turns), 2):
-        feedback = _normalise(feedback_text(turns[position]["value"]), spaced)
+        raw = turns[position]["value"]
+        if number and text_key not in raw:  # digits have no case: most turns end here, without copies
+            continue
+        feedback = _normalise(feedback_text(raw), spaced)
         if text_key not in feedback or not mentions(feedback, text_key, number):
             continue
         student = _normalise(turns[position - 1]["value"], spaced)
@@ -156,13 +159,40 @@ def _dialog_text(value: Any, name: str) -> tuple[str | None, str | None]:
     return text, OK
 
 
+_ROLES = [STUDENT, TEACHER] * 32  # expected roles/types of dialogues up to 32 rounds (longer: the slow path)
+_TYPES = [TURN_TYPE[STUDENT], TURN_TYPE[TEACHER]] * 32
+
+
 def _turns(turns: list[Any], short: int, low: int, high: int) -> tuple[str, int | None, list[int | None]]:
-    """One pass over the turns: (structure status, an out-of-bounds token count or None, teacher scores).
+    """The turns in one go: (structure status, an out-of-bounds token count or None, teacher scores).
 
     Structure: turns alternate student "response" / teacher "feedback", starting with the student and ending
-    with the teacher, no blank text. Scores are parsed from every teacher turn whatever the structure, so a
-    bad score is reported even in a dialogue with another problem.
+    with the teacher, no blank text. A well-formed dialogue takes the fast path (list comprehensions, list
+    equality); anything else the slow one, which names the first bad turn.
     """
+    count = len(turns)
+    try:
+        roles = [turn["role"] for turn in turns]
+        kinds = [turn["type"] for turn in turns]
+        values = [turn["value"] for turn in turns]
+    except (TypeError, KeyError):
+        return _turns_slow(turns, short, low, high)
+    try:  # every value a non-blank string (str.isspace raises TypeError on anything else)
+        blank = not all(values) or any(map(str.isspace, values))
+    except TypeError:
+        blank = True
+    if (blank or not count or count % 2 or count > len(_ROLES) or roles != _ROLES[:count]
+            or kinds != _TYPES[:count]):
+        return _turns_slow(turns, short, low, high)
+    tokens = None
+    if max(map(len, values)) >= short:
+        counts = [len(value.split()) for value in values if len(value) >= short]
+        bad = [n for n in counts if n > high or n < low]
+        tokens = max(bad) if bad else None
+    return OK, tokens, [parse_score(value) for value in values[1::2]]
+
+
+def _turns_slow(turns: list[Any], short: int, low: int, high: int) -> tuple[str, int | None, list[int | None]]:
     status = OK if turns else "no turns"
     tokens: int | None = None
     scores: list[int | None] = []

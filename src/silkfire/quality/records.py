@@ -104,9 +104,12 @@ def parse_json(raw: bytes | str) -> tuple[Any, str]:
     try:
         return _loads(raw), OK
     except _DecodeError as error:
-        msg, colno = getattr(error, "msg", None), getattr(error, "colno", None)
-        if msg is None:  # UnicodeDecodeError from the json module
+        msg, pos = getattr(error, "msg", None), getattr(error, "pos", None)
+        if msg is None or pos is None:  # UnicodeDecodeError from the json module
             return None, f"not valid JSON ({error})"
+        colno = pos + 1  # not error.colno: a JSONL line ends with its newline, which starts a "line 2"
+        if pos >= len(raw.rstrip()):  # the parser ran off the end: the usual sign of a write cut short
+            return None, f"not valid JSON (the line ends before the record does: truncated? {msg} at column {colno})"
         where = f"column {colno}" if msg.endswith(" at") else f"at column {colno}"
         return None, f"not valid JSON ({msg} {where})"
 
@@ -257,32 +260,23 @@ def records_frame(
     others get their ``__type`` column only: big nested values need not stay in memory).
     """
     columns: dict[str, list[Any]] = {LINE: list(loaded.lines), JSON: list(loaded.json_status)}
-    type_names = _TYPE_NAMES
+    names = _TYPE_NAMES
+    # comprehensions, not one loop with appends: this runs for every field of every record (a million FIRE
+    # dialogues x 10 fields), and a comprehension is 2-3x faster
+    rows = [record if status == OK else None for record, status in zip(loaded.records, loaded.json_status)]
     for name, allowed in schema.items():
         allowed_set = {allowed} if isinstance(allowed, str) else set(allowed)
-        text = "text" in allowed_set
-        kept = keep is None or name in keep
-        values: list[Any] = []
-        types: list[str | None] = []
-        add_value, add_type = values.append, types.append
-        for record, status in zip(loaded.records, loaded.json_status):
-            if status != OK:
-                add_value(None)
-                add_type(None)
-                continue
-            value = record.get(name, _ABSENT)
-            if value is _ABSENT:
-                add_value(None)
-                add_type(MISSING)
-                continue
-            kind = type_names.get(type(value)) or type(value).__name__
-            if text and kind == "str":
-                kind = "text" if value.strip() else "blank"
-            add_type(kind)
-            if kept:
-                add_value(value if kind in allowed_set and kind != "null" else None)
-        if kept:
-            columns[name] = values
+        raw = [_BROKEN if record is None else record.get(name, _ABSENT) for record in rows]
+        types = [
+            None if value is _BROKEN else MISSING if value is _ABSENT else names.get(type(value)) or type(value).__name__
+            for value in raw
+        ]
+        if "text" in allowed_set:  # a string with a non-space character is "text", else "blank"
+            types = [("text" if value and not value.isspace() else "blank") if kind == "str" else kind
+                     for kind, value in zip(types, raw)]
+        if keep is None or name in keep:
+            columns[name] = [value if kind in allowed_set and kind != "null" else None
+                             for value, kind in zip(raw, types)]
         columns[type_column(name)] = types
     # Type names and JSON statuses are a handful of strings: categoricals (cheap to build, pickle, concatenate
     # and filter). Values stay objects: lists/dicts and mixed values as they are, no Arrow string inference.
@@ -297,7 +291,8 @@ def records_frame(
     return pd.DataFrame(data)
 
 
-_ABSENT = object()
+_ABSENT = object()  # a key the record does not have
+_BROKEN = object()  # a row whose line is not a JSON object
 
 
 def schema_allows(allowed: str | Sequence[str], kinds: Sequence[str]) -> bool:

@@ -274,6 +274,16 @@ class GateResult:
         if self.data_docs_index:
             out.append(f"Data Docs: `{self.data_docs_index}`")
             out.append("")
+        counts = self.summary()
+        out.append(
+            f"Policy `{counts['policy']}`: {counts['rows_in']} rows in, {counts['rows_out']} out, "
+            f"{counts['rows_quarantined']} quarantined ({counts['rows_failing']} failing)."
+        )
+        drift = self.stats.get("drift")
+        if isinstance(drift, dict) and drift:
+            moves = "; ".join(f"`{metric}` {item.get('tvd')}" for metric, item in drift.items())
+            out.append(f"Drift (TVD to the previous version): {moves}.")
+        out.append("")
         out.append("| file | rows | expectations | failed |")
         out.append("|---|---:|---:|---:|")
         for table in self.tables:
