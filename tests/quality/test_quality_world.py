@@ -115,3 +115,25 @@ def test_data_docs_show_the_failing_expectation(bad_result: GateResult) -> None:
     page = mme.docs_page.read_text(encoding="utf-8")
     assert "expect_column_values_to_be_in_set" in page and "Maybe" in page
     assert re.search(r"Failed|failed", page)
+
+
+def test_clean_world_profile_and_counts(clean_result: GateResult) -> None:
+    profile = json.loads((clean_result.report_dir / "profile.json").read_text(encoding="utf-8"))
+    answers = profile["metrics"]["world.mme.answer"]["counts"]
+    assert answers["Yes"] == answers["No"] > 0  # the Yes/No balance the next world version is compared with
+    assert profile["metrics"]["world.train.answer.mme"]["total"] > 0
+    assert any(metric.startswith("world.open.answer.") for metric in profile["metrics"])
+    summary = clean_result.summary()
+    assert summary["policy"] == "fail" and summary["rows_in"] == summary["rows_out"] == summary["rows"]
+    assert summary["rows_quarantined"] == summary["rows_failing"] == 0
+    assert "no previous profile" in clean_result.stats["drift"]
+
+
+def test_bad_world_counts_failing_rows(bad_result: GateResult) -> None:
+    summary = bad_result.summary()
+    assert summary["rows_quarantined"] == 0 and summary["rows_out"] == summary["rows_in"]  # policy fail
+    assert summary["rows_failing"] >= 15  # distinct rows behind the row-level failures
+    rows = bad_result.failure_rows()
+    assert len(rows) == len(bad_result.failures)
+    missing = next(row for row in rows if row["expectation"] == "file_is_readable")
+    assert missing["table"] == "world.val" and "no such file" in missing["example"]

@@ -97,15 +97,14 @@ def type_words(kinds: str | tuple[str, ...]) -> str:
 
 
 # ---- the shared checks ----------------------------------------------------------------------------------------
-def schema_checks(spec: KindSpec) -> list[Check]:
+def schema_checks(schema: Mapping[str, str | tuple[str, ...]], hint: str) -> list[Check]:
     """At least one record, every line a JSON object, every top-level field present with its type."""
-    hint = spec.hint
     checks = [
         row_count(1, "the file holds at least one record", hint),
         is_ok(JSON, "every line is one JSON object", "fix or remove the broken line (a write cut short?); " + hint,
               field=""),
     ]
-    for name, kinds in spec.schema.items():
+    for name, kinds in schema.items():
         allowed = list(_as_tuple(kinds))
         words = type_words(kinds)
         if "missing" in allowed:
@@ -117,19 +116,20 @@ def schema_checks(spec: KindSpec) -> list[Check]:
     return checks
 
 
-def token_checks(frame: pd.DataFrame, spec: KindSpec, config: QualityConfig) -> list[Check]:
-    """Token bounds on every top-level text field and on every ``<field>__tokens`` column the kind derived."""
-    low, high = config.min_tokens, config.max_tokens_for(spec.kind)
-    for name in spec.texts:
-        column = f"{name}{TOKENS}"
-        frame[column] = derived_column(column, derive.token_counts(frame[name].tolist(), low, high))
+def token_checks(frame: pd.DataFrame, texts: Sequence[str], kind: str, config: QualityConfig) -> list[Check]:
+    """Token bounds on the top-level text fields ``texts`` and on every ``<field>__tokens`` column already derived."""
+    low, high = config.min_tokens, config.max_tokens_for(kind)
+    for name in texts:
+        if name in frame.columns:
+            column = f"{name}{TOKENS}"
+            frame[column] = derived_column(column, derive.token_counts(frame[name].tolist(), low, high))
     checks = []
     for column in frame.columns:
         if column.endswith(TOKENS):
             name = column[: -len(TOKENS)]
             checks.append(between(
                 column, low, high, f"{name!r} has {low} to {high} whitespace tokens",
-                f"shorten the text, or raise quality.{spec.kind}.max_tokens (or quality.max_tokens)",
+                f"shorten the text, or raise quality.{kind}.max_tokens (or quality.max_tokens)", field=name,
             ))
     return checks
 
@@ -204,6 +204,7 @@ def validate_file(
 
     summary = LoadedRecords(path, (), (), (), line_label=line_label)
     if error is not None:
+        (report_dir / "profile.json").unlink(missing_ok=True)  # no stale profile next to a failed read
         tables = [PreparedTable(spec.kind, error, hint=spec.hint)]
         stats: dict[str, Any] = {"source": str(path), "policy": config.policy_for(spec.kind)}
         return run_gate(spec.kind, tables, report_dir=report_dir, max_examples=config.max_examples,
@@ -213,10 +214,10 @@ def validate_file(
     frame = concat_frames(frames)
     del frames
     derive_start = time.perf_counter()
-    checks = schema_checks(spec) + id_checks(frame, spec)
+    checks = schema_checks(spec.schema, spec.hint) + id_checks(frame, spec)
     if spec.table_checks is not None:
         checks += spec.table_checks(frame, section, config)
-    checks += token_checks(frame, spec, config)
+    checks += token_checks(frame, spec.texts, spec.kind, config)
     image_field = getattr(section, "image_field", spec.image_field)  # FIRE: image or the flattened img_path
     if image_field != spec.image_field:
         spec = dataclasses.replace(spec, image_field=image_field)

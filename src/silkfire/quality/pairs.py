@@ -16,7 +16,7 @@ from typing import Any
 
 from silkfire.quality.config import PairsConfig, QualityConfig
 from silkfire.quality.derive import OK
-from silkfire.quality.gate import Check, between, greater, is_ok
+from silkfire.quality.gate import Check, greater, is_ok
 from silkfire.quality.kinds import Derived, KindSpec, validate_file
 from silkfire.quality.records import OK as JSON_OK
 from silkfire.quality.report import GateResult

@@ -27,12 +27,12 @@ from silkfire.quality.gate import (
     is_ok,
     matches,
     max_length,
-    row_count,
     run_gate,
     unique,
 )
+from silkfire.quality.kinds import schema_checks, token_checks
 from silkfire.quality.profile import build_profile, compare, count_values, drift_table, load_profile, write_profile
-from silkfire.quality.records import JSON, LoadedRecords, load_records, records_frame, type_column
+from silkfire.quality.records import LoadedRecords, load_records, records_frame
 from silkfire.quality.report import GateResult
 
 SPLITS = ("train", "val", "test")
@@ -49,7 +49,6 @@ INSTRUCTION_SCHEMA = {
     "answer": "text",
 }
 MME_SCHEMA = {"question_id": "text", "image": "text", "category": "text", "question": "text", "answer": "text"}
-_KIND_WORDS = {"text": "a non-empty string", "str": "a string", "int": "an integer", "list": "a list"}
 OBJECT_FIELDS = {"shape": str, "color": str, "size": str, "row": int, "col": int}
 
 REGENERATE = (
@@ -110,7 +109,7 @@ def validate_world(
             group = None
             for family, rows in frame.groupby("family", sort=True, observed=True):
                 counts[f"{TABLES[name]}.answer.{family}"] = count_values(rows["answer"])
-        suite = Suite(suite.name, suite.checks + tuple(_token_checks(frame, config)))
+        suite = Suite(suite.name, suite.checks + tuple(token_checks(frame, ("question", "answer"), "world", config)))
         prepared.append(PreparedTable(suite.name, loaded_file, frame, suite, group=group))
     profile = build_profile("world", counts, config.drift)
     stats: dict[str, Any] = {
@@ -135,31 +134,9 @@ def validate_world(
     )
 
 
-def _token_checks(frame: pd.DataFrame, config: QualityConfig) -> list[Check]:
-    low, high = config.min_tokens, config.max_tokens_for("world")
-    checks = []
-    for name in ("question", "answer"):
-        if name in frame.columns:
-            column = f"{name}__tokens"
-            frame[column] = pd.Series(derive.token_counts(frame[name].tolist(), low, high), dtype="float64")
-            checks.append(between(column, low, high, f"{name!r} has {low} to {high} whitespace tokens",
-                                  "shorten the text or raise quality.world.max_tokens", field=name))
-    return checks
-
-
 # ---- shared pieces -----------------------------------------------------------------------------------------------
 def _schema_checks(schema: Mapping[str, str], config: QualityConfig) -> list[Check]:
-    checks = [
-        row_count(1, "the file holds at least one record", REGENERATE),
-        is_ok(JSON, "every line is one JSON object", "fix or remove the broken line; " + REGENERATE, field=""),
-    ]
-    for name, kind in schema.items():
-        words = _KIND_WORDS.get(kind, kind)
-        checks.append(
-            in_set(type_column(name), [kind], f"every record has {name!r}, {words}",
-                   f"give every record the key {name!r} with {words} (the world data contract); " + REGENERATE,
-                   field=name)
-        )
+    checks = schema_checks(schema, "the world data contract says so; " + REGENERATE)
     for name in ("question", "answer"):
         if name in schema:
             checks.append(max_length(name, config.max_text_length,
