@@ -63,3 +63,15 @@ def test_scheduled_deployment_is_cron_with_one_run_at_a_time() -> None:
     assert deployment.schedules[0].schedule.cron == "0 2 * * *"
     assert deployment.parameters == {"overrides": ["experiment=smoke"]}
     assert deployment.concurrency_limit == 1
+
+
+def test_validate_command_fails_a_bad_file_with_its_line(tmp_path: Path) -> None:
+    good = {"question_id": "existence/1.png", "category": "existence", "question": "Is there a cat? Please answer yes or no.",
+            "answer": "Yes"}
+    path = tmp_path / "mme.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, answer="Maybe")) + "\n")
+    done = subprocess.run([*SILKFIRE, "validate", "mme", str(path), "--report-dir", str(tmp_path / "r"),
+                           "--set", "check_images=false", "--set", "data_docs=false"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "mme.jsonl" in done.stdout + done.stderr and "Maybe" in done.stdout + done.stderr

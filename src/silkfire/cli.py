@@ -111,6 +111,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from silkfire.quality import cli as quality_cli  # light: imports only the gate's config
+
     parser = argparse.ArgumentParser(prog="silkfire", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -126,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     params = sub.add_parser("params", help="compose conf/ into params.yaml (as `dvc exp run` does)")
     params.add_argument("overrides", nargs="*")
     params.set_defaults(func=_cmd_params)
+
+    validate = sub.add_parser("validate", help="run a data-quality gate on any file (exit 0 = passed)")
+    quality_cli.add_arguments(validate)
+    validate.set_defaults(func=quality_cli.run_args)
 
     score = sub.add_parser("score", help="score a predictions file with a benchmark's official rules")
     score.add_argument("benchmark", choices=["mme"])
