@@ -11,13 +11,14 @@ Schedule it:  silkfire serve --cron "0 2 * * *"
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from silkfire.config import project_root, write_params
 from silkfire.reporting import StageRow, collect_row, markdown_table, print_table
@@ -45,6 +46,9 @@ def publish_failure(root: Path, cfg: Any, stage: str) -> None:
     report = root / cfg.paths.reports / stage / "report.md"
     text = report.read_text(encoding="utf-8") if report.is_file() else f"Stage `{stage}` failed; see the run logs."
     create_markdown_artifact(text, key=f"silkfire-{stage}-failure", description=f"Why stage {stage} failed")
+    table = root / cfg.paths.reports / stage / "failures.json"
+    if table.is_file() and (rows := json.loads(table.read_text(encoding="utf-8"))):
+        create_table_artifact(rows, key=f"silkfire-{stage}-failures", description=f"Failing checks of {stage}")
     mlflow.set_tag("silkfire.failed_stage", stage)
     mlflow.log_text(text, f"failure/{stage}.md")
 

@@ -131,14 +131,39 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
     assert "Running stage 'evaluate'" in done.stdout
 
 
-def test_failed_gate_stops_before_training(prefect_server: None, project: Path) -> None:
-    """A world that fails its gate (images are not the size the gate expects) never reaches SFT."""
+def _cached(store: Path, md5: str) -> bool:
+    """Whether a DVC object (file or .dir listing) is in a cache or remote laid out as files/md5/xx/rest."""
+    return (store / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+
+
+def test_failed_gate_stops_before_training_and_keeps_the_good_version(prefect_server: None, project: Path) -> None:
+    """A world that fails its gate (images are not the size the gate expects) never reaches SFT, and the
+    previous good data and model stay where DVC keeps them."""
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+
     flows = _flow_module(project)
-    with pytest.raises(Exception):
-        flows.pipeline(overrides=[*SMOKE, "quality.image_size=32"], push_to_remote=False)
-    lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert "generate" in lock["stages"]
-    assert "sft" not in lock["stages"] and "validate" not in lock["stages"]
-    assert not (project / "models" / "sft").exists()
+    flows.pipeline(overrides=SMOKE)  # the good version
+    good = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    good_world = next(o["md5"] for o in good["generate"]["outs"] if o["path"] == "data/world")
+    weights = project / "models" / "sft" / "model" / "model.safetensors"
+    weights_stamp = weights.stat().st_mtime_ns
+
+    bad = [*SMOKE, "world.image_size=32", "model.vision.image_size=32", "quality.image_size=64"]
+    with pytest.raises(Exception, match="validate"):
+        flows.pipeline(overrides=bad, push_to_remote=False)
+
     report = (project / "reports" / "validate" / "report.txt").read_text()
-    assert "image" in report.lower()
+    assert "scenes.jsonl:1" in report and "width -> 32" in report, report[:2000]
+    after = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert after["generate"] != good["generate"], "the bad world was generated"
+    assert after["validate"] == good["validate"] and after["sft"] == good["sft"]
+    assert weights.stat().st_mtime_ns == weights_stamp, "the model trained on good data was touched"
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("silkfire")
+    assert len(client.search_runs([experiment.experiment_id], "tags.`silkfire.stage` = 'sft'")) == 1
+    # The good world is still in the DVC cache and in the remote it was pushed to.
+    assert _cached(project / ".dvc" / "cache", good_world) and _cached(project / ".dvcstore", good_world)
+    with get_client(sync_client=True) as prefect:
+        keys = {a.key for a in prefect.read_artifacts()}
+    assert {"silkfire-validate-failure", "silkfire-validate-failures"} <= keys

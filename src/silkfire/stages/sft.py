@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 PARAMS = (
     "seed", "train", "model", "tracking",
-    "paths.world", "paths.base_model", "paths.sft", "paths.metrics",
+    "paths.world", "paths.reports", "paths.base_model", "paths.sft", "paths.metrics",
 )
 
 
@@ -22,6 +22,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
     from silkfire.stages.base import resolve_base
+    from silkfire.stages.validate import gated_file
     from silkfire.tracking.callbacks import MlflowMetricsCallback
     from silkfire.tracking.datasets import log_dvc_dataset
     from silkfire.tracking.plots import training_curves
@@ -30,12 +31,14 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 
     world = root / cfg.paths.world
     out_dir = root / cfg.paths.sft
-    for split in ("train", "val"):
-        log_dvc_dataset(root, cfg.paths.world, world / f"{split}.jsonl", f"world-{split}", context=split)
+    # What passed the gate: the world files, or their clean copies when the gate's policy filtered rows.
+    splits = {split: gated_file(cfg, root, f"{split}.jsonl") for split in ("train", "val")}
+    for split, path in splits.items():
+        log_dvc_dataset(root, cfg.paths.world, path, f"world-{split}", context=split)
     result = train_sft(
         resolve_base(root / cfg.paths.base_model),
-        world / "train.jsonl",
-        world / "val.jsonl",
+        splits["train"],
+        splits["val"],
         world,
         SFTConfig.from_mapping(cfg.train),
         out_dir,

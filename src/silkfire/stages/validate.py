@@ -1,35 +1,68 @@
 """Stage `validate`: the data-quality gate (Great Expectations) on the generated world.
 
-The report (text, JSON, Data Docs HTML) is written and logged to MLflow before the verdict, so a failed gate
-still leaves everything a person needs to see what is wrong; a failure raises GateFailed and stops the
-pipeline before any training.
+The report (text, JSON, Markdown, Data Docs HTML) is written and logged to MLflow before the verdict, so a failed
+gate still leaves everything a person needs; a failure raises GateFailed and stops the pipeline before any
+training. Distributions are compared with the last world version that passed (its profile is kept in
+`metrics/validate_profile.json`, a persistent DVC output). Under `quality.world.policy: filter` bad rows are
+quarantined and training reads the clean copies (see `gated_file`).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-PARAMS = ("quality", "paths.world", "paths.reports")
+PARAMS = ("quality", "paths.world", "paths.reports", "paths.metrics")
 FAILURE_REPORT = "report.md"  # the flow publishes it as a Prefect artefact when the gate fails
+FAILURE_TABLE = "failures.json"  # ... and this one as a Prefect table artefact
+PROFILE = "validate_profile.json"  # under paths.metrics: the profile of the last world that passed
+
+
+def report_dir(cfg: DictConfig, root: Path) -> Path:
+    return root / cfg.paths.reports / "validate"
+
+
+def gated_file(cfg: DictConfig, root: Path, name: str) -> Path:
+    """The world file a later stage must read: the gate's clean copy when the policy filtered rows."""
+    clean = report_dir(cfg, root) / "clean" / name
+    return clean if clean.is_file() else root / cfg.paths.world / name
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
+    from silkfire.io import write_json
     from silkfire.quality import GateFailed, QualityConfig, validate_world
 
-    report_dir = root / cfg.paths.reports / "validate"
-    result = validate_world(root / cfg.paths.world, QualityConfig.from_mapping(cfg.quality), report_dir)
-    (report_dir / FAILURE_REPORT).write_text(result.to_markdown(), encoding="utf-8")
-    mlflow.log_artifacts(str(report_dir), artifact_path="validation")
+    reports = report_dir(cfg, root)
+    profile = root / cfg.paths.metrics / PROFILE
+    result = validate_world(
+        root / cfg.paths.world, QualityConfig.from_mapping(cfg.quality), reports,
+        previous_profile=profile if profile.is_file() else None,
+    )
+    (reports / FAILURE_REPORT).write_text(result.to_markdown(), encoding="utf-8")
+    write_json(reports / FAILURE_TABLE, result.failure_rows())
+    for item in sorted(reports.iterdir()):  # the clean copies are as big as the data: DVC keeps them
+        if item.name == "clean":
+            continue
+        if item.is_dir():
+            mlflow.log_artifacts(str(item), artifact_path=f"validation/{item.name}")
+        else:
+            mlflow.log_artifact(str(item), artifact_path="validation")
     mlflow.set_tag("silkfire.gate", "passed" if result.success else "failed")
+    mlflow.set_tag("silkfire.gate_policy", str(result.summary().get("policy", "")))
     if not result.success:
         raise GateFailed(result)
-    return result.summary()
+    if (reports / "profile.json").is_file():
+        shutil.copyfile(reports / "profile.json", profile)
+    return {k: v for k, v in result.summary().items() if not isinstance(v, str)}
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    return f"gate passed: {metrics.get('expectations', '?')} expectations on {metrics.get('rows', '?')} rows"
+    text = f"gate passed: {metrics.get('expectations', '?')} expectations on {metrics.get('rows', '?')} rows"
+    if metrics.get("rows_quarantined"):
+        text += f", {metrics['rows_quarantined']} quarantined"
+    return text
