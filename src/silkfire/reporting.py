@@ -53,7 +53,8 @@ def collect_row(root: Path, cfg: DictConfig, stage: str, *, ran: bool, parent_ru
     metrics = _read_metrics(root, cfg, stage)
     summary = stage_module(stage).summary(metrics) if metrics else "(no metrics)"
     digests = stage_digests(root, stage)
-    digest = next(iter(digests.values()), "")
+    # The stage's data/model directory identifies its version better than its small metrics files.
+    digest = next((d for d in digests.values() if d.endswith(".dir")), next(iter(digests.values()), ""))
     if ran:
         run_id = _latest_stage_run(stage, parent_run_id)
     else:
