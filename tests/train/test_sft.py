@@ -117,8 +117,42 @@ def test_callbacks_receive_logs(world: Path, base: Path, tmp_path: Path):
 def test_config_from_mapping_and_conf_file():
     from omegaconf import OmegaConf
 
-    cfg = SFTConfig.from_mapping(OmegaConf.load(PROJECT_ROOT / "conf" / "train" / "sft.yaml"), seed=7)
-    assert cfg.seed == 7 and cfg.num_threads >= 1
+    # the file may interpolate root keys (${seed}, ${model.dtype}): resolve it inside a minimal root config
+    root = OmegaConf.create({"seed": 7, "model": {"dtype": "float32"},
+                             "train": OmegaConf.load(PROJECT_ROOT / "conf" / "train" / "sft.yaml")})
+    cfg = SFTConfig.from_mapping(root.train)
+    assert cfg.seed == 7 and cfg.num_threads >= 1 and cfg.dtype == "float32"
+    assert SFTConfig.from_mapping(root.train, seed=3).seed == 3
     with pytest.raises(ValueError, match="unknown key.*'lr'"):
         SFTConfig.from_mapping({"lr": 0.1})
     assert SFTConfig.from_mapping({"families": ["mme", "open"]}).families == ("mme", "open")
+
+
+def test_frozen_vision_tower_stays_unchanged(world: Path, base: Path, tmp_path: Path):
+    result = train_sft(base, world / "train.jsonl", world / "val.jsonl", world,
+                       _config(max_steps=3, eval_steps=0, save_steps=100, freeze=["vision_tower"]),
+                       tmp_path / "frozen")
+    before, after = _weights(base), _weights(result.model_dir)
+    vision = [key for key in before if "vision_tower" in key]
+    assert vision and all(torch.equal(before[key], after[key]) for key in vision)
+    assert any(not torch.equal(before[key], after[key]) for key in before if "language_model" in key)
+    assert result.metrics["frozen_parameters"] > 0
+    with pytest.raises(ValueError, match="unknown part"):
+        SFTConfig.from_mapping({"freeze": ["eyes"]})
+
+
+def test_build_train_save_reload_generate_path(world: Path, tmp_path: Path):
+    """The whole model path on the tiny sizes: build -> SFT -> save -> load_vlm -> batched greedy answers."""
+    from silkfire.eval.generate import generate_answers
+    from silkfire.io import read_records
+    from silkfire.models.loading import load_vlm
+
+    base_dir = make_test_model(tmp_path / "base", seed=1)
+    result = train_sft(base_dir, world / "train.jsonl", world / "val.jsonl", world,
+                       _config(max_steps=25, eval_steps=0, save_steps=100, max_samples=None,
+                               turns_per_sample=4, batch_size=8), tmp_path / "sft")
+    model, processor = load_vlm(result.model_dir)
+    records = read_records(world / "mme.jsonl")[:8]
+    answers = generate_answers(model, processor, records, world, batch_size=4, max_new_tokens=3, progress=False)
+    # 25 steps on yes/no questions are enough to learn the answer format
+    assert len(answers) == 8 and all(answer in ("Yes", "No") for answer in answers)

@@ -19,6 +19,8 @@ from typing import Any
 from silkfire.io import read_records, write_json
 from silkfire.models.config import build_dataclass, to_plain_mapping
 
+# Model parts that can be frozen, by their attribute on LlavaModel (model.model.<name>).
+FREEZABLE = ("vision_tower", "projector", "language_model")
 HISTORY_FIELDS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss")
 
 
@@ -46,6 +48,7 @@ class SFTConfig:
     families: tuple[str, ...] | None = None  # None = all families of the file
     family_weights: Mapping[str, float] | None = None  # share per family when max_samples caps the data
     turns_per_sample: int = 1  # > 1 packs questions about one image into multi-turn samples (train set only)
+    freeze: tuple[str, ...] = ()  # parts kept fixed: "vision_tower", "projector", "language_model"
     seed: int = 0
     resume: bool = False  # continue from the last checkpoint under out_dir/checkpoints when one exists
     progress: bool = True
@@ -58,6 +61,9 @@ class SFTConfig:
             raise ValueError("train: set num_epochs > 0 or max_steps > 0")
         if self.num_threads < 1:
             raise ValueError("train.num_threads must be >= 1")
+        unknown = sorted(set(self.freeze) - set(FREEZABLE))
+        if unknown:
+            raise ValueError(f"train.freeze: unknown part(s) {unknown}; choose from {list(FREEZABLE)}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError("train.warmup_ratio must be in [0, 1)")
         if self.turns_per_sample < 1:
@@ -71,6 +77,8 @@ class SFTConfig:
         updates: dict[str, Any] = {}
         if config.families is not None:
             updates["families"] = tuple(config.families)
+        if not isinstance(config.freeze, tuple):
+            updates["freeze"] = tuple(config.freeze or ())
         if config.family_weights is not None:
             updates["family_weights"] = dict(config.family_weights)
         return cls(**{**asdict(config), **updates}) if updates else config
@@ -110,6 +118,26 @@ def write_history_csv(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
             writer.writerow({key: row.get(key, "") for key in HISTORY_FIELDS})
 
 
+def freeze_parts(model: Any, parts: Sequence[str]) -> int:
+    """Switch off gradients of the named parts; returns the number of frozen weights.
+
+    Freezing the vision tower is LLaVA's own stage-2 recipe. For the tiny model trained from scratch it also
+    matters for another reason: with a trainable tower the language model learns to use the image tokens as
+    one large constant vector (their spread across images fell from ~25% to ~4% of their norm in our runs)
+    and then ignores the image; a frozen random tower keeps the patch features distinct.
+    """
+    inner = model.model
+    modules = {"vision_tower": inner.vision_tower, "projector": inner.multi_modal_projector,
+               "language_model": inner.language_model}
+    frozen = 0
+    for part in parts:
+        for parameter in modules[part].parameters():
+            if parameter.requires_grad:
+                parameter.requires_grad_(False)
+                frozen += parameter.numel()
+    return frozen
+
+
 def last_checkpoint(checkpoints_dir: Path) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -146,6 +174,7 @@ def train_sft(
     checkpoints_dir = out_dir / "checkpoints"
     model, processor = load_vlm(base, dtype=config.dtype)
     model.train()
+    frozen = freeze_parts(model, config.freeze)
 
     train_records = select_records(
         read_records(train_path), config.families, config.max_samples, config.seed, config.family_weights
@@ -228,6 +257,7 @@ def train_sft(
         "train_samples": len(train_data),
         "train_questions": len(train_records),
         "eval_samples": len(val_data),
+        "frozen_parameters": frozen,
     }
     write_history_csv(out_dir / "history.csv", history)
     write_json(out_dir / "metrics.json", metrics)
