@@ -85,3 +85,30 @@ def test_select_records_filters_caps_and_is_seeded():
     assert sum(r["family"] == "open" for r in weighted) == 75
     with pytest.raises(ValueError, match="no records"):
         select_records(records, ["probe"], None, seed=0)
+
+
+def test_multi_turn_packing_keeps_every_answer_and_splits_pairs(world: Path, processor):
+    from silkfire.train.data import group_conversations
+
+    records = read_records(world / "train.jsonl")
+    conversations = group_conversations(records, 8, seed=0)
+    assert sorted(r["id"] for c in conversations for r in c) == sorted(r["id"] for r in records)
+    assert all(1 <= len(c) <= 8 and len({r["image"] for r in c}) == 1 for c in conversations)
+    # the Yes and the No question of an MME pair never share a conversation
+    for conversation in conversations:
+        keys = [(r["family"], r["category"]) for r in conversation if r["family"] == "mme"]
+        assert len(keys) == len(set(keys))
+    assert group_conversations(records, 8, seed=0) == conversations
+
+    data = encode_sft_records(records, processor, world, progress=False, turns_per_sample=8)
+    assert len(data) == len(conversations)
+    tokenizer = processor.tokenizer
+    for index, conversation in enumerate(conversations):
+        ids, labels = data.input_ids[index], data.labels[index]
+        assert int((ids == processor.image_token_id).sum()) == 64  # one image per conversation
+        supervised = tokenizer.decode(labels[labels != IGNORE_INDEX])
+        assert supervised == "".join(f" {r['answer']}</s>" for r in conversation)
+        # the full sample is the chat template's rendering of the conversation
+        text = tokenizer.decode(ids).replace("<image>" * 64, "<image>")
+        assert text.startswith("<s>USER: <image>\n" + conversation[0]["question"] + " ASSISTANT:")
+        assert text.count(" USER: ") == len(conversation) - 1

@@ -107,6 +107,44 @@ def conversation_pieces(processor: Any, turns: Sequence[tuple[str, str]]) -> lis
     return pieces
 
 
+class _PieceRenderer:
+    """:func:`conversation_pieces` with the template rendered once per conversation length.
+
+    Rendering the Jinja template 2k times per k-turn sample dominated encoding (~18 s for the default world).
+    The template is rendered once with sentinel texts; a conversation is then the sentinels replaced by its
+    questions and answers. The shortcut is checked against a real rendering for each length and dropped
+    (slow path) if the template changes the texts it is given (e.g. strips or escapes them).
+    """
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+        self.skeletons: dict[int, list[tuple[str, bool]] | None] = {}
+
+    @staticmethod
+    def _sentinel(kind: str, index: int) -> str:
+        return f"\x00{kind}{index}\x00"
+
+    def __call__(self, turns: Sequence[tuple[str, str]]) -> list[tuple[str, bool]]:
+        count = len(turns)
+        if count not in self.skeletons:
+            placeholders = [(self._sentinel("Q", i), self._sentinel("A", i)) for i in range(count)]
+            skeleton = conversation_pieces(self.processor, placeholders)
+            filled = self._fill(skeleton, turns)
+            self.skeletons[count] = skeleton if filled == conversation_pieces(self.processor, turns) else None
+        skeleton = self.skeletons[count]
+        if skeleton is None:
+            return conversation_pieces(self.processor, turns)
+        return self._fill(skeleton, turns)
+
+    def _fill(self, skeleton: list[tuple[str, bool]], turns: Sequence[tuple[str, str]]) -> list[tuple[str, bool]]:
+        pieces = []
+        for text, is_answer in skeleton:
+            for index, (question, answer) in enumerate(turns):
+                text = text.replace(self._sentinel("Q", index), question).replace(self._sentinel("A", index), answer)
+            pieces.append((text, is_answer))
+        return pieces
+
+
 def group_conversations(records: Sequence[Mapping[str, Any]], turns_per_sample: int,
                         seed: int) -> list[list[Mapping[str, Any]]]:
     """Records of one image grouped into conversations of at most ``turns_per_sample`` questions.
@@ -166,7 +204,8 @@ def encode_sft_records(records: Sequence[Mapping[str, Any]], processor: Any, ima
     image_token_id = processor.image_token_id
     eos_id = tokenizer.eos_token_id
 
-    all_pieces = [conversation_pieces(processor, [(r["question"], str(r["answer"])) for r in conversation])
+    renderer = _PieceRenderer(processor)
+    all_pieces = [renderer([(r["question"], str(r["answer"])) for r in conversation])
                   for conversation in tqdm(conversations, desc="encode texts", disable=not progress, unit="sample")]
     flat = [text for pieces in all_pieces for text, _ in pieces]
     # Only the very first piece of a sample gets the tokenizer's special prefix (<s>).
