@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from silkfire.config import project_root, write_params
 from silkfire.reporting import StageRow, collect_row, markdown_table, print_table
-from silkfire.stages import STAGES
+from silkfire.stages import pipeline_stages
 from silkfire.tracking.runs import PARENT_RUN_ENV, run_tags, safe_params
 from silkfire.versioning import has_default_remote, push, reproduce_stage
 
@@ -55,7 +55,8 @@ def publish_failure(root: Path, cfg: Any, stage: str) -> None:
 
 @flow(name="silkfire-pipeline", log_prints=True)
 def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True) -> list[dict[str, Any]]:
-    """Compose the config (Hydra overrides), run generate -> validate -> base -> sft -> evaluate, track it all."""
+    """Compose the config (Hydra overrides), run the foundation (generate -> validate -> base -> sft -> evaluate)
+    and the branches in `pipeline.branches`, track it all."""
     import mlflow
 
     from silkfire.tracking.store import configure
@@ -73,7 +74,7 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True) ->
         mlflow.set_tag("silkfire.overrides", " ".join(overrides or []) or "(none)")
         os.environ[PARENT_RUN_ENV] = parent.info.run_id
         try:
-            for stage in STAGES:
+            for stage in pipeline_stages(list(cfg.pipeline.branches)):
                 try:
                     ran = run_stage(str(root), stage)
                 except Exception:

@@ -20,10 +20,12 @@ def reproduce_stage(root: Path, stage: str) -> bool:
     cache), False when it was already up to date."""
     from dvc.repo import Repo
 
+    from silkfire.stages import dvc_target
+
     _with_venv_on_path()
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     with Repo(str(root)) as repo:
-        ran = repo.reproduce(targets=[stage], single_item=True)
+        ran = repo.reproduce(targets=[dvc_target(stage)], single_item=True)
     return bool(ran)
 
 

@@ -9,28 +9,46 @@ import yaml
 from omegaconf import OmegaConf
 
 from silkfire.config import compose
-from silkfire.stages import STAGES
+from silkfire.stages import BRANCHES, STAGES, dvc_file, dvc_target, pipeline_stages
 from silkfire.stages.runner import stage_module
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+# Branch stages are checked once their pipelines/<branch>/dvc.yaml exists.
+BUILT = tuple(s for s in pipeline_stages(list(BRANCHES)) if (ROOT / dvc_file(s)).is_file())
+
+
+def stage_spec(stage: str) -> dict:
+    return yaml.safe_load((ROOT / dvc_file(stage)).read_text())["stages"][stage]
 
 
 def test_dvc_stages_are_the_pipeline_stages_in_order() -> None:
     assert tuple(DVC_YAML["stages"]) == STAGES
+    for branch, stages in BRANCHES.items():
+        path = ROOT / "pipelines" / branch / "dvc.yaml"
+        if path.is_file():
+            assert tuple(yaml.safe_load(path.read_text())["stages"]) == stages
 
 
-@pytest.mark.parametrize("stage", STAGES)
+def test_branch_stages_run_from_the_project_root() -> None:
+    """Branch dvc.yaml files live in pipelines/<branch>/; `wdir: ../..` makes their paths and params root-relative."""
+    for stage in BUILT:
+        if stage not in STAGES:
+            assert stage_spec(stage).get("wdir") == "../..", stage
+            assert dvc_target(stage) == f"pipelines/{dvc_file(stage).split('/')[1]}/dvc.yaml:{stage}"
+
+
+@pytest.mark.parametrize("stage", BUILT)
 def test_stage_params_match_module(stage: str) -> None:
-    declared = DVC_YAML["stages"][stage]["params"]
+    declared = stage_spec(stage)["params"]
     assert sorted(declared) == sorted(stage_module(stage).PARAMS), (
         f"dvc.yaml params of {stage!r} differ from silkfire.stages.{stage}.PARAMS"
     )
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", BUILT)
 def test_stage_depends_on_its_code_and_runs_its_module(stage: str) -> None:
-    spec = DVC_YAML["stages"][stage]
+    spec = stage_spec(stage)
     assert f"src/silkfire/stages/{stage}.py" in spec["deps"]
     assert spec["cmd"] == f"silkfire stage {stage}"
     for dep in spec["deps"]:
@@ -38,7 +56,7 @@ def test_stage_depends_on_its_code_and_runs_its_module(stage: str) -> None:
             assert (ROOT / dep).exists(), f"{stage}: dependency {dep} does not exist"
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", BUILT)
 def test_declared_param_keys_exist_in_config(stage: str) -> None:
     cfg = compose([], ROOT)
     for key in stage_module(stage).PARAMS:
@@ -55,3 +73,10 @@ def test_params_yaml_is_the_composed_default_config() -> None:
     """params.yaml in git is what `dvc exp run` / `silkfire params` compose from conf/ with no overrides."""
     committed = OmegaConf.load(ROOT / "params.yaml")
     assert OmegaConf.to_container(committed) == OmegaConf.to_container(compose([], ROOT))
+
+
+def test_unknown_branch_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="silkie"):
+        pipeline_stages(["nope"])
+    assert pipeline_stages([]) == STAGES
+    assert pipeline_stages(["fire"])[-len(BRANCHES["fire"]):] == BRANCHES["fire"]

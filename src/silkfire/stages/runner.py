@@ -13,13 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from silkfire.config import flatten, load_params, project_root
 from silkfire.io import write_json
-from silkfire.stages import STAGES
+from silkfire.stages import ALL_STAGES
 from silkfire.tracking.runs import safe_params, stage_run
 
 
 def stage_module(name: str) -> ModuleType:
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
+    if name not in ALL_STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages are: {', '.join(ALL_STAGES)}")
     return importlib.import_module(f"silkfire.stages.{name}")
 
 
