@@ -53,6 +53,16 @@ def publish_failure(root: Path, cfg: Any, stage: str) -> None:
     mlflow.log_text(text, f"failure/{stage}.md")
 
 
+def publish_decision(root: Path, cfg: Any) -> None:
+    """The champion/challenger verdict, as Prefect artefacts (MLflow has it from the stage itself)."""
+    folder = root / cfg.paths.reports / "register"
+    if (folder / "decision.md").is_file():
+        create_markdown_artifact((folder / "decision.md").read_text(encoding="utf-8"), key="silkfire-champion",
+                                 description="Champion/challenger decision")
+    if (folder / "comparison.json").is_file() and (rows := json.loads((folder / "comparison.json").read_text())):
+        create_table_artifact(rows, key="silkfire-champion-comparison", description="Challenger vs champion")
+
+
 @flow(name="silkfire-pipeline", log_prints=True)
 def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True) -> list[dict[str, Any]]:
     """Compose the config (Hydra overrides), run the foundation (generate -> validate -> base -> sft -> evaluate)
@@ -81,6 +91,8 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True) ->
                     publish_failure(root, cfg, stage)
                     raise
                 rows.append(collect_row(root, cfg, stage, ran=ran, parent_run_id=parent.info.run_id))
+                if stage == "register" and ran:
+                    publish_decision(root, cfg)
         finally:
             os.environ.pop(PARENT_RUN_ENV, None)
         if push_to_remote and has_default_remote(root):

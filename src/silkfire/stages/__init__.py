@@ -12,7 +12,7 @@ branches named in `pipeline.branches` (an experiment file sets them, e.g. `exper
 from __future__ import annotations
 
 # The foundation, in order.
-STAGES: tuple[str, ...] = ("generate", "validate", "base", "sft", "evaluate")
+STAGES: tuple[str, ...] = ("generate", "validate", "base", "sft", "evaluate", "register")
 
 # Branches after `sft`, each in order. Stage names are global: `silkfire stage <name>` runs any of them.
 BRANCHES: dict[str, tuple[str, ...]] = {

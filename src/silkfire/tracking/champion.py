@@ -1,0 +1,152 @@
+"""Champion/challenger: a new model version takes the `champion` alias only when it wins on configured metrics.
+
+The rule (conf/register/default.yaml):
+- the challenger must beat the champion on the *primary* metric by at least `min_margin`;
+- on every *guard* metric it may be worse than the champion by at most that guard's `tolerance`;
+- with no champion yet, the first evaluated version becomes champion.
+
+Each decided version carries its evaluation metrics as tags (`silkfire.metric.<name>`), so a later comparison reads
+the champion's figures from the registry instead of re-evaluating it, and `silkfire models` can list them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+METRIC_TAG = "silkfire.metric."
+DECISION_TAG = "silkfire.decision"
+MODES = ("max", "min")
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str  # dotted key into the evaluation metrics, e.g. "mme.sft.perception"
+    mode: str = "max"  # max: higher is better; min: lower is better
+    margin: float = 0.0  # primary: required gain; guard: allowed loss
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"register: mode of {self.metric!r} must be one of {MODES}, got {self.mode!r}")
+        if self.margin < 0:
+            raise ValueError(f"register: margin/tolerance of {self.metric!r} must be >= 0")
+
+    def gain(self, challenger: float, champion: float) -> float:
+        """How much better the challenger is (negative = worse), whatever the direction."""
+        return challenger - champion if self.mode == "max" else champion - challenger
+
+
+@dataclass(frozen=True)
+class ChampionRule:
+    primary: Objective
+    guards: tuple[Objective, ...] = ()
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> ChampionRule:
+        primary = cfg["primary"]
+        guards = cfg.get("guards") or {}
+        return cls(
+            primary=Objective(primary["metric"], primary.get("mode", "max"), float(cfg.get("min_margin", 0.0))),
+            guards=tuple(Objective(name, spec.get("mode", "max"), float(spec.get("tolerance", 0.0)))
+                         for name, spec in guards.items()),
+        )
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        return (self.primary, *self.guards)
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str
+    rows: list[dict[str, Any]] = field(default_factory=list)  # one per objective: the comparison table
+
+    def markdown(self, challenger: str, champion: str | None) -> str:
+        head = f"**{'PROMOTED' if self.promote else 'KEPT CHAMPION'}**: {self.reason}\n\n"
+        lines = [f"| metric | role | mode | challenger ({challenger}) | champion ({champion or '-'}) | gain | needed |",
+                 "|---|---|---|---|---|---|---|"]
+        for row in self.rows:
+            lines.append("| {metric} | {role} | {mode} | {challenger} | {champion} | {gain} | {needed} |".format(
+                **{k: ("-" if v is None else v) for k, v in row.items()}))
+        return head + "\n".join(lines) + "\n"
+
+
+def lookup(metrics: Mapping[str, Any], dotted: str) -> float:
+    """metrics["a"]["b"] for "a.b"; a clear error naming the key when it is missing or not a number."""
+    value: Any = metrics
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise KeyError(f"register: metric {dotted!r} not found in the evaluation metrics")
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"register: metric {dotted!r} is not a finite number: {value!r}")
+    return float(value)
+
+
+def decide(rule: ChampionRule, challenger: Mapping[str, float], champion: Mapping[str, float] | None) -> Decision:
+    """Compare flat {metric: value} maps of the challenger and the current champion (None: no champion yet)."""
+    rows: list[dict[str, Any]] = []
+    for objective in rule.objectives:
+        is_primary = objective is rule.primary
+        mine = challenger[objective.metric]
+        theirs = None if champion is None else champion.get(objective.metric)
+        gain = None if theirs is None else round(objective.gain(mine, theirs), 4)
+        rows.append({
+            "metric": objective.metric, "role": "primary" if is_primary else "guard", "mode": objective.mode,
+            "challenger": round(mine, 4), "champion": None if theirs is None else round(theirs, 4), "gain": gain,
+            "needed": f">= {objective.margin:g}" if is_primary else f">= -{objective.margin:g}",
+        })
+    if champion is None:
+        return Decision(True, "no champion yet: the first evaluated version becomes champion", rows)
+    missing = [row["metric"] for row in rows if row["champion"] is None]
+    if missing:
+        return Decision(True, f"the champion has no recorded {', '.join(missing)}: the measured challenger wins", rows)
+    primary = rows[0]
+    if primary["gain"] < rule.primary.margin:
+        return Decision(False, f"{primary['metric']} gain {primary['gain']:g} is below the margin "
+                               f"{rule.primary.margin:g}", rows)
+    for row, guard in zip(rows[1:], rule.guards):
+        if row["gain"] < -guard.margin:
+            return Decision(False, f"guard {row['metric']} drops by {-row['gain']:g} (> tolerance {guard.margin:g})",
+                            rows)
+    return Decision(True, f"{primary['metric']} improves by {primary['gain']:g} (>= {rule.primary.margin:g}) "
+                          "and every guard holds", rows)
+
+
+def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
+    """The evaluation metrics recorded on a model version's tags."""
+    return {key[len(METRIC_TAG):]: float(value) for key, value in tags.items() if key.startswith(METRIC_TAG)}
+
+
+def champion_version(client: Any, name: str, alias: str) -> Any | None:
+    """The ModelVersion behind `name@alias`, or None when there is none yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def run_gate(client: Any, name: str, version: int, alias: str, rule: ChampionRule,
+             metrics: Mapping[str, Any]) -> tuple[Decision, int | None]:
+    """Record the challenger's metrics on its version, compare with `name@alias`, move the alias if it wins.
+
+    Returns the decision and the champion version it was compared with (None when there was none).
+    """
+    mine = {objective.metric: lookup(metrics, objective.metric) for objective in rule.objectives}
+    for metric, value in mine.items():
+        client.set_model_version_tag(name, str(version), METRIC_TAG + metric, str(value))
+    current = champion_version(client, name, alias)
+    if current is not None and int(current.version) == int(version):
+        return Decision(False, f"version {version} already holds @{alias}"), int(version)
+    theirs = None if current is None else version_metrics(current.tags or {})
+    decision = decide(rule, mine, theirs)
+    client.set_model_version_tag(name, str(version), DECISION_TAG,
+                                 ("promoted: " if decision.promote else "rejected: ") + decision.reason)
+    if decision.promote:
+        client.set_registered_model_alias(name, alias, str(version))
+    return decision, None if current is None else int(current.version)
