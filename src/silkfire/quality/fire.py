@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# one parser of the teacher's Score line and of what the student is shown, shared with silkfire.fire
+from silkfire.fire.text import feedback_text, parse_score  # noqa: F401  (re-exported: quality.fire.parse_score)
 from silkfire.quality.config import FireConfig, QualityConfig
 from silkfire.quality.derive import OK
 from silkfire.quality.gate import Check, between, is_ok
@@ -45,33 +47,10 @@ SCHEMA: dict[str, str | tuple[str, ...]] = {
     "human_rating": ("list", "missing"),
 }
 
-_INT = re.compile(r"-?\d+")
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
 
 
 # ---- the rules, one record at a time ---------------------------------------------------------------------------
-def parse_score(text: str) -> int | None:
-    """The first integer on the first ``Score:`` line ("Score: 5/10." -> 5, "Score: 10." -> 10); None if none."""
-    start = text.find("Score:")
-    if start < 0:
-        return None
-    end = text.find("\n", start)
-    found = _INT.search(text, start + 6, end if end >= 0 else len(text))
-    return int(found.group()) if found else None
-
-
-def feedback_text(text: str) -> str:
-    """What the teacher tells the student: the text after "Feedback:", else the turn without its Score line."""
-    marker = text.find("Feedback:")
-    if marker >= 0:
-        return text[marker + 9:]
-    start = text.find("Score:")
-    if start < 0:
-        return text
-    end = text.find("\n", start)
-    return text[:start] + (text[end:] if end >= 0 else "")
-
-
 def leak_key(groundtruth: str, cfg: FireConfig) -> tuple[str, bool] | None:
     """The normalised ground truth to look for and whether it is a number; None when it is not checked.
 
