@@ -25,6 +25,13 @@ from silkfire.reporting import StageRow, collect_row, markdown_table, print_tabl
 from silkfire.stages import pipeline_stages
 from silkfire.tracking.runs import PARENT_RUN_ENV, run_tags, safe_params
 from silkfire.versioning import has_default_remote, push, reproduce_stage
+from silkfire.workspace import workspace_lock
+
+
+def flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.name or flow_run.id or "outside Prefect")
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
@@ -64,7 +71,8 @@ def publish_decision(root: Path, cfg: Any) -> None:
 
 
 @flow(name="silkfire-pipeline", log_prints=True)
-def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True) -> list[dict[str, Any]]:
+def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True,
+             wait_for_workspace: float = 0.0) -> list[dict[str, Any]]:
     """Compose the config (Hydra overrides), run the foundation (generate -> validate -> base -> sft -> evaluate)
     and the branches in `pipeline.branches`, track it all."""
     import mlflow
@@ -73,41 +81,42 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True) ->
 
     logger = get_run_logger()
     root = project_root()
-    cfg, params_changed = write_params(overrides or [], root)
-    logger.info("params.yaml %s", "updated" if params_changed else "unchanged")
-    configure(root, cfg.tracking.experiment_name)
-
-    rows: list[StageRow] = []
-    started = time.perf_counter()
-    with mlflow.start_run(run_name="pipeline", tags=run_tags(root)) as parent:
-        mlflow.log_params(safe_params(cfg))
-        mlflow.set_tag("silkfire.overrides", " ".join(overrides or []) or "(none)")
-        os.environ[PARENT_RUN_ENV] = parent.info.run_id
-        try:
-            for stage in pipeline_stages(list(cfg.pipeline.branches)):
-                try:
-                    ran = run_stage(str(root), stage)
-                except Exception:
-                    publish_failure(root, cfg, stage)
-                    raise
-                rows.append(collect_row(root, cfg, stage, ran=ran, parent_run_id=parent.info.run_id))
-                if stage == "register" and ran:
-                    publish_decision(root, cfg)
-        finally:
-            os.environ.pop(PARENT_RUN_ENV, None)
-        if push_to_remote and has_default_remote(root):
-            pushed = push_outputs(str(root))
-            mlflow.log_metric("dvc_files_pushed", pushed)
-        for row in rows:
-            if row.digest:
-                mlflow.set_tag(f"silkfire.dvc.{row.stage}", row.digest)
-        if (root / "dvc.lock").is_file():
-            mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
-        mlflow.log_artifact(str(root / "params.yaml"), artifact_path="lineage")
-        wall = time.perf_counter() - started
-        mlflow.log_metric("pipeline_wall_seconds", wall)
-        table = markdown_table(rows, parent.info.run_id, wall)
-        mlflow.log_text(table, "summary.md")
+    # Never two runs in one workspace: refuse (or wait) before touching params or outputs.
+    with workspace_lock(root, what=f"flow run {flow_run_name()}", wait_seconds=wait_for_workspace):
+        cfg, params_changed = write_params(overrides or [], root)
+        logger.info("params.yaml %s", "updated" if params_changed else "unchanged")
+        configure(root, cfg.tracking.experiment_name)
+        rows: list[StageRow] = []
+        started = time.perf_counter()
+        with mlflow.start_run(run_name="pipeline", tags=run_tags(root)) as parent:
+            mlflow.log_params(safe_params(cfg))
+            mlflow.set_tag("silkfire.overrides", " ".join(overrides or []) or "(none)")
+            os.environ[PARENT_RUN_ENV] = parent.info.run_id
+            try:
+                for stage in pipeline_stages(list(cfg.pipeline.branches)):
+                    try:
+                        ran = run_stage(str(root), stage)
+                    except Exception:
+                        publish_failure(root, cfg, stage)
+                        raise
+                    rows.append(collect_row(root, cfg, stage, ran=ran, parent_run_id=parent.info.run_id))
+                    if stage == "register" and ran:
+                        publish_decision(root, cfg)
+            finally:
+                os.environ.pop(PARENT_RUN_ENV, None)
+            if push_to_remote and has_default_remote(root):
+                pushed = push_outputs(str(root))
+                mlflow.log_metric("dvc_files_pushed", pushed)
+            for row in rows:
+                if row.digest:
+                    mlflow.set_tag(f"silkfire.dvc.{row.stage}", row.digest)
+            if (root / "dvc.lock").is_file():
+                mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
+            mlflow.log_artifact(str(root / "params.yaml"), artifact_path="lineage")
+            wall = time.perf_counter() - started
+            mlflow.log_metric("pipeline_wall_seconds", wall)
+            table = markdown_table(rows, parent.info.run_id, wall)
+            mlflow.log_text(table, "summary.md")
     create_markdown_artifact(table, key="silkfire-summary", description="Silkfire pipeline run summary")
     print_table(rows, parent.info.run_id, wall)
     return [row.as_dict() for row in rows]
