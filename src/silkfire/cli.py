@@ -90,6 +90,22 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pairs(args: argparse.Namespace) -> int:
+    from silkfire.feedback.pairs import build_pairs_file
+    from silkfire.feedback.records import FeedbackFormatError
+
+    try:
+        counts = build_pairs_file(args.file, args.out, args.min_margin, args.max_pairs_per_prompt)
+    except (FeedbackFormatError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    shown = ["records", "pairs", "ties", "skipped"]
+    shown += ["below_margin"] if args.min_margin else []
+    shown += ["over_cap"] if args.max_pairs_per_prompt is not None else []
+    print(json.dumps({key: counts[key] for key in shown}))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from prefect import serve
 
@@ -139,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--group", action="append", default=[], metavar="CATEGORY=GROUP",
                        help="declare the group (perception|cognition) of a category MME does not have")
     score.set_defaults(func=_cmd_score)
+
+    pairs = sub.add_parser("pairs", help="build VLFeedback preference pairs from an annotated file")
+    pairs.add_argument("file", type=Path, help="VLFeedback records (JSONL or JSON list, either layout)")
+    pairs.add_argument("--out", type=Path, required=True, help="pairs JSONL to write")
+    pairs.add_argument("--min-margin", type=float, default=0.0, help="keep pairs whose score gap exceeds this")
+    pairs.add_argument("--max-pairs-per-prompt", type=int, default=None)
+    pairs.set_defaults(func=_cmd_pairs)
 
     serve = sub.add_parser("serve", help="serve a scheduled (cron) deployment of the pipeline")
     serve.add_argument("overrides", nargs="*")

@@ -1,0 +1,134 @@
+"""Preference pairs from annotated VLFeedback records -- the rule of the released VLFeedback/Silkie code.
+
+For every record, all C(n, 2) pairs of its completions (n = 4 -> 6 pairs) are considered:
+
+- score of a completion = unweighted mean of its 3 aspect ratings (Helpfulness, Visual Faithfulness,
+  Ethical Considerations; :data:`silkfire.feedback.records.ASPECTS`);
+- a completion with a non-numeric rating (``"N/A"``, ``""``) or a missing aspect has no score and is left out
+  of every pair; each pair not formed because of it counts in ``skipped``;
+- the higher score is ``chosen``; exact ties are dropped (``ties``);
+- options (defaults reproduce the paper: no margin, no cap): ``min_margin`` keeps only pairs with
+  ``chosen_score - rejected_score > min_margin`` (the dropped ones count in ``below_margin``, ties are still
+  counted as ties); ``max_pairs_per_prompt`` keeps a record's pairs with the largest margins (stable: earlier
+  (i, j) first on equal margins), the rest count in ``over_cap``.
+
+Pair record (the ``pairs`` kind of the quality gate, src/silkfire/quality/pairs.py)::
+
+    {"id": "<record id>/<i>-<j>", "source_id": "<record id>", "prompt", "img_path",
+     "chosen", "rejected", "chosen_score": float, "rejected_score": float,
+     "chosen_model", "rejected_model"}
+
+(``i``/``j`` = indices of the chosen/rejected completion in the record.) Extra record keys listed in
+``carry`` (default ``("scene_id",)``, when present) are copied onto each pair.
+
+``counts`` = ``{"records", "pairs", "ties", "skipped", "below_margin", "over_cap"}``;
+``silkfire pairs IN --out OUT`` prints the first four (and the last two when the option is set) as JSON.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from silkfire.feedback.records import ASPECTS, iter_feedback, rating_value
+from silkfire.io import write_jsonl
+
+COUNT_KEYS = ("records", "pairs", "ties", "skipped", "below_margin", "over_cap")
+
+
+def completion_score(annotations: Mapping[str, Any] | None, aspects: Sequence[str] = ASPECTS) -> float | None:
+    """Mean of the aspect ratings; ``None`` when an aspect is missing or any rating is non-numeric."""
+    if not isinstance(annotations, Mapping):
+        return None
+    values = []
+    for aspect in aspects:
+        note = annotations.get(aspect)
+        value = rating_value(note.get("Rating")) if isinstance(note, Mapping) else None
+        if value is None:
+            return None
+        values.append(value)
+    return sum(values) / len(values)
+
+
+def record_pairs(
+    record: Mapping[str, Any],
+    min_margin: float = 0.0,
+    max_pairs_per_prompt: int | None = None,
+    aspects: Sequence[str] = ASPECTS,
+    carry: Sequence[str] = ("scene_id",),
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The pairs of one row-form record and its counts (``records`` = 1)."""
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    counts["records"] = 1
+    completions = record["completions"]
+    scores = [completion_score(completion.get("annotations"), aspects) for completion in completions]
+    kept: list[tuple[float, dict[str, Any]]] = []
+    for i, j in itertools.combinations(range(len(completions)), 2):
+        if scores[i] is None or scores[j] is None:
+            counts["skipped"] += 1
+            continue
+        if scores[i] == scores[j]:
+            counts["ties"] += 1
+            continue
+        high, low = (i, j) if scores[i] > scores[j] else (j, i)
+        margin = scores[high] - scores[low]
+        if margin <= min_margin:
+            counts["below_margin"] += 1
+            continue
+        pair = {
+            "id": f"{record['id']}/{high}-{low}",
+            "source_id": record["id"],
+            "prompt": record["prompt"],
+            "img_path": record["img_path"],
+            "chosen": completions[high]["response"],
+            "rejected": completions[low]["response"],
+            "chosen_score": scores[high],
+            "rejected_score": scores[low],
+            "chosen_model": completions[high]["model"],
+            "rejected_model": completions[low]["model"],
+        }
+        pair.update({key: record[key] for key in carry if key in record})
+        kept.append((margin, pair))
+    if max_pairs_per_prompt is not None and len(kept) > max_pairs_per_prompt:
+        order = sorted(range(len(kept)), key=lambda index: -kept[index][0])  # sorted() is stable
+        chosen = sorted(order[:max_pairs_per_prompt])
+        counts["over_cap"] = len(kept) - len(chosen)
+        kept = [kept[index] for index in chosen]
+    counts["pairs"] = len(kept)
+    return [pair for _, pair in kept], counts
+
+
+def build_pairs(
+    records: Iterable[Mapping[str, Any]],
+    min_margin: float = 0.0,
+    max_pairs_per_prompt: int | None = None,
+    aspects: Sequence[str] = ASPECTS,
+    carry: Sequence[str] = ("scene_id",),
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """All pairs of row-form records (see :func:`silkfire.feedback.records.read_feedback`) and summed counts."""
+    if min_margin < 0:
+        raise ValueError(f"pairs: min_margin must be >= 0, got {min_margin}")
+    if max_pairs_per_prompt is not None and max_pairs_per_prompt < 1:
+        raise ValueError(f"pairs: max_pairs_per_prompt must be >= 1 or None, got {max_pairs_per_prompt}")
+    pairs: list[dict[str, Any]] = []
+    totals = dict.fromkeys(COUNT_KEYS, 0)
+    for record in records:
+        found, counts = record_pairs(record, min_margin, max_pairs_per_prompt, aspects, carry)
+        pairs.extend(found)
+        for key in COUNT_KEYS:
+            totals[key] += counts[key]
+    return pairs, totals
+
+
+def build_pairs_file(
+    source: str | Path,
+    out: str | Path,
+    min_margin: float = 0.0,
+    max_pairs_per_prompt: int | None = None,
+) -> dict[str, int]:
+    """Read a VLFeedback file (either layout; annotations required), write the pairs as JSONL, return counts."""
+    pairs, counts = build_pairs(iter_feedback(source, require_annotations=True), min_margin, max_pairs_per_prompt)
+    write_jsonl(out, pairs)
+    return counts

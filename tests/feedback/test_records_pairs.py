@@ -1,0 +1,153 @@
+"""VLFeedback records (both published layouts) and the pair rule, with hand-computed counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from silkfire.cli import main
+from silkfire.feedback.pairs import build_pairs, build_pairs_file, completion_score
+from silkfire.feedback.records import FeedbackFormatError, read_feedback, write_feedback
+
+
+def notes(h: str, v: str, e: str) -> dict:
+    return {
+        "Helpfulness": {"Rating": h, "Rationale": "h"},
+        "Visual Faithfulness": {"Rating": v, "Rationale": "v"},
+        "Ethical Considerations": {"Rating": e, "Rationale": "e"},
+    }
+
+
+def record(rid: str, ratings: list[tuple[str, str, str]], columnwise: bool = False) -> dict:
+    models = [f"m{i}" for i in range(len(ratings))]
+    responses = [f"answer {rid} {i}" for i in range(len(ratings))]
+    annotations = [notes(*r) for r in ratings]
+    if columnwise:
+        completions = {"annotations": annotations, "model": models, "response": responses}
+    else:
+        completions = [{"model": m, "response": r, "annotations": a}
+                       for m, r, a in zip(models, responses, annotations)]
+    return {"id": rid, "prompt": f"question {rid}?", "models": models, "completions": completions,
+            "img_path": f"merged_images/{rid}.jpg"}
+
+
+# scores: 4, 4, 5, 3 -> pairs (0,1) tie; (0,2) (0,3) (1,2) (1,3) (2,3) -> 5 pairs, 1 tie
+R1 = [("4", "4", "4"), ("5", "3", "4"), ("5", "5", "5"), ("3", "3", "3")]
+# completion 1 has "N/A": pairs (0,1) (1,2) (1,3) skipped; (0,2): 2 vs 3 ; (0,3) 2 vs 2 tie; (2,3) 3 vs 2
+R2 = [("2", "2", "2"), ("N/A", "4", "5"), ("3", "3", "3"), ("1", "2", "3")]
+
+
+def test_pair_counts_hand_computed() -> None:
+    pairs, counts = build_pairs([read_one(record("a", R1)), read_one(record("b", R2))])
+    assert counts == {"records": 2, "pairs": 5 + 2, "ties": 1 + 1, "skipped": 3, "below_margin": 0, "over_cap": 0}
+    assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+    b = [p for p in pairs if p["source_id"] == "b"]
+    assert {(p["chosen_model"], p["rejected_model"]) for p in b} == {("m2", "m0"), ("m2", "m3")}
+    assert all("m1" not in (p["chosen_model"], p["rejected_model"]) for p in b)
+    first = next(p for p in pairs if p["id"] == "a/2-3")
+    assert first["chosen"] == "answer a 2" and first["rejected"] == "answer a 3"
+    assert first["chosen_score"] == 5.0 and first["rejected_score"] == 3.0
+    assert first["img_path"] == "merged_images/a.jpg" and first["prompt"] == "question a?"
+
+
+def test_margin_and_cap() -> None:
+    rows = [read_one(record("a", R1))]
+    # margins: (0,2)=1 (0,3)=1 (1,2)=1 (1,3)=1 (2,3)=2
+    pairs, counts = build_pairs(rows, min_margin=1.0)
+    assert [p["id"] for p in pairs] == ["a/2-3"] and counts["below_margin"] == 4 and counts["ties"] == 1
+    pairs, counts = build_pairs(rows, max_pairs_per_prompt=2)
+    assert [p["id"] for p in pairs] == ["a/2-0", "a/2-3"] and counts["over_cap"] == 3 and counts["pairs"] == 2
+    with pytest.raises(ValueError, match="min_margin"):
+        build_pairs(rows, min_margin=-1)
+
+
+def test_score_is_unweighted_mean_and_non_numeric_is_none() -> None:
+    assert completion_score(notes("5", "4", "3")) == 4.0
+    assert completion_score(notes("5", "", "3")) is None
+    assert completion_score(notes("five", "4", "3")) is None
+    assert completion_score({"Helpfulness": {"Rating": "5"}}) is None  # missing aspects
+    assert completion_score(None) is None
+
+
+def read_one(raw: dict) -> dict:
+    from silkfire.feedback.records import normalise_record
+
+    return normalise_record(raw)
+
+
+def test_columnwise_and_list_layouts_read_the_same(tmp_path: Path) -> None:
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("\n".join(json.dumps(record(r, R1, columnwise=r == "b")) for r in "ab") + "\n")
+    listed = tmp_path / "rows.json"
+    listed.write_text(json.dumps([record("a", R1, columnwise=True), record("b", R1)]))
+    rows_a, rows_b = read_feedback(jsonl), read_feedback(listed)
+    assert [r["completions"] for r in rows_a] == [r["completions"] for r in rows_b]
+    assert rows_a[1]["completions"][2] == {"model": "m2", "response": "answer b 2", "annotations": notes("5", "5", "5")}
+    assert list(rows_a[0]) == ["id", "prompt", "models", "completions", "img_path"]
+    out = tmp_path / "out.jsonl"
+    assert write_feedback(out, rows_a) == 2
+    assert read_feedback(out) == rows_a
+
+
+def test_bad_input_names_file_line_and_field(tmp_path: Path) -> None:
+    bad = record("b", R1)
+    bad["completions"][2]["annotations"]["Helpfulness"]["Rating"] = ["4"]
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(record("a", R1)) + "\n\n" + json.dumps(bad) + "\n")
+    with pytest.raises(FeedbackFormatError) as info:
+        read_feedback(path)
+    message = str(info.value)
+    assert f"{path}:3" in message and "completions[2].annotations['Helpfulness'].Rating" in message
+    listed = tmp_path / "bad.json"
+    columns = record("c", R1, columnwise=True)
+    columns["completions"]["response"].pop()
+    listed.write_text(json.dumps([record("a", R1), columns]))
+    with pytest.raises(FeedbackFormatError, match=r"bad.json: record 1: completions: column-wise lists differ"):
+        read_feedback(listed)
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({"id": "x", "prompt": "p", "completions": []}) + "\n")
+    with pytest.raises(FeedbackFormatError, match=r"missing.jsonl:1: img_path"):
+        read_feedback(missing)
+    unannotated = tmp_path / "raw.jsonl"
+    raw = record("a", R1)
+    for c in raw["completions"]:
+        c.pop("annotations")
+    unannotated.write_text(json.dumps(raw) + "\n")
+    assert read_feedback(unannotated)[0]["completions"][0]["annotations"] is None
+    with pytest.raises(FeedbackFormatError, match=r"raw.jsonl:1: completions\[0\].annotations: missing"):
+        read_feedback(unannotated, require_annotations=True)
+
+
+def test_pairs_cli_prints_counts_and_passes_the_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "feedback.json"
+    source.write_text(json.dumps([record("a", R1, columnwise=True), record("b", R2)]))
+    out = tmp_path / "pairs.jsonl"
+    assert main(["pairs", str(source), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"records": 2, "pairs": 7, "ties": 2, "skipped": 3}
+    assert len(out.read_text().splitlines()) == 7
+    assert build_pairs_file(source, tmp_path / "again.jsonl") ["pairs"] == 7
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    assert main(["pairs", str(bad), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_pairs_pass_the_quality_gate(tmp_path: Path) -> None:
+    from silkfire.quality.config import QualityConfig
+    from silkfire.quality.pairs import validate_pairs
+
+    pairs, _ = build_pairs([read_one(record("a", R1)), read_one(record("b", R2))])
+    path = tmp_path / "pairs.jsonl"
+    from silkfire.io import write_jsonl
+
+    write_jsonl(path, pairs)
+    images = tmp_path / "merged_images"
+    images.mkdir()
+    from PIL import Image
+
+    for rid in "ab":
+        Image.new("RGB", (8, 8)).save(images / f"{rid}.jpg")
+    result = validate_pairs(path, QualityConfig.from_mapping({}), tmp_path / "report", image_root=tmp_path)
+    assert result.success, str(result)
