@@ -1,0 +1,114 @@
+"""A local Hugging Face VLM folder as a policy: batched sampling with temperature (or greedy at 0)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from silkfire.policies.base import Instruction
+
+BLANK_RETRIES = 2  # re-draws for a response that decodes to nothing visible
+
+
+def _seed_of(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+
+
+class HFPolicy:
+    """Loads the model on first use and frees it after each ``respond`` (pools hold several checkpoints)."""
+
+    def __init__(self, name: str, source: str | Path, *, temperature: float = 0.7, top_p: float = 1.0,
+                 max_new_tokens: int = 48, batch_size: int = 32, dtype: str = "float32", device: str = "cpu",
+                 progress: bool = True):
+        if temperature < 0:
+            raise ValueError(f"policy {name!r}: temperature must be >= 0, got {temperature}")
+        self.name = name
+        self.source = source
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.device = device
+        self.progress = progress
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "hf", "source": str(self.source), "temperature": self.temperature, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens}
+
+    def respond(self, instructions: Sequence[Instruction], image_root: Path, seed: int) -> list[str]:
+        import gc
+
+        from silkfire.models.loading import load_vlm
+
+        if not instructions:
+            return []
+        model, processor = load_vlm(self.source, dtype=self.dtype, device=self.device)
+        try:
+            answers = sample_answers(
+                model, processor, instructions, image_root, seed=_seed_of(seed, self.name),
+                temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size, progress=self.progress, desc=f"sample {self.name}",
+            )
+        finally:
+            del model, processor
+            gc.collect()
+        return answers
+
+
+def sample_answers(model: Any, processor: Any, instructions: Sequence[Instruction], image_root: Path, *,
+                   seed: int, temperature: float, top_p: float = 1.0, max_new_tokens: int = 48,
+                   batch_size: int = 32, progress: bool = True, desc: str = "sample") -> list[str]:
+    """Sampled answers (greedy when temperature is 0), left-padded batches as in eval.generate.
+
+    Each batch is seeded from ``seed`` and its first instruction id, so an answer does not depend on which
+    other policies ran before. Special tokens (pad, image, bos) are banned from the answer; a response that
+    still decodes to blank is drawn again up to BLANK_RETRIES times (the VLFeedback gate refuses blanks).
+    """
+    import torch
+
+    from silkfire.train.data import load_image, prompt_text
+
+    tokenizer = processor.tokenizer
+    banned = sorted({i for i in (tokenizer.pad_token_id, tokenizer.bos_token_id,
+                                 getattr(processor, "image_token_id", None)) if i is not None})
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    model.eval()
+    answers: list[str] = []
+    try:
+        for start in tqdm(range(0, len(instructions), batch_size), desc=desc, unit="batch", disable=not progress):
+            batch = list(instructions[start:start + batch_size])
+            texts = [""] * len(batch)
+            todo = list(range(len(batch)))
+            for attempt in range(BLANK_RETRIES + 1):
+                rows = [batch[i] for i in todo]
+                inputs = processor(text=[prompt_text(processor, r.prompt) for r in rows],
+                                   images=[load_image(image_root, r.image) for r in rows],
+                                   return_tensors="pt", padding=True)
+                inputs = {k: v.to(device=device, dtype=dtype) if k == "pixel_values" else v.to(device)
+                          for k, v in inputs.items()}
+                torch.manual_seed(_seed_of(seed, batch[0].id, attempt))
+                sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
+                    else {"do_sample": False}
+                with torch.inference_mode():
+                    output = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1,
+                                            pad_token_id=tokenizer.pad_token_id,
+                                            bad_words_ids=[[i] for i in banned] or None, **sampling)
+                decoded = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                for index, text in zip(todo, decoded):
+                    texts[index] = text.strip()
+                todo = [i for i in todo if not texts[i]]
+                if not todo or temperature == 0:
+                    break
+            answers.extend(texts)
+    finally:
+        tokenizer.padding_side = previous_side
+    return answers

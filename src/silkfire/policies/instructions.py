@@ -1,0 +1,53 @@
+"""Where instructions come from: the world's training split (default) or VLFeedback prompts (real mode)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from silkfire.io import read_records
+from silkfire.policies.base import Instruction
+from silkfire.world.scene import scene_from_record
+
+
+def world_instructions(world_dir: Path, *, split_file: str = "train.jsonl", families: Sequence[str] | None = None,
+                       max_instructions: int | None = None, family_weights: Mapping[str, float] | None = None,
+                       seed: int = 0) -> list[Instruction]:
+    """World questions (open, probe and MME-style by default) with their scene graphs, capped with a seeded
+    draw (``family_weights`` sets each family's share of the cap), in a fixed order."""
+    from silkfire.train.data import select_records
+
+    world_dir = Path(world_dir)
+    scenes = {record["scene_id"]: scene_from_record(record) for record in read_records(world_dir / "scenes.jsonl")}
+    records = select_records(read_records(world_dir / split_file), list(families) if families else None,
+                             max_instructions, seed, family_weights)
+    instructions = []
+    for index, record in enumerate(records):
+        scene_id = record.get("scene_id")
+        if scene_id not in scenes:
+            raise ValueError(f"{world_dir / split_file}: record {index} (id {record.get('id')!r}): scene_id "
+                             f"{scene_id!r} is not in {world_dir / 'scenes.jsonl'}")
+        instructions.append(Instruction(
+            id=str(record["id"]), prompt=str(record["question"]), image=str(record["image"]),
+            scene=scenes[scene_id], family=record.get("family"), category=record.get("category"),
+            answer=str(record["answer"]),
+        ))
+    return sorted(instructions, key=lambda instruction: instruction.id)
+
+
+def feedback_instructions(path: Path, *, max_instructions: int | None = None, seed: int = 0) -> list[Instruction]:
+    """Prompts of a VLFeedback file (``id``, ``prompt``, ``img_path``; completions, if any, are ignored)."""
+    import random
+
+    records: list[dict[str, Any]] = read_records(path)
+    instructions = []
+    for index, record in enumerate(records):
+        for key in ("id", "prompt", "img_path"):
+            if not isinstance(record.get(key), str) or not record[key].strip():
+                raise ValueError(f"{path}: record {index}: field {key!r} must be a non-empty string, "
+                                 f"got {record.get(key)!r}"[:300])
+        instructions.append(Instruction(id=record["id"], prompt=record["prompt"], image=record["img_path"]))
+    if max_instructions is not None and len(instructions) > max_instructions:
+        instructions = random.Random(seed).sample(instructions, max_instructions)
+    return sorted(instructions, key=lambda instruction: instruction.id)
