@@ -81,6 +81,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
             from silkfire.eval.mme import score_mme_file
 
             result = score_mme_file(args.file, extra_groups=_parse_groups(args.group))
+        elif args.benchmark == "fire":
+            from silkfire.fire.metrics import score_fire_file
+
+            result = score_fire_file(args.file, threshold=args.threshold, baseline=args.baseline)
         else:  # pragma: no cover - argparse restricts choices
             raise SystemExit(f"unknown benchmark {args.benchmark}")
     except (RecordFileError, ValueError) as error:
@@ -150,10 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=quality_cli.run_args)
 
     score = sub.add_parser("score", help="score a predictions file with a benchmark's official rules")
-    score.add_argument("benchmark", choices=["mme"])
+    score.add_argument("benchmark", choices=["mme", "fire"])
     score.add_argument("file", type=Path)
     score.add_argument("--group", action="append", default=[], metavar="CATEGORY=GROUP",
                        help="declare the group (perception|cognition) of a category MME does not have")
+    score.add_argument("--threshold", type=float, default=8,
+                       help="fire: a turn is correct when its teacher score >= this (default 8)")
+    score.add_argument("--baseline", type=Path, default=None,
+                       help="fire: the baseline model's dialogues; adds AT_norm = AT / baseline AT")
     score.set_defaults(func=_cmd_score)
 
     pairs = sub.add_parser("pairs", help="build VLFeedback preference pairs from an annotated file")

@@ -271,3 +271,18 @@ def fixed_dialogue_metrics(generated: Sequence[str], items: Sequence[FixedItem],
         mae = score_mae(generated, references)
         scores.update({"MAE": mae["MAE"], "unparsable": mae["unparsable"], "mae_skipped": mae["skipped"]})
     return scores
+
+
+def score_fire_file(path: Any, threshold: float = DEFAULT_THRESHOLD, baseline: Any = None) -> dict[str, Any]:
+    """``silkfire score fire FILE``: ``{"AT", "ADR", "ATR", "RR", "dialogues"}`` of a FIRE record file (free
+    dialogue); with ``baseline`` (another such file, the baseline model's dialogues) also ``AT_norm``.
+    Malformed records raise :class:`silkfire.fire.records.FireRecordError` (file, record, field)."""
+    from silkfire.fire.records import read_dialogues
+
+    dialogues, _ = read_dialogues(path)
+    metrics = free_dialogue_metrics(dialogues, threshold)
+    result = {key: metrics[key] for key in FREE_KEYS}
+    if baseline is not None:
+        base, _ = read_dialogues(baseline)
+        result["AT_norm"] = normalise_at(metrics["AT"], free_dialogue_metrics(base, threshold)["AT"])
+    return result
