@@ -290,7 +290,7 @@ class ScriptedStudent:
 def build_student(cfg: Mapping[str, Any], *, root: Path | None = None, seed: int = 0,
                   world: Any = None) -> Student:
     """A student from config: ``kind: hf`` (``path``, ``dtype``, ``device``, ``batch_size``, ``max_new_tokens``,
-    ``format_hint``), ``kind: api`` (``client``: silkfire.llm.client keys, ``format_hint``), ``kind: scripted``
+    ``format_hint``), ``kind: api`` (silkfire.llm.client keys, flat or under ``client``; ``format_hint``), ``kind: scripted``
     (``profile``, ``error_rate``, ``refine_prob``). ``path`` is relative to ``root``."""
     data = dict(cfg)
     kind = data.pop("kind", None)
@@ -303,9 +303,9 @@ def build_student(cfg: Mapping[str, Any], *, root: Path | None = None, seed: int
         keys = ("dtype", "device", "batch_size", "max_new_tokens", "format_hint")
         student: Student = HFStudent(full, name=name, **{k: data.pop(k) for k in keys if k in data})
     elif kind == "api":
-        client = data.pop("client", None)
-        if not isinstance(client, Mapping):
-            raise ValueError("fire student kind api needs a 'client' mapping (base_url, model, api_key_env, ...)")
+        from silkfire.fire.teacher import _client_keys
+
+        client = _client_keys(data)
         student = ApiStudent(dict(client), name=name, format_hint=bool(data.pop("format_hint", True)))
     elif kind == "scripted":
         keys = ("profile", "error_rate", "refine_prob")

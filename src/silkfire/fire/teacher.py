@@ -129,8 +129,9 @@ class TrainedTeacher:
 def build_teacher(cfg: Mapping[str, Any], *, root: Path | None = None, world: Any = None) -> Teacher:
     """A teacher from its config group (``fire.teacher``: conf/fire/teacher/{oracle,api,trained}.yaml).
 
-    ``kind: oracle`` (+ optional ``name``); ``kind: api`` with ``client: {base_url, model, api_key_env, ...}``
-    (silkfire.llm.client.ClientConfig keys) and ``send_image``; ``kind: trained`` with ``path`` (relative to
+    ``kind: oracle`` (+ optional ``name``); ``kind: api`` with the silkfire.llm.client.ClientConfig keys
+    (``base_url``, ``model``, ``api_key_env``, ``concurrency``, ..., flat as in conf/silkie/judge/api.yaml, or
+    nested under ``client``) and ``send_image``; ``kind: trained`` with ``path`` (relative to
     ``root``), ``dtype``, ``device``, ``batch_size``, ``max_new_tokens``. ``world``: the WorldConfig (or its
     mapping) the oracle parses answers with (default: the shapes world defaults).
     """
@@ -143,9 +144,7 @@ def build_teacher(cfg: Mapping[str, Any], *, root: Path | None = None, world: An
         _no_extra(kind, data)
         return OracleTeacher(world=world, name=name)
     if kind == "api":
-        client = data.pop("client", None)
-        if not isinstance(client, Mapping):
-            raise ValueError("fire teacher kind api needs a 'client' mapping (base_url, model, api_key_env, ...)")
+        client = _client_keys(data)
         send_image = bool(data.pop("send_image", True))
         _no_extra(kind, data)
         return ApiTeacher(dict(client), name=name, send_image=send_image)
@@ -158,6 +157,21 @@ def build_teacher(cfg: Mapping[str, Any], *, root: Path | None = None, world: An
         _no_extra(kind, data)
         return TrainedTeacher(full, name=name, **options)
     raise ValueError(f"fire teacher: unknown kind {kind!r}; kinds are {list(TEACHER_KINDS)}")
+
+
+def _client_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """The client settings of an api teacher/student config: a nested ``client`` mapping, or the flat keys."""
+    from silkfire.llm.client import ClientConfig
+
+    nested = data.pop("client", None)
+    if nested is not None:
+        if not isinstance(nested, Mapping):
+            raise ValueError("'client' must be a mapping of silkfire.llm.client.ClientConfig keys")
+        return dict(nested)
+    client = {key: data.pop(key) for key in ClientConfig.KEYS if key in data}
+    if "base_url" not in client or "model" not in client:
+        raise ValueError("an api teacher/student needs base_url and model (silkfire.llm.client.ClientConfig keys)")
+    return client
 
 
 def _no_extra(kind: str, data: Mapping[str, Any]) -> None:
