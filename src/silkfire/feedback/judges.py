@@ -1,0 +1,214 @@
+"""Judges: annotate VLFeedback records (row form) with the 3 aspects -- the oracle or an API model -- by config.
+
+    from silkfire.feedback.judges import make_judge
+    judge = make_judge(cfg.silkie.judge, world_dir=root / cfg.paths.world, root=root)
+    annotated = judge.annotate(records, image_root=root / cfg.paths.world)   # copies, annotations filled
+    mlflow.log_params(judge.params()); mlflow.log_metrics(judge.metrics())
+
+Every judge implements :class:`Judge`: ``annotate(records, image_root)`` takes row-form records
+(:func:`silkfire.feedback.records.read_feedback`; each with up to 4 completions, ``annotations`` missing/None
+or present -- they are replaced) and returns new records whose completions carry ``annotations`` exactly as
+published: ``{"Helpfulness": {"Rating": "4", "Rationale": "..."}, "Ethical Considerations": {...},
+"Visual Faithfulness": {...}}`` (ratings are strings; "N/A" when the judge gave none).
+
+- ``kind: oracle`` -> :class:`silkfire.feedback.oracle.OracleJudge` (rules in its module docstring); needs
+  ``world_dir``.
+- ``kind: api`` -> :class:`ApiJudge`: one chat call per record (image as a data URL + the annotation prompt
+  of :mod:`silkfire.feedback.template` with all responses), replies parsed per aspect/text, a persistent
+  :class:`silkfire.feedback.cache.AnnotationCache` (``cache_dir``) so a re-run or a resume after a crash never
+  pays twice; the client (and its API key) is only created when some record is not cached. Calls that still
+  fail after the client's retries: ``on_failure: raise`` (default) raises :class:`JudgeError` after every other
+  reply is cached (re-run to resume); ``on_failure: na`` fills "N/A" ratings (pairs skip them).
+
+Metrics (``judge_*``): records, completions, cache_hits, cache_misses, failed, na_ratings + the client's
+``judge_requests``, ``judge_calls``, ``judge_retries``, ``judge_prompt_tokens``, ``judge_completion_tokens``,
+``judge_cost_usd``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from tqdm.auto import tqdm
+
+from silkfire.feedback.cache import AnnotationCache, annotation_key, image_digest
+from silkfire.feedback.template import NA, TEMPLATE_VERSION, na_count, parse_annotation, render_prompt
+from silkfire.llm.client import ApiError, ChatClient, ClientConfig, user_message
+
+API_KEYS = ("kind", "cache_dir", "template_file", "template_version", "on_failure", "chunk_size")
+ORACLE_KEYS = ("kind",)
+
+
+class JudgeError(RuntimeError):
+    """Some records could not be annotated; the message names them (the rest is cached)."""
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Annotates records; see the module docstring."""
+
+    name: str
+
+    def annotate(self, records: Sequence[Mapping[str, Any]], image_root: str | Path | None = None
+                 ) -> list[dict[str, Any]]: ...
+
+    def params(self) -> dict[str, Any]: ...
+
+    def metrics(self) -> dict[str, float]: ...
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class ApiJudge:
+    """An OpenAI-compatible model as the VLFeedback judge (GPT-4V in the paper)."""
+
+    name = "api"
+
+    def __init__(self, client_config: ClientConfig, cache_dir: str | Path, *, template: str | None = None,
+                 template_version: str = TEMPLATE_VERSION, on_failure: str = "raise", chunk_size: int = 256,
+                 progress: bool = False, client_factory: Callable[[ClientConfig], ChatClient] = ChatClient) -> None:
+        if on_failure not in ("raise", "na"):
+            raise ValueError(f"api judge: on_failure must be 'raise' or 'na', got {on_failure!r}")
+        self.client_config = client_config
+        self.cache = AnnotationCache(cache_dir)
+        self.template = template
+        self.template_version = template_version
+        self.on_failure = on_failure
+        self.chunk_size = max(1, chunk_size)
+        self.progress = progress
+        self._client_factory = client_factory
+        self._client: ChatClient | None = None
+        self._counts = {"records": 0, "completions": 0, "cache_hits": 0, "cache_misses": 0, "failed": 0,
+                        "na_ratings": 0}
+
+    def params(self) -> dict[str, Any]:
+        return {"judge": self.name, "judge_template_version": self.template_version,
+                **{key.replace("llm_", "judge_"): value for key, value in self.client_config.params().items()}}
+
+    def metrics(self) -> dict[str, float]:
+        usage = self._client.usage.metrics("judge_") if self._client is not None else {}
+        return {**{f"judge_{key}": value for key, value in self._counts.items()}, **usage}
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def _image(self, record: Mapping[str, Any], image_root: str | Path | None, index: int) -> Path:
+        path = Path(record["img_path"])
+        path = path if image_root is None or path.is_absolute() else Path(image_root) / path
+        if not path.is_file():
+            raise FileNotFoundError(f"api judge: record {index} (id {record.get('id')!r}): image {path} not found")
+        return path
+
+    def annotate(self, records: Sequence[Mapping[str, Any]], image_root: str | Path | None = None
+                 ) -> list[dict[str, Any]]:
+        model = self.client_config.model
+        keys: list[str] = []
+        todo: dict[str, tuple[int, Path]] = {}  # key -> (first record index, image); duplicates share one call
+        for index, record in enumerate(records):
+            image = self._image(record, image_root, index)
+            responses = [completion["response"] for completion in record["completions"]]
+            key = annotation_key(model, self.template_version, record["prompt"], image_digest(image), responses)
+            keys.append(key)
+            if key in self.cache:
+                self._counts["cache_hits"] += 1
+            elif key not in todo:
+                todo[key] = (index, image)
+        self._counts["cache_misses"] += len(todo)
+        failed = self._call(records, todo) if todo else {}
+        out = []
+        for index, (record, key) in enumerate(zip(records, keys)):
+            n = len(record["completions"])
+            entry = self.cache.get(key)
+            if entry is not None:
+                parsed = parse_annotation(entry["text"], n)
+            else:
+                why = failed.get(key, "no reply")
+                parsed = [{aspect: {"Rating": NA, "Rationale": f"[judge call failed: {why}]"} for aspect in
+                           ("Helpfulness", "Ethical Considerations", "Visual Faithfulness")} for _ in range(n)]
+            self._counts["na_ratings"] += na_count(parsed)
+            completions = [dict(completion, annotations=notes) for completion, notes in
+                           zip(record["completions"], parsed)]
+            out.append({**record, "completions": completions})
+            self._counts["records"] += 1
+            self._counts["completions"] += n
+        if failed and self.on_failure == "raise":
+            ids = [str(records[todo[key][0]].get("id")) for key in failed]
+            raise JudgeError(f"api judge: {len(failed)} record(s) not annotated after retries (first: {ids[:5]}; "
+                             f"{failed[next(iter(failed))]}); the {len(self.cache)} cached annotations are kept: "
+                             "re-run to resume (or set on_failure: na)")
+        return out
+
+    def _call(self, records: Sequence[Mapping[str, Any]], todo: dict[str, tuple[int, Path]]) -> dict[str, str]:
+        """Ask the model for every uncached key; each reply is cached as it arrives. Returns key -> error."""
+        if self._client is None:
+            self._client = self._client_factory(self.client_config)
+        failed: dict[str, str] = {}
+        items = list(todo.items())
+        bar = tqdm(total=len(items), desc="api judge", unit="record", disable=not self.progress)
+        for chunk in _chunks(items, self.chunk_size):  # bounded memory: images are encoded per chunk
+            requests = []
+            for key, (index, image) in chunk:
+                record = records[index]
+                text = render_prompt(record["prompt"], [c["response"] for c in record["completions"]],
+                                     self.template)
+                requests.append([user_message(text, images=[image])])
+            for position, outcome in self._client.chat_many(requests):
+                key, (index, _) = chunk[position]
+                if isinstance(outcome, ApiError):
+                    self._counts["failed"] += 1
+                    failed[key] = str(outcome)
+                else:
+                    self.cache.put({"key": key, "id": records[index].get("id"), "model": self.client_config.model,
+                                    "template": self.template_version, "text": outcome.text,
+                                    "prompt_tokens": outcome.prompt_tokens,
+                                    "completion_tokens": outcome.completion_tokens})
+                bar.update(1)
+        bar.close()
+        return failed
+
+
+def make_judge(cfg: Mapping[str, Any], *, world_dir: str | Path | None = None, root: str | Path = ".",
+               progress: bool = False) -> Judge:
+    """A judge from its config group (conf/silkie/judge/oracle.yaml | api.yaml); paths relative to ``root``."""
+    from silkfire.feedback.oracle import OracleJudge, OracleRules
+
+    data = _plain(cfg)
+    kind = data.pop("kind", None)
+    if kind == "oracle":
+        if world_dir is None:
+            raise ValueError("oracle judge: needs the world folder (world_dir) to read scene graphs")
+        return OracleJudge.from_world(world_dir, OracleRules.from_mapping(data), progress=progress)
+    if kind == "api":
+        root = Path(root)
+        cache_dir = data.pop("cache_dir", None)
+        if not cache_dir:
+            raise ValueError("api judge: cache_dir is required (annotations are cached so no call is paid twice)")
+        template_file = data.pop("template_file", None)
+        template = (root / template_file).read_text(encoding="utf-8") if template_file else None
+        version = data.pop("template_version", None)
+        if not version:  # a custom template gets its own cache namespace unless a version is given
+            version = (TEMPLATE_VERSION if template is None
+                       else "file-" + hashlib.sha256(template.encode("utf-8")).hexdigest()[:16])
+        on_failure = str(data.pop("on_failure", "raise"))
+        chunk_size = int(data.pop("chunk_size", 256))
+        return ApiJudge(ClientConfig.from_mapping(data), root / cache_dir, template=template,
+                        template_version=str(version), on_failure=on_failure, chunk_size=chunk_size, progress=progress)
+    raise ValueError(f"judge: unknown kind {kind!r}; use 'oracle' or 'api' (conf/silkie/judge/)")
+
+
+def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
