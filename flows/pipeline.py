@@ -70,6 +70,14 @@ def publish_decision(root: Path, cfg: Any) -> None:
         create_table_artifact(rows, key="silkfire-champion-comparison", description="Challenger vs champion")
 
 
+def publish_fire_bench(root: Path, cfg: Any) -> None:
+    """The FIRE-Bench comparison table (written by the fire_bench stage) as a Prefect artefact."""
+    table = root / cfg.paths.reports / "fire_bench" / "fire_bench.md"
+    if table.is_file():
+        create_markdown_artifact(table.read_text(encoding="utf-8"), key="silkfire-fire-bench",
+                                 description="FIRE-Bench: SFT baseline vs FIRE-trained student and teacher")
+
+
 @flow(name="silkfire-pipeline", log_prints=True)
 def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True,
              wait_for_workspace: float = 0.0) -> list[dict[str, Any]]:
@@ -102,6 +110,8 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True,
                     rows.append(collect_row(root, cfg, stage, ran=ran, parent_run_id=parent.info.run_id))
                     if stage == "register" and ran:
                         publish_decision(root, cfg)
+                    if stage == "fire_bench" and ran:
+                        publish_fire_bench(root, cfg)
             finally:
                 os.environ.pop(PARENT_RUN_ENV, None)
             if push_to_remote and has_default_remote(root):
