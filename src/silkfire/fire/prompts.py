@@ -27,6 +27,11 @@ TEACHER_INSTRUCTION = (
     "on my answer. Do NOT directly tell the groundtruth answer. The feedback should identify which parts of my "
     "answer are incorrect, what is missing in my answer, and how to improve my answer.>\n'''"
 )
+# A compact variant for small models with short contexts (the tiny world model's tokenizer spends ~400 tokens
+# on the full instruction). Train and prompt a teacher with the same one (``instruction`` options below).
+SHORT_TEACHER_INSTRUCTION = ("Compare my answer with the groundtruth. Reply with 'Score: <1 to 10>.' and "
+                             "'Feedback: <what is wrong and how to improve; do NOT tell the groundtruth>'.")
+TEACHER_INSTRUCTIONS = {"fire": TEACHER_INSTRUCTION, "short": SHORT_TEACHER_INSTRUCTION}
 QUESTION_TEMPLATE = "Question: {question}\nGroundtruth: {groundtruth}"
 
 # Appended to the question for students not trained on FIRE's format (API models, untrained checkpoints).
@@ -40,15 +45,22 @@ def plain_question(question: str) -> str:
     return text.strip()
 
 
-def teacher_messages(question: str, groundtruth: str, response: str) -> list[str]:
+def teacher_instruction(name: str) -> str:
+    """``fire`` (the upstream text, default) or ``short`` (:data:`SHORT_TEACHER_INSTRUCTION`)."""
+    if name not in TEACHER_INSTRUCTIONS:
+        raise ValueError(f"teacher instruction must be one of {sorted(TEACHER_INSTRUCTIONS)}, got {name!r}")
+    return TEACHER_INSTRUCTIONS[name]
+
+
+def teacher_messages(question: str, groundtruth: str, response: str, instruction: str = "fire") -> list[str]:
     """The teacher's three user texts in upstream order: question + ground truth, instruction, student response."""
     return [QUESTION_TEMPLATE.format(question=plain_question(question), groundtruth=groundtruth.strip()),
-            TEACHER_INSTRUCTION, response.strip()]
+            teacher_instruction(instruction), response.strip()]
 
 
-def teacher_prompt(question: str, groundtruth: str, response: str) -> str:
+def teacher_prompt(question: str, groundtruth: str, response: str, instruction: str = "fire") -> str:
     """The teacher's input as one user turn (the three texts of :func:`teacher_messages` joined by newlines)."""
-    return "\n".join(teacher_messages(question, groundtruth, response))
+    return "\n".join(teacher_messages(question, groundtruth, response, instruction))
 
 
 def student_turns(question: str, responses: Sequence[str], teacher_turns: Sequence[str],

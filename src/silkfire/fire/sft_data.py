@@ -15,7 +15,8 @@ template (image block in the first user turn; labels on every assistant turn and
   turn is not part of it (no response follows). Loss on every assistant turn (FIRE).
 - teacher (one sample per teacher turn; the teacher's history is reset each turn):
   user ``"Question: {q}\\nGroundtruth: {gt}\\n{instruction}\\n{student response}"`` -> ``"Score: N.\\nFeedback: ..."``
-  (silkfire.fire.prompts.teacher_prompt). A teacher turn without a parsable score is left out (it would teach
+  (silkfire.fire.prompts.teacher_prompt; ``instruction="short"`` for small-context models -- prompt the trained
+  teacher with the same). A teacher turn without a parsable score is left out (it would teach
   the format wrong; counted).
 
 ``question``/``answer`` repeat the first pair so single-turn readers (silkfire.train.data.encode_sft_records
@@ -54,24 +55,25 @@ def student_samples(dialogues: Iterable[FireDialogue], *, format_hint: bool = Fa
     return samples
 
 
-def teacher_samples(dialogues: Iterable[FireDialogue]) -> tuple[list[dict[str, Any]], int]:
+def teacher_samples(dialogues: Iterable[FireDialogue], instruction: str = "fire") -> tuple[list[dict[str, Any]], int]:
     """One single-turn sample per teacher turn with a parsable score; returns (samples, turns left out).
-    ``id`` is ``<dialogue index>/teacher/<turn number>``."""
+    ``id`` is ``<dialogue index>/teacher/<turn number>``; ``instruction``: fire | short (silkfire.fire.prompts)."""
     samples, skipped = [], 0
     for index, dialogue in enumerate(dialogues):
         for number, (response, turn) in enumerate(zip(dialogue.responses, dialogue.feedbacks), start=1):
             if parse_score(turn) is None:
                 skipped += 1
                 continue
-            prompt = teacher_prompt(dialogue.question, dialogue.groundtruth, response)
+            prompt = teacher_prompt(dialogue.question, dialogue.groundtruth, response, instruction)
             samples.append(_record(f"{index}/teacher/{number}", dialogue, "teacher", [(prompt, turn.strip())]))
     return samples, skipped
 
 
-def build_sft_sets(dialogues: Sequence[FireDialogue], out_dir: Path, *, format_hint: bool = False) -> dict[str, Any]:
+def build_sft_sets(dialogues: Sequence[FireDialogue], out_dir: Path, *, format_hint: bool = False,
+                   instruction: str = "fire") -> dict[str, Any]:
     """Write ``student.jsonl`` and ``teacher.jsonl`` into ``out_dir``; returns their counts."""
     students = student_samples(dialogues, format_hint=format_hint)
-    teachers, skipped = teacher_samples(dialogues)
+    teachers, skipped = teacher_samples(dialogues, instruction)
     out_dir = Path(out_dir)
     return {
         "student_samples": write_sft(out_dir / "student.jsonl", students),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from silkfire.fire.prompts import teacher_messages, teacher_prompt
+from silkfire.fire.prompts import teacher_instruction, teacher_messages, teacher_prompt
 
 TEACHER_KINDS = ("oracle", "api", "trained")
 
@@ -98,7 +98,9 @@ class TrainedTeacher:
     """A local VLM folder (the trained FD-LLaVA analogue) prompted with the teacher texts as one user turn."""
 
     def __init__(self, path: str | Path, name: str = "trained", *, dtype: str = "float32", device: str = "cpu",
-                 batch_size: int = 16, max_new_tokens: int = 160, progress: bool = True):
+                 batch_size: int = 16, max_new_tokens: int = 160, instruction: str = "fire", progress: bool = True):
+        teacher_instruction(instruction)  # fail early on a bad name
+        self.instruction = instruction
         self.path = str(path)
         self.name = name
         self.dtype, self.device = dtype, device
@@ -106,7 +108,8 @@ class TrainedTeacher:
         self._loaded: tuple[Any, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "trained", "path": self.path, "dtype": self.dtype, "max_new_tokens": self.max_new_tokens}
+        return {"kind": "trained", "path": self.path, "dtype": self.dtype, "max_new_tokens": self.max_new_tokens,
+                "instruction": self.instruction}
 
     def _model(self) -> tuple[Any, Any]:
         if self._loaded is None:
@@ -119,7 +122,8 @@ class TrainedTeacher:
         from silkfire.fire.generation import generate_chat
 
         model, processor = self._model()
-        conversations = [[(teacher_prompt(item.question, item.groundtruth, item.response), None)] for item in items]
+        conversations = [[(teacher_prompt(item.question, item.groundtruth, item.response, self.instruction), None)]
+                         for item in items]
         images = [item.image or "" for item in items]
         return list(generate_chat(model, processor, conversations, images, Path(image_root or "."),
                                   batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
@@ -132,7 +136,8 @@ def build_teacher(cfg: Mapping[str, Any], *, root: Path | None = None, world: An
     ``kind: oracle`` (+ optional ``name``); ``kind: api`` with the silkfire.llm.client.ClientConfig keys
     (``base_url``, ``model``, ``api_key_env``, ``concurrency``, ..., flat as in conf/silkie/judge/api.yaml, or
     nested under ``client``) and ``send_image``; ``kind: trained`` with ``path`` (relative to
-    ``root``), ``dtype``, ``device``, ``batch_size``, ``max_new_tokens``. ``world``: the WorldConfig (or its
+    ``root``), ``dtype``, ``device``, ``batch_size``, ``max_new_tokens``, ``instruction`` (fire | short: the one
+    the teacher was trained with, silkfire.fire.prompts). ``world``: the WorldConfig (or its
     mapping) the oracle parses answers with (default: the shapes world defaults).
     """
     data = dict(cfg)
@@ -153,7 +158,8 @@ def build_teacher(cfg: Mapping[str, Any], *, root: Path | None = None, world: An
         if not path:
             raise ValueError("fire teacher kind trained needs 'path' (a model folder, e.g. models/fire_teacher/model)")
         full = Path(path) if root is None or Path(path).is_absolute() else Path(root) / path
-        options = {key: data.pop(key) for key in ("dtype", "device", "batch_size", "max_new_tokens") if key in data}
+        keys = ("dtype", "device", "batch_size", "max_new_tokens", "instruction")
+        options = {key: data.pop(key) for key in keys if key in data}
         _no_extra(kind, data)
         return TrainedTeacher(full, name=name, **options)
     raise ValueError(f"fire teacher: unknown kind {kind!r}; kinds are {list(TEACHER_KINDS)}")
