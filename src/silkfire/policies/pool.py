@@ -159,6 +159,8 @@ def sample_responses(instructions: Sequence[Instruction], pool: Mapping[str, Poo
             record.update({"scene_id": instruction.scene.scene_id, "family": instruction.family,
                            "category": instruction.category, "answer": instruction.answer})
         records.append(record)
-    stats = {"responses": {name: len(todo) for name, todo in assigned.items()}, "blank": blank,
+    usage = {key: value for entry in pool.values() if hasattr(entry.policy, "metrics")
+             for key, value in entry.policy.metrics().items()}  # API token counts / cost
+    stats = {"responses": {name: len(todo) for name, todo in assigned.items()}, "blank": blank, "usage": usage,
              "policies": {name: pool[name].policy.describe() | {"weight": pool[name].weight} for name in pool}}
     return records, stats

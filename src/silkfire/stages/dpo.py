@@ -1,0 +1,86 @@
+"""Stage `dpo`: DPO of the SFT model on the gated preference pairs (silkfire.train.dpo).
+
+Per-step metrics (loss, reward accuracy/margin, chosen/rejected rewards and log-probs, learning rate) stream to
+MLflow; the curves are a plot artefact and `metrics/dpo_history.csv` (DVC plots). The model folder is logged and
+registered as `silkie.registered_model` (silkfire-dpo) with the `candidate` alias.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+PARAMS = ("silkie.dpo", "silkie.registered_model", "silkie.sample.source", "silkie.sample.image_root",
+          "tracking", "paths.world", "paths.feedback", "paths.reports", "paths.sft", "paths.dpo", "paths.metrics")
+CURVES = (("loss", "dpo_loss", "nll"), ("reward_accuracy", "eval_reward_accuracy"),
+          ("reward_margin", "chosen_reward", "rejected_reward"), ("chosen_logp", "rejected_logp"))
+
+
+def dpo_curves(history: Sequence[Mapping[str, Any]]) -> Any:
+    """Four panels against the step: losses, reward accuracy, rewards/margin, policy log-probs."""
+    from silkfire.tracking.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.6))
+    for ax, keys in zip(axes, CURVES):
+        for key in keys:
+            points = [(row["step"], row[key]) for row in history if row.get(key) not in (None, "")]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="o" if key.startswith("eval_") else None, label=key)
+        ax.set(xlabel="step", title=keys[0])
+        ax.legend(fontsize=7)
+    fig.suptitle("DPO")
+    fig.tight_layout()
+    return fig
+
+
+def mlflow_logger(prefix: str = "dpo/"):
+    """A train_dpo callback that logs each logged row to the active MLflow run at its step."""
+    import mlflow
+
+    def log(event: str, step: int, values: dict[str, Any]) -> None:
+        if event == "log":
+            mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items() if k != "step"}, step=step)
+
+    return log
+
+
+def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    import mlflow
+
+    from silkfire.stages.pairs import gated_pairs
+    from silkfire.stages.sample import image_root
+    from silkfire.tracking.datasets import log_dvc_dataset
+    from silkfire.tracking.registry import log_and_register
+    from silkfire.train.dpo import DPOConfig, train_dpo
+
+    pairs = gated_pairs(cfg, root)
+    log_dvc_dataset(root, f"{cfg.paths.feedback}/pairs.jsonl", pairs, "silkie-pairs", context="train")
+    out_dir = root / cfg.paths.dpo
+    result = train_dpo(root / cfg.paths.sft / "model", pairs, image_root(cfg, root),
+                       DPOConfig.from_mapping(cfg.silkie.dpo), out_dir, callbacks=[mlflow_logger()])
+    plots_csv = root / cfg.paths.metrics / "dpo_history.csv"
+    plots_csv.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out_dir / "history.csv", plots_csv)
+    mlflow.log_artifact(str(out_dir / "history.csv"), artifact_path="curves")
+    mlflow.log_figure(dpo_curves(result.history), "curves/dpo_curves.png")
+    metrics: dict[str, Any] = dict(result.metrics)
+    if cfg.tracking.log_model:
+        metrics["registered_version"] = log_and_register(result.model_dir, str(cfg.silkie.registered_model),
+                                                         cfg.tracking.candidate_alias)
+    return metrics
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key in ("loss", "reward_accuracy", "eval_reward_accuracy", "reward_margin", "pairs_per_second"):
+        if isinstance(metrics.get(key), (int, float)):
+            parts.append(f"{key}={metrics[key]:.3g}")
+    if "registered_version" in metrics:
+        parts.append(f"registered v{metrics['registered_version']}")
+    return " ".join(parts)

@@ -1,0 +1,52 @@
+"""Stage `pairs`: VLFeedback's pair rule (mean of the 3 aspect ratings; ties dropped, non-numeric skipped; optional
+margin and cap per prompt) on the gated records, then the `pairs` quality gate on the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+PARAMS = ("quality", "silkie.pairs", "silkie.sample.source", "silkie.sample.image_root", "paths.world",
+          "paths.feedback", "paths.reports")
+OUTPUT = "pairs.jsonl"
+REPORT = "pairs"
+
+
+def gated_pairs(cfg: DictConfig, root: Path) -> Path:
+    """The pairs DPO must read: the gate's clean copy when its policy filtered pairs."""
+    clean = root / cfg.paths.reports / REPORT / "clean" / OUTPUT
+    return clean if clean.is_file() else root / cfg.paths.feedback / OUTPUT
+
+
+def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    from collections import Counter
+
+    from silkfire.feedback.pairs import build_pairs
+    from silkfire.feedback.records import iter_feedback
+    from silkfire.io import write_jsonl
+    from silkfire.stages.sample import image_root
+    from silkfire.stages.validate_feedback import gated_feedback, run_gate
+
+    options = cfg.silkie.pairs
+    cap = options.max_pairs_per_prompt
+    pairs, counts = build_pairs(iter_feedback(gated_feedback(cfg, root), require_annotations=True),
+                                float(options.min_margin), None if cap is None else int(cap))
+    if not pairs:
+        raise ValueError(f"pairs: no pair could be built ({counts}); every prompt's responses tie or lack ratings")
+    out = root / cfg.paths.feedback / OUTPUT
+    write_jsonl(out, pairs)
+    reports = root / cfg.paths.reports / REPORT
+    reports.mkdir(parents=True, exist_ok=True)
+    gate = run_gate("pairs", out, cfg, root, reports, image_root(cfg, root))
+    wins = Counter(pair["chosen_model"] for pair in pairs)
+    losses = Counter(pair["rejected_model"] for pair in pairs)
+    win_rate = {model: round(wins[model] / (wins[model] + losses[model]), 3) for model in sorted(wins | losses)}
+    margin = sum(pair["chosen_score"] - pair["rejected_score"] for pair in pairs) / len(pairs)
+    return {**counts, "mean_margin": round(margin, 4), "win_rate": win_rate, "gate": gate}
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    return (f"{metrics.get('pairs', '?')} pairs from {metrics.get('records', '?')} records "
+            f"({metrics.get('ties', 0)} ties, {metrics.get('skipped', 0)} skipped)")

@@ -1,0 +1,71 @@
+"""Stage `validate_feedback`: the `vlfeedback` data-quality gate on the judged records.
+
+Policy from `quality.vlfeedback.policy` (else `quality.policy`; fail by default): a failure stops the branch
+before pairs are built, with the report (text, Markdown, Data Docs) logged to MLflow; under `filter` the bad
+records are quarantined and `pairs` reads the clean copy (see :func:`gated_feedback`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+PARAMS = ("quality", "silkie.sample.source", "silkie.sample.image_root", "paths.world", "paths.feedback",
+          "paths.reports")
+REPORT = "validate_feedback"
+
+
+def report_dir(cfg: DictConfig, root: Path) -> Path:
+    return root / cfg.paths.reports / REPORT
+
+
+def gated_feedback(cfg: DictConfig, root: Path) -> Path:
+    """The annotated file the next stage must read: the gate's clean copy when its policy filtered records."""
+    from silkfire.stages.annotate import OUTPUT
+
+    clean = report_dir(cfg, root) / "clean" / OUTPUT
+    return clean if clean.is_file() else root / cfg.paths.feedback / OUTPUT
+
+
+def run_gate(kind: str, path: Path, cfg: DictConfig, root: Path, reports: Path, image_root: Path) -> dict[str, Any]:
+    """Run one file gate, publish its reports to MLflow, raise GateFailed on failure; returns its summary.
+
+    Shared by `validate_feedback` (kind vlfeedback) and `pairs` (kind pairs)."""
+    import mlflow
+
+    from silkfire.io import write_json
+    from silkfire.quality import GateFailed, QualityConfig
+    from silkfire.quality.cli import validate
+
+    result = validate(kind, path, QualityConfig.from_mapping(cfg.quality), reports, image_root)
+    (reports / "report.md").write_text(result.to_markdown(), encoding="utf-8")
+    write_json(reports / "failures.json", result.failure_rows())
+    for item in sorted(reports.iterdir()):
+        if item.name == "clean":
+            continue
+        if item.is_dir():
+            mlflow.log_artifacts(str(item), artifact_path=f"validation/{item.name}")
+        else:
+            mlflow.log_artifact(str(item), artifact_path="validation")
+    mlflow.set_tag(f"silkfire.gate.{kind}", "passed" if result.success else "failed")
+    if not result.success:
+        raise GateFailed(result)
+    return {k: v for k, v in result.summary().items() if not isinstance(v, str)}
+
+
+def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    from silkfire.stages.annotate import OUTPUT
+    from silkfire.stages.sample import image_root
+
+    reports = report_dir(cfg, root)
+    reports.mkdir(parents=True, exist_ok=True)
+    return run_gate("vlfeedback", root / cfg.paths.feedback / OUTPUT, cfg, root, reports, image_root(cfg, root))
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    text = f"gate passed: {metrics.get('expectations', '?')} expectations on {metrics.get('rows', '?')} records"
+    if metrics.get("rows_quarantined"):
+        text += f", {metrics['rows_quarantined']} quarantined"
+    return text
