@@ -81,6 +81,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
             from silkfire.eval.mme import score_mme_file
 
             result = score_mme_file(args.file, extra_groups=_parse_groups(args.group))
+        elif args.benchmark == "mmhal":
+            from silkfire.eval.mmhal import score_mmhal_file
+
+            result = score_mmhal_file(args.file)
         elif args.benchmark == "fire":
             from silkfire.fire.metrics import score_fire_file
 
@@ -154,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=quality_cli.run_args)
 
     score = sub.add_parser("score", help="score a predictions file with a benchmark's official rules")
-    score.add_argument("benchmark", choices=["mme", "fire"])
+    score.add_argument("benchmark", choices=["mme", "mmhal", "fire"])
     score.add_argument("file", type=Path)
     score.add_argument("--group", action="append", default=[], metavar="CATEGORY=GROUP",
                        help="declare the group (perception|cognition) of a category MME does not have")

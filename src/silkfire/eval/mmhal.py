@@ -1,0 +1,410 @@
+"""MMHal-Bench on the shapes world: the item set, the oracle rater (0-6), the API rater, and scoring.
+
+**Items** (MMHal-Bench layout, checked by the ``mmhal`` quality gate): ``{"question_type", "question_topic",
+"image_id", "image_content": [labels], "question", "gt_answer", "image_path"}`` (+ ``model_answer`` once a model
+answered, + ``rating``/``rationale`` once rated). :func:`build_mmhal_items` makes one item per held-out (test)
+scene, the 8 types interleaved as in the benchmark (type of item i = ``MMHAL_TYPES[i % 8]``), adapted to the
+world:
+
+- attribute: "What color is the <shape>?" (a shape present once), else "What size is the <colour> <shape>?";
+- adversarial: asks about an absent object: "What color is the triangle?" / "Where is the green square?"
+  (answer: "There is no ... in the image.");
+- comparison: "Are there more circles than red objects?" (either answer), else "Are there more than N objects ...";
+- counting: "How many <shapes> are there?" (a shape present);
+- relation: "Where is the <A> relative to the <B>?" (above/below/same row + left of/right of/same column);
+- environment: "What color is the background of the image?";
+- holistic: "Describe the image.";
+- other: "What shapes are in the image?".
+When a form cannot be asked about a scene (no object unique enough), "What is in the <cell> of the image?" is
+asked instead (same type label). Items are seeded per (seed, scene), so adding scenes does not change others.
+
+**Oracle rater** (:class:`OracleMMHalRater`, the MMHal rubric read against the scene graph; claims as in
+:mod:`silkfire.feedback.claims`): *hallucination* = any false claim (a wrong answer is one).
+No hallucination: 6 = right answer + at least one further true statement + analysis ("because", "since", "so",
+"therefore"); 5 = right answer + a further true statement (a complete description counts as very informative);
+4 = right (or right but incomplete) answer; 3 = no answer (not informative). With hallucination, informativeness
+= (1 if an answer can be read, even a wrong one) + further true statements: 2 when >= 2 (very informative),
+1 when 1, 0 when 0. Restating what the question names ("... of the blue square") is not a further statement. Rating < 3 = hallucination, as in the benchmark.
+
+**API rater** (:class:`ApiMMHalRater`): MMHal's text-only judge setting -- image contents, question, standard
+answer and response in one prompt with the 0-6 rubric (:data:`MMHAL_PROMPT`, our wording of the benchmark's
+rubric with world examples); replies cached like the VLFeedback judge's; the rating is read by
+:func:`parse_mmhal_rating`.
+
+**Scoring** (:func:`score_mmhal`): an item's rating is its integer ``rating`` (0..6) if present, else parsed from
+its judge text (``review``, ``judge_output`` or ``gpt4_review``) by the official rule: the rating is s when
+exactly one of "rating: 0" .. "rating: 6" occurs in the lowercased text (a substring test, as in
+LLaVA-RLHF's ``eval_gpt_mmhal.py``), else 0. score = mean rating; hallucination_rate = share of ratings < 3;
+per_type = mean rating per ``MMHAL_TYPES[i % 8]`` (the benchmark's rule, by position).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from silkfire.feedback.claims import Claim, QuestionReader, background_name, object_text
+from silkfire.feedback.oracle import load_world
+from silkfire.io import read_records, write_jsonl
+from silkfire.quality.config import MMHAL_TYPES
+from silkfire.world import templates as t
+from silkfire.world.config import WorldConfig
+from silkfire.world.questions import describe
+from silkfire.world.scene import Scene
+
+MMHAL_PROMPT_VERSION = "silkfire-mmhal-1"
+TEXT_KEYS = ("review", "judge_output", "gpt4_review")
+ANALYSIS = re.compile(r"\b(because|since|so|therefore|thus|which means)\b", re.I)
+
+
+# ---- items -----------------------------------------------------------------------------------------------------
+def _position(config: WorldConfig, row: int, col: int) -> str:
+    return f"{config.row_names[row]} {config.col_names[col]}"
+
+
+def _what_at(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
+    occupied = sorted((obj.row, obj.col) for obj in scene.objects)
+    empty = [(r, c) for r in range(config.rows) for c in range(config.cols) if (r, c) not in occupied]
+    cell = rng.choice(occupied) if rng.random() < 0.5 or not empty else rng.choice(empty)
+    obj = scene.at(*cell)
+    gt = f"A {object_text(obj, config, where=False)}." if obj else "Nothing; that part of the image is empty."
+    return f"What is in the {_position(config, *cell)} of the image?", gt
+
+
+def _attribute(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
+    shapes, kinds = scene.shape_counts(), scene.kind_counts()
+    unique_shapes = [obj for obj in scene.objects if shapes[obj.shape] == 1]
+    if unique_shapes:
+        obj = rng.choice(unique_shapes)
+        return t.q_what_color(obj.shape), f"The {obj.shape} is {obj.color}."
+    unique_kinds = [obj for obj in scene.objects if kinds[(obj.color, obj.shape)] == 1]
+    if unique_kinds:
+        obj = rng.choice(unique_kinds)
+        return f"What size is the {obj.color} {obj.shape}?", f"The {obj.color} {obj.shape} is {obj.size}."
+    return _what_at(scene, config, rng)
+
+
+def _adversarial(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
+    shapes, kinds = scene.shape_counts(), scene.kind_counts()
+    absent_shapes = [shape for shape in config.shapes if not shapes[shape]]
+    absent_kinds = [(c, s) for c in config.color_names for s in config.shapes if not kinds[(c, s)]]
+    if absent_shapes and rng.random() < 0.5:
+        shape = rng.choice(absent_shapes)
+        return t.q_what_color(shape), t.a_absent(shape)
+    color, shape = rng.choice(absent_kinds)  # the world config guarantees an absent colour+shape
+    return t.q_where(color, shape), t.a_absent(f"{color} {shape}")
+
+
+def _counted(kind: str, value: str, n: int) -> str:
+    return f"{n} {t.plural(value, n)}" if kind == "shape" else f"{n} {value} object{'' if n == 1 else 's'}"
+
+
+def _comparison(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
+    shapes, colors = scene.shape_counts(), scene.color_counts()
+    groups = [("shape", s, shapes[s]) for s in config.shapes] + [("color", c, colors[c]) for c in config.color_names]
+    unequal = [(a, b) for a in groups for b in groups if a[2] != b[2]]
+    if unequal:
+        (kind_a, value_a, count_a), (kind_b, value_b, count_b) = rng.choice(unequal)
+        question = t.q_more(t.group_phrase(kind_a, value_a), t.group_phrase(kind_b, value_b))
+        verdict = "Yes" if count_a > count_b else "No"
+        return (question.replace(t.MME_SUFFIX, ""),
+                f"{verdict}, there {'is' if count_a == 1 else 'are'} {_counted(kind_a, value_a, count_a)} and "
+                f"{_counted(kind_b, value_b, count_b)}.")
+    total = len(scene.objects)
+    n = rng.choice([total - 1, total])
+    return (t.q_more_than_total(n).replace(t.MME_SUFFIX, ""),
+            f"{'Yes' if total > n else 'No'}, there {'is' if total == 1 else 'are'} {total} "
+            f"object{'' if total == 1 else 's'}.")
+
+
+def _counting(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
+    counts = scene.shape_counts()
+    shape = rng.choice(sorted(shape for shape in counts if counts[shape]))
+    n = counts[shape]
+    return t.q_how_many(shape), f"There {'is' if n == 1 else 'are'} {n} {t.plural(shape, n)}."
+
+
+def _relation(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
+    kinds = scene.kind_counts()
+    unique = [obj for obj in scene.objects if kinds[(obj.color, obj.shape)] == 1]
+    if len(unique) < 2:
+        return _what_at(scene, config, rng)
+    a, b = rng.sample(unique, 2)
+    vertical = "above" if a.row < b.row else "below" if a.row > b.row else "in the same row as"
+    horizontal = "to the left of" if a.col < b.col else "to the right of" if a.col > b.col else \
+        "in the same column as"
+    return (f"Where is the {a.color} {a.shape} relative to the {b.color} {b.shape}?",
+            f"The {a.color} {a.shape} is {vertical} and {horizontal} the {b.color} {b.shape}.")
+
+
+def _environment(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
+    return "What color is the background of the image?", f"The background is plain {background_name(config)}."
+
+
+def _holistic(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
+    return t.Q_DESCRIBE, describe(scene, config)
+
+
+def _other(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
+    present = [t.plural(shape) for shape in config.shapes if scene.shape_counts()[shape]]
+    listed = present[0] if len(present) == 1 else ", ".join(present[:-1]) + " and " + present[-1]
+    return "What shapes are in the image?", f"The image contains {listed}."
+
+
+BUILDERS = {"attribute": _attribute, "adversarial": _adversarial, "comparison": _comparison,
+            "counting": _counting, "relation": _relation, "environment": _environment, "holistic": _holistic,
+            "other": _other}
+
+
+def build_mmhal_items(scenes: Sequence[Scene], config: WorldConfig, seed: int = 0,
+                      max_items: int | None = None) -> list[dict[str, Any]]:
+    """One MMHal-style item per scene (in order), type of item i = MMHAL_TYPES[i % 8]."""
+    items = []
+    for index, scene in enumerate(scenes[:max_items] if max_items is not None else scenes):
+        kind = MMHAL_TYPES[index % len(MMHAL_TYPES)]
+        rng = random.Random(f"silkfire-mmhal/{seed}/{scene.scene_id}")
+        question, gt_answer = BUILDERS[kind](scene, config, rng)
+        items.append({
+            "question_type": kind,
+            "question_topic": f"Shapes/{len(scene.objects)} object{'s' if len(scene.objects) != 1 else ''}",
+            "image_id": scene.scene_id,
+            "image_content": sorted({f"{obj.color} {obj.shape}" for obj in scene.objects}),
+            "question": question,
+            "gt_answer": gt_answer,
+            "image_path": scene.image,
+        })
+    return items
+
+
+def build_mmhal_world(world_dir: str | Path, out: str | Path | None = None, seed: int = 0,
+                      max_items: int | None = None) -> list[dict[str, Any]]:
+    """Items from the world's held-out (test) scenes; written as JSONL to ``out`` when given."""
+    config, scenes = load_world(world_dir)
+    held_out = sorted((scene for scene in scenes.values() if scene.split == "test"), key=lambda s: s.scene_id)
+    items = build_mmhal_items(held_out, config, seed, max_items)
+    if out is not None:
+        write_jsonl(out, items)
+    return items
+
+
+# ---- the oracle rater ------------------------------------------------------------------------------------------
+class OracleMMHalRater:
+    """Rates ``model_answer`` of items 0-6 against the scene graph (rules in the module docstring)."""
+
+    def __init__(self, config: WorldConfig, scenes: Mapping[str, Scene]) -> None:
+        self.config = config
+        self.scenes = dict(scenes)
+        self.reader = QuestionReader(config)
+
+    @classmethod
+    def from_world(cls, world_dir: str | Path) -> OracleMMHalRater:
+        return cls(*load_world(world_dir))
+
+    def rate_answer(self, question: str, answer: str, scene: Scene) -> tuple[int, str]:
+        """(rating 0..6, rationale) of one answer."""
+        config = self.config
+        if not answer.strip():
+            return 3, "Empty response: not informative, nothing hallucinated."
+        parsed = self.reader.read_question(question)
+        result = self.reader.answer(parsed, answer, scene) if parsed is not None else None
+        answer_claims: list[Claim] = list(result.claims) if result is not None else []
+        claims = answer_claims + [c for c in self.reader.claims(answer) if c not in answer_claims]
+        false = [claim for claim in claims if not claim.holds(scene, config)]
+        # naming what the question already names ("... of the blue square") is not information
+        asked = {group for group in (parsed.subject, parsed.other, parsed.claim.group if parsed.claim else None)
+                 if group is not None} if parsed is not None else set()
+        true_extra = [claim for claim in claims if claim not in answer_claims and claim.holds(scene, config)
+                      and not (claim.kind == "exists" and claim.group in asked)]
+        answered = result.answered if result is not None else bool(claims)
+        if false:
+            informative = int(answered) + len(true_extra)
+            rating = 2 if informative >= 2 else informative
+            errors = "; ".join(f"{c.text(config)} ({c.truth(scene, config)})" for c in false)
+            return rating, (f"Hallucination: {errors}; {'an' if answered else 'no'} answer and {len(true_extra)} "
+                            "further supported statement(s).")
+        if not answered:
+            return 3, "No hallucination, but the response does not answer the question."
+        correct = result.correct if result is not None else True
+        describing = parsed is not None and parsed.kind == "describe"
+        if not correct:
+            return 4, "No hallucination; the answer is incomplete."
+        if true_extra and ANALYSIS.search(answer):
+            return 6, "Correct, with further correct detail and analysis; no hallucination."
+        if true_extra or describing:
+            return 5, "Correct and informative; no hallucination."
+        return 4, "Correct; no hallucination."
+
+    def rate(self, items: Sequence[Mapping[str, Any]], answer_key: str = "model_answer") -> list[dict[str, Any]]:
+        """Copies of items with ``rating`` (int) and ``rationale`` added."""
+        out = []
+        for index, item in enumerate(items):
+            scene_id = str(item.get("image_id"))
+            if scene_id not in self.scenes:
+                raise KeyError(f"mmhal oracle: item {index}: image_id {scene_id!r} is not a world scene")
+            answer = item.get(answer_key)
+            if not isinstance(answer, str):
+                raise ValueError(f"mmhal oracle: item {index}: {answer_key!r} must be a string, got {answer!r}")
+            rating, why = self.rate_answer(str(item["question"]), answer, self.scenes[scene_id])
+            out.append({**item, "rating": rating, "rationale": why})
+        return out
+
+
+# ---- the API rater ---------------------------------------------------------------------------------------------
+MMHAL_PROMPT = """Please act as an impartial and objective judge and evaluate the quality of a response from a
+Large Multimodal Model (LMM) to a user question about an image. You cannot see the image; you are given its
+contents, the question, a standard human-generated answer and the LMM's response.
+
+Judge informativeness and hallucination. A response hallucinates when it states something about the image that
+the image contents and the standard answer do not support (an object, an attribute, a count, a position). Do not
+count as hallucination statements that are plausible from the given contents, or the LMM politely declining.
+
+Rate the response on this scale:
+- Rating: 6, very informative with good analysis or reasoning, no hallucination
+- Rating: 5, very informative, no hallucination
+- Rating: 4, somewhat informative, no hallucination
+- Rating: 3, not informative, no hallucination
+- Rating: 2, very informative, with hallucination
+- Rating: 1, somewhat informative, with hallucination
+- Rating: 0, not informative, with hallucination
+
+### Example
+Image Contents: red circle, blue square
+Question: How many circles are there?
+Standard Human-Generated Answer: There is 1 circle.
+LMM Response to Evaluate: There are 2 circles, a red one and a green one.
+Your Response: The image holds one circle, so the count and the green circle are hallucinated; the response
+is somewhat informative. Rating: 1
+
+### Example
+Image Contents: yellow triangle
+Question: What color is the square?
+Standard Human-Generated Answer: There is no square in the image.
+LMM Response to Evaluate: There is no square in the image; the only shape is a yellow triangle.
+Your Response: Correct about the absent square, adds a correct detail, no hallucination. Rating: 5
+
+Explain briefly, then end with one line "Rating: N" (N from 0 to 6).
+
+Image Contents: [[content]]
+Question: [[question]]
+Standard Human-Generated Answer: [[gt_answer]]
+LMM Response to Evaluate: [[answer]]
+"""
+
+
+def mmhal_prompt(item: Mapping[str, Any], answer: str) -> str:
+    content = item.get("image_content") or []
+    return (MMHAL_PROMPT.replace("[[content]]", ", ".join(map(str, content)))
+            .replace("[[question]]", str(item["question"])).replace("[[gt_answer]]", str(item["gt_answer"]))
+            .replace("[[answer]]", answer))
+
+
+def parse_mmhal_rating(text: str) -> int:
+    """The official rule: s when exactly one of "rating: 0".."rating: 6" occurs in ``text.lower()``, else 0."""
+    lowered = text.lower()
+    found = [score for score in range(7) if f"rating: {score}" in lowered]
+    return found[0] if len(found) == 1 else 0
+
+
+class ApiMMHalRater:
+    """MMHal's judge through an OpenAI-compatible model (text only, as the benchmark), with the disk cache."""
+
+    def __init__(self, client_config: Any, cache_dir: str | Path, progress: bool = False) -> None:
+        from silkfire.feedback.cache import AnnotationCache
+
+        self.client_config = client_config
+        self.cache = AnnotationCache(cache_dir)
+        self.progress = progress
+        self._client: Any = None
+        self._counts = {"items": 0, "cache_hits": 0, "failed": 0}
+
+    def metrics(self) -> dict[str, float]:
+        usage = self._client.usage.metrics("mmhal_judge_") if self._client is not None else {}
+        return {**{f"mmhal_judge_{key}": value for key, value in self._counts.items()}, **usage}
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def rate(self, items: Sequence[Mapping[str, Any]], answer_key: str = "model_answer") -> list[dict[str, Any]]:
+        """Copies of items with ``review`` (the judge text) and ``rating`` (parsed); failures raise ApiError
+        after the other replies are cached."""
+        from silkfire.feedback.cache import annotation_key
+        from silkfire.llm.client import ApiError, ChatClient, user_message
+
+        model = self.client_config.model
+        keys, todo = [], {}
+        for index, item in enumerate(items):
+            answer = item.get(answer_key)
+            if not isinstance(answer, str):
+                raise ValueError(f"mmhal api rater: item {index}: {answer_key!r} must be a string, got {answer!r}")
+            context = "|".join(map(str, item.get("image_content") or [])) + "|" + str(item["gt_answer"])
+            key = annotation_key(model, MMHAL_PROMPT_VERSION, str(item["question"]), context, [answer])
+            keys.append(key)
+            if key in self.cache:
+                self._counts["cache_hits"] += 1
+            elif key not in todo:
+                todo[key] = index
+        failures: list[str] = []
+        if todo:
+            if self._client is None:
+                self._client = ChatClient(self.client_config)
+            order = list(todo.items())
+            requests = [[user_message(mmhal_prompt(items[index], items[index][answer_key]))] for _, index in order]
+            for position, outcome in self._client.chat_many(requests):
+                key, index = order[position]
+                if isinstance(outcome, ApiError):
+                    self._counts["failed"] += 1
+                    failures.append(f"item {index}: {outcome}")
+                else:
+                    self.cache.put({"key": key, "id": items[index].get("image_id"), "model": model,
+                                    "template": MMHAL_PROMPT_VERSION, "text": outcome.text})
+        if failures:
+            raise ApiError(f"mmhal api rater: {len(failures)} item(s) not rated ({failures[0]}); the rest is "
+                           "cached, re-run to resume")
+        out = []
+        for item, key in zip(items, keys):
+            text = self.cache.get(key)["text"]  # type: ignore[index]
+            out.append({**item, "review": text, "rating": parse_mmhal_rating(text)})
+            self._counts["items"] += 1
+        return out
+
+
+# ---- scoring ---------------------------------------------------------------------------------------------------
+def item_rating(item: Mapping[str, Any], index: int) -> int:
+    """An item's rating: integer ``rating`` 0..6, else parsed from its judge text; errors name the item."""
+    rating = item.get("rating")
+    if rating is not None:
+        if isinstance(rating, bool) or not isinstance(rating, int) or not 0 <= rating <= 6:
+            raise ValueError(f"item {index}: 'rating' must be an integer in 0..6, got {rating!r}")
+        return rating
+    for key in TEXT_KEYS:
+        if isinstance(item.get(key), str):
+            return parse_mmhal_rating(item[key])
+    raise ValueError(f"item {index}: no 'rating' (integer 0..6) and no judge text ({', '.join(TEXT_KEYS)})")
+
+
+def score_mmhal(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``{"score", "hallucination_rate", "per_type": {type: mean}}`` (types by position, i % 8)."""
+    if not items:
+        raise ValueError("no MMHal items to score")
+    ratings = [item_rating(item, index) for index, item in enumerate(items)]
+    per_type: dict[str, list[int]] = {}
+    for index, rating in enumerate(ratings):
+        per_type.setdefault(MMHAL_TYPES[index % len(MMHAL_TYPES)], []).append(rating)
+    return {
+        "score": sum(ratings) / len(ratings),
+        "hallucination_rate": sum(rating < 3 for rating in ratings) / len(ratings),
+        "per_type": {kind: sum(values) / len(values) for kind, values in per_type.items()},
+    }
+
+
+def score_mmhal_file(path: str | Path) -> dict[str, Any]:
+    """Score a JSONL / JSON-list file of rated (or judge-reviewed) items; errors name the file."""
+    records = read_records(path)  # RecordFileError names file and line
+    try:
+        return score_mmhal(records)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
