@@ -53,6 +53,7 @@ class SFTConfig:
     resume: bool = False  # continue from the last checkpoint under out_dir/checkpoints when one exists
     progress: bool = True
     dtype: str = "float32"
+    lora: Mapping[str, Any] | None = None  # PEFT LoRA (silkfire.train.lora.LoraOptions keys); None = full FT
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1:
@@ -68,6 +69,10 @@ class SFTConfig:
             raise ValueError("train.warmup_ratio must be in [0, 1)")
         if self.turns_per_sample < 1:
             raise ValueError("train.turns_per_sample must be >= 1")
+        if self.lora is not None:
+            from silkfire.train.lora import LoraOptions
+
+            LoraOptions.from_mapping(self.lora)  # unknown keys / bad values fail here, before any work
 
     @classmethod
     def from_mapping(cls, cfg: Any, **overrides: Any) -> SFTConfig:
@@ -81,6 +86,8 @@ class SFTConfig:
             updates["freeze"] = tuple(config.freeze or ())
         if config.family_weights is not None:
             updates["family_weights"] = dict(config.family_weights)
+        if config.lora is not None and not isinstance(config.lora, dict):
+            updates["lora"] = to_plain_mapping(config.lora, "train.lora")
         return cls(**{**asdict(config), **updates}) if updates else config
 
 
@@ -175,6 +182,11 @@ def train_sft(
     model, processor = load_vlm(base, dtype=config.dtype)
     model.train()
     frozen = freeze_parts(model, config.freeze)
+    lora_report = None
+    if (lora := _lora_options(config)) is not None:
+        from silkfire.train.lora import apply_lora
+
+        model, lora_report = apply_lora(model, lora)  # freezes all but the adapters and modules_to_save
 
     train_records = select_records(
         read_records(train_path), config.families, config.max_samples, config.seed, config.family_weights
@@ -239,6 +251,10 @@ def train_sft(
         history = history_from_logs(trainer.state.log_history)
 
     model_dir = out_dir / "model"
+    if lora_report is not None:  # adapters folded in: the saved model is a plain HF folder again
+        from silkfire.train.lora import merge_lora
+
+        trainer.model = merge_lora(trainer.model)
     trainer.save_model(str(model_dir))
     steps_run = trainer.state.global_step - (_checkpoint_step(resume_from) if resume_from else 0)
     samples = steps_run * config.batch_size * config.grad_accum
@@ -259,9 +275,18 @@ def train_sft(
         "eval_samples": len(val_data),
         "frozen_parameters": frozen,
     }
+    if lora_report is not None:
+        metrics["lora_trainable_parameters"] = lora_report.trainable_parameters
+        metrics["lora_adapted_modules"] = len(lora_report.adapted_modules)
     write_history_csv(out_dir / "history.csv", history)
     write_json(out_dir / "metrics.json", metrics)
     return SFTResult(model_dir=model_dir, metrics=metrics, history=history)
+
+
+def _lora_options(config: SFTConfig) -> Any:
+    from silkfire.train.lora import LoraOptions
+
+    return LoraOptions.from_mapping(config.lora)
 
 
 def _checkpoint_step(path: Path) -> int:
@@ -280,6 +305,11 @@ def _trainer_class() -> type:
     class SFTTrainer(Trainer):
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             model = self.model if model is None else model
+            from silkfire.train.lora import is_lora, load_adapter_checkpoint
+
+            if is_lora(model):  # a LoRA checkpoint holds the adapters (and modules_to_save) only
+                load_adapter_checkpoint(model, Path(resume_from_checkpoint))
+                return
             loaded = type(model).from_pretrained(
                 resume_from_checkpoint, dtype=next(model.parameters()).dtype, local_files_only=True,
                 use_safetensors=True,
