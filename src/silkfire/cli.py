@@ -110,6 +110,7 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
     shown = ["records", "pairs", "ties", "skipped"]
     shown += ["below_margin"] if args.min_margin else []
     shown += ["over_cap"] if args.max_pairs_per_prompt is not None else []
+    shown += ["duplicates"] if counts["duplicates"] else []
     print(json.dumps({key: counts[key] for key in shown}))
     return 0
 

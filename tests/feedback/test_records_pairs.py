@@ -41,7 +41,8 @@ R2 = [("2", "2", "2"), ("N/A", "4", "5"), ("3", "3", "3"), ("1", "2", "3")]
 
 def test_pair_counts_hand_computed() -> None:
     pairs, counts = build_pairs([read_one(record("a", R1)), read_one(record("b", R2))])
-    assert counts == {"records": 2, "pairs": 5 + 2, "ties": 1 + 1, "skipped": 3, "below_margin": 0, "over_cap": 0}
+    assert counts == {"records": 2, "pairs": 5 + 2, "ties": 1 + 1, "skipped": 3, "below_margin": 0, "over_cap": 0,
+                      "duplicates": 0}
     assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
     b = [p for p in pairs if p["source_id"] == "b"]
     assert {(p["chosen_model"], p["rejected_model"]) for p in b} == {("m2", "m0"), ("m2", "m3")}
@@ -50,6 +51,17 @@ def test_pair_counts_hand_computed() -> None:
     assert first["chosen"] == "answer a 2" and first["rejected"] == "answer a 3"
     assert first["chosen_score"] == 5.0 and first["rejected_score"] == 3.0
     assert first["img_path"] == "merged_images/a.jpg" and first["prompt"] == "question a?"
+
+
+def test_duplicate_texts_form_one_pair() -> None:
+    raw = record("d", [("5", "5", "5"), ("1", "1", "1"), ("5", "5", "5"), ("2", "2", "2")])
+    raw["completions"][2]["response"] = raw["completions"][0]["response"]  # two models answered alike
+    raw["completions"][3]["response"] = " answer d  1 "  # same text as completion 1, whitespace aside
+    pairs, counts = build_pairs([read_one(raw), read_one(dict(raw, id="d2"))])
+    # record d: (0,1) kept; (0,2) tie; (0,3) (1,2) (2,3) repeat the texts of (0,1); (1,3) same text.
+    # record d2 (same image and prompt): 1 tie, its 5 other pairs repeat d's
+    assert [p["id"] for p in pairs] == ["d/0-1"]
+    assert counts["ties"] == 2 and counts["duplicates"] == 4 + 5 and counts["pairs"] == 1
 
 
 def test_margin_and_cap() -> None:

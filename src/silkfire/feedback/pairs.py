@@ -7,6 +7,10 @@ For every record, all C(n, 2) pairs of its completions (n = 4 -> 6 pairs) are co
 - a completion with a non-numeric rating (``"N/A"``, ``""``) or a missing aspect has no score and is left out
   of every pair; each pair not formed because of it counts in ``skipped``;
 - the higher score is ``chosen``; exact ties are dropped (``ties``);
+- a pair whose (image, prompt, chosen text, rejected text) was already formed -- two models gave the same
+  response, common with short world answers ("Yes") -- or whose two texts are the same is dropped
+  (``duplicates``): the same example twice would weigh double in DPO and the pairs gate refuses it
+  (whitespace is collapsed when comparing texts);
 - options (defaults reproduce the paper: no margin, no cap): ``min_margin`` keeps only pairs with
   ``chosen_score - rejected_score > min_margin`` (the dropped ones count in ``below_margin``, ties are still
   counted as ties); ``max_pairs_per_prompt`` keeps a record's pairs with the largest margins (stable: earlier
@@ -21,8 +25,9 @@ Pair record (the ``pairs`` kind of the quality gate, src/silkfire/quality/pairs.
 (``i``/``j`` = indices of the chosen/rejected completion in the record.) Extra record keys listed in
 ``carry`` (default ``("scene_id",)``, when present) are copied onto each pair.
 
-``counts`` = ``{"records", "pairs", "ties", "skipped", "below_margin", "over_cap"}``;
-``silkfire pairs IN --out OUT`` prints the first four (and the last two when the option is set) as JSON.
+``counts`` = ``{"records", "pairs", "ties", "skipped", "below_margin", "over_cap", "duplicates"}``;
+``silkfire pairs IN --out OUT`` prints the first four as JSON (plus ``below_margin`` / ``over_cap`` when the
+option is set, and ``duplicates`` when there were any).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 from silkfire.feedback.records import ASPECTS, iter_feedback, rating_value
 from silkfire.io import write_jsonl
 
-COUNT_KEYS = ("records", "pairs", "ties", "skipped", "below_margin", "over_cap")
+COUNT_KEYS = ("records", "pairs", "ties", "skipped", "below_margin", "over_cap", "duplicates")
 
 
 def completion_score(annotations: Mapping[str, Any] | None, aspects: Sequence[str] = ASPECTS) -> float | None:
@@ -52,14 +57,21 @@ def completion_score(annotations: Mapping[str, Any] | None, aspects: Sequence[st
     return sum(values) / len(values)
 
 
+def _text(value: str) -> str:
+    return " ".join(value.split())
+
+
 def record_pairs(
     record: Mapping[str, Any],
     min_margin: float = 0.0,
     max_pairs_per_prompt: int | None = None,
     aspects: Sequence[str] = ASPECTS,
     carry: Sequence[str] = ("scene_id",),
+    seen: set[tuple[str, str, str, str]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The pairs of one row-form record and its counts (``records`` = 1)."""
+    """The pairs of one row-form record and its counts (``records`` = 1); ``seen`` holds the (image, prompt,
+    chosen, rejected) keys formed so far (shared across records by :func:`build_pairs`)."""
+    seen = set() if seen is None else seen
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["records"] = 1
     completions = record["completions"]
@@ -77,6 +89,12 @@ def record_pairs(
         if margin <= min_margin:
             counts["below_margin"] += 1
             continue
+        key = (record["img_path"], record["prompt"], _text(completions[high]["response"]),
+               _text(completions[low]["response"]))
+        if key in seen or key[2] == key[3]:
+            counts["duplicates"] += 1
+            continue
+        seen.add(key)
         pair = {
             "id": f"{record['id']}/{high}-{low}",
             "source_id": record["id"],
@@ -114,8 +132,9 @@ def build_pairs(
         raise ValueError(f"pairs: max_pairs_per_prompt must be >= 1 or None, got {max_pairs_per_prompt}")
     pairs: list[dict[str, Any]] = []
     totals = dict.fromkeys(COUNT_KEYS, 0)
+    seen: set[tuple[str, str, str, str]] = set()
     for record in records:
-        found, counts = record_pairs(record, min_margin, max_pairs_per_prompt, aspects, carry)
+        found, counts = record_pairs(record, min_margin, max_pairs_per_prompt, aspects, carry, seen)
         pairs.extend(found)
         for key in COUNT_KEYS:
             totals[key] += counts[key]
