@@ -70,8 +70,14 @@ def mme_count(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[QA
     counts = scene.shape_counts()
     shape = rng.choice([shape for shape in config.shapes if counts[shape]])
     true = counts[shape]
+    # The "No" question names the same number for another shape (present or absent) whose count differs: the
+    # number then says nothing about the answer and, shapes being exchangeable, neither does the shape. (A wrong
+    # number drawn for the same shape made the text alone predict the answer: true counts are mostly 1.)
+    others = [other for other in config.shapes if other != shape and counts[other] != true]
+    if others:
+        return _pair("count", t.q_count(shape, true), t.q_count(rng.choice(others), true))
     wrong = rng.choice([n for n in range(1, max(config.max_objects, 2) + 1) if n != true])
-    return _pair("count", t.q_count(shape, true), t.q_count(shape, wrong))
+    return _pair("count", t.q_count(shape, true), t.q_count(shape, wrong), "fallback")
 
 
 def mme_position(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[QA, QA]:
@@ -127,9 +133,21 @@ def mme_numerical_calculation(scene: Scene, config: WorldConfig, rng: random.Ran
     first = rng.choice([group for group in groups if group[1] > 0])
     second = rng.choice([group for group in groups if group[0] != first[0]])
     true = first[1] + second[1]
+    yes = t.q_sum(t.group_phrase(kind, first[0]), t.group_phrase(kind, second[0]), true)
+    # The "No" question states the same total for another pair of groups of the same kind whose sum differs:
+    # the total and the kind then carry nothing about the answer (a total moved by a small offset did: true
+    # sums are small, so large totals were mostly "No").
+    # If every pair of that kind sums to the total (e.g. one object of each shape), the other kind is tried.
+    for no_kind in [kind] + [other for other in kinds if other != kind]:
+        counts = [(value, count) for group_kind, value, count in _groups(scene, config) if group_kind == no_kind]
+        wrong_pairs = [(a, b) for a, count_a in counts for b, count_b in counts if a != b and count_a + count_b != true]
+        if wrong_pairs:
+            name_a, name_b = rng.choice(wrong_pairs)
+            no = t.q_sum(t.group_phrase(no_kind, name_a), t.group_phrase(no_kind, name_b), true)
+            return _pair("numerical_calculation", yes, no, "main" if no_kind == kind else "fallback")
     wrong = rng.choice([true + offset for offset in SUM_OFFSETS if true + offset >= 0])
     name_a, name_b = t.group_phrase(kind, first[0]), t.group_phrase(kind, second[0])
-    return _pair("numerical_calculation", t.q_sum(name_a, name_b, true), t.q_sum(name_a, name_b, wrong))
+    return _pair("numerical_calculation", yes, t.q_sum(name_a, name_b, wrong), "fallback")
 
 
 def mme_comparison(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[QA, QA]:
