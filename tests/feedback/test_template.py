@@ -49,7 +49,7 @@ Response 1
 rating = 5
 rationale - fine
 Response 2
-Rating: 5.
+Rating: Highly Ethical (5)
 Rationale: fine
 
 ## Helpfulness assessment
@@ -75,5 +75,6 @@ def test_missing_and_bad_ratings_become_na() -> None:
     assert parsed[1]["Visual Faithfulness"]["Rating"] == NA  # 9 is out of 1..5
     assert all(note["Rating"] == NA for note in parsed[2].values())  # no Text 3 blocks at all
     assert all(note["Rating"] == NA for note in parse_annotation("I cannot rate these.", 4)[3].values())
+    assert parse_annotation("#### Helpfulness\nText 1\nRating: between 2 and 3\n", 1)[0]["Helpfulness"]["Rating"] == NA
     assert parse_annotation("", 1) == [{aspect: {"Rating": NA, "Rationale": "[no aspect block in the judge output]"}
                                         for aspect in ASPECT_ORDER}]

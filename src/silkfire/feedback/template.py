@@ -149,6 +149,11 @@ def _block(text: str) -> dict[str, str]:
     match = _RATING.search(text)
     raw = match.group("value") if match else None
     rating = _rating(raw)
+    if rating == NA and match is not None:  # "Rating: Helpful (4)": the one digit 1..5 on the rating line
+        line = text[match.start():].split("\n", 1)[0]
+        digits = re.findall(r"(?<![\d.])[1-5](?![\d.])", line)
+        if len(digits) == 1:
+            rating = digits[0]
     rationale_match = _RATIONALE.search(text)
     rationale = ""
     if rationale_match:
