@@ -19,7 +19,7 @@ def test_oracle_records_and_pairs_pass_the_gates(small_world: Path, tmp_path: Pa
     from silkfire.quality.vlfeedback import validate_vlfeedback
 
     judge = make_judge({"kind": "oracle"}, world_dir=small_world)
-    instructions = world_instructions(small_world)
+    instructions = world_instructions(small_world, max_instructions=200)
     policies = [ScriptedPolicy(profile, judge.config) for profile in PROFILES]  # type: ignore[attr-defined]
     records = []
     for index, instruction in enumerate(instructions):
