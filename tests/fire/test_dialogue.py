@@ -25,6 +25,9 @@ SAMPLE = Path(__file__).parent / "data" / "fire_sample.json"
 ])
 def test_stop_rules(scores: list[int | None], reason: str | None) -> None:
     assert stop_reason(scores, threshold=8, max_rounds=3) == reason
+    if reason == "no_improvement":  # FIRE-Bench's free dialogue: only solved / unparsable / zero / the turn limit
+        assert stop_reason(scores, threshold=8, max_rounds=3, no_improvement=False) is None
+        assert stop_reason(scores, threshold=8, max_rounds=2, no_improvement=False) == "max_rounds"
 
 
 def test_scripted_students_refine_and_the_records_pass_the_gate(fire_world: Path, tmp_path: Path) -> None:
@@ -59,6 +62,9 @@ def test_profiles_and_rounds(fire_world: Path) -> None:
     stubborn = run_dialogues(tasks, ScriptedStudent("stubborn", error_rate=1.0, refine_prob=0.0), OracleTeacher(),
                              fire_world, progress=False)
     assert stubborn.stats["stop_reasons"]["no_improvement"] == 12 and stubborn.stats["rounds"] == {2: 12}
+    patient = run_dialogues(tasks, ScriptedStudent("stubborn", error_rate=1.0, refine_prob=0.0), OracleTeacher(),
+                            fire_world, max_rounds=5, no_improvement=False, progress=False)
+    assert patient.stats["stop_reasons"]["max_rounds"] == 12 and patient.stats["rounds"] == {5: 12}
     one = run_dialogues(tasks, ScriptedStudent(error_rate=1.0), OracleTeacher(), fire_world, max_rounds=1,
                         progress=False)
     assert one.stats["rounds"] == {1: 12} and one.stats["stop_reasons"]["max_rounds"] == 12

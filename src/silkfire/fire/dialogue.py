@@ -8,7 +8,8 @@ Round r (1-based), for every dialogue still open, batched across dialogues:
 
 A dialogue stops (FIRE-1M's rules, :func:`stop_reason`) when the score is >= ``threshold`` (8) -- "solved";
 when the score is unparsable or 0 -- "unparsable" / "zero" (the teacher did not follow the format);
-when r >= 2 and the score is not above the previous one -- "no_improvement"; when r == ``max_rounds`` (3) --
+when r >= 2 and the score is not above the previous one -- "no_improvement" (switchable: FIRE-Bench's free
+dialogue goes on until solved or the turn limit); when r == ``max_rounds`` (3) --
 "max_rounds". The turn that triggers a stop is kept. A dialogue whose student or teacher gave no reply (an API
 failure after retries) is dropped and counted. Output: FIRE records (silkfire.fire.records), in task order.
 Greedy decoding is the students' and teachers' default (HF: ``do_sample=False``; API: temperature 0).
@@ -62,8 +63,9 @@ class DialogueRun:
 
 
 def stop_reason(scores: Sequence[int | None], threshold: float = DEFAULT_THRESHOLD,
-                max_rounds: int = DEFAULT_MAX_ROUNDS) -> str | None:
-    """Why a dialogue with these teacher scores so far stops now, or None to go on (module docstring order)."""
+                max_rounds: int = DEFAULT_MAX_ROUNDS, no_improvement: bool = True) -> str | None:
+    """Why a dialogue with these teacher scores so far stops now, or None to go on (module docstring order).
+    ``no_improvement=False`` drops that rule (FIRE-Bench's free dialogue: until solved or the turn limit)."""
     last = scores[-1]
     if last is None:
         return "unparsable"
@@ -72,7 +74,7 @@ def stop_reason(scores: Sequence[int | None], threshold: float = DEFAULT_THRESHO
     if last == 0:
         return "zero"
     previous = scores[-2] if len(scores) >= 2 else None
-    if previous is not None and last <= previous:
+    if no_improvement and previous is not None and last <= previous:
         return "no_improvement"
     if len(scores) >= max_rounds:
         return "max_rounds"
@@ -81,8 +83,12 @@ def stop_reason(scores: Sequence[int | None], threshold: float = DEFAULT_THRESHO
 
 def run_dialogues(tasks: Sequence[DialogueTask], student: Student, teacher: Teacher, image_root: Path, *,
                   threshold: float = DEFAULT_THRESHOLD, max_rounds: int = DEFAULT_MAX_ROUNDS,
-                  progress: bool = True) -> DialogueRun:
-    """Converse about every task (module docstring); batched per round; a progress bar per round."""
+                  no_improvement: bool = True, progress: bool = True) -> DialogueRun:
+    """Converse about every task (module docstring); batched per round; one progress bar over dialogues.
+
+    ``no_improvement``: FIRE-1M's "score not above the previous one" stop (True, data generation); FIRE-Bench's
+    free dialogue runs until solved or ``max_rounds`` (pass False; the published protocol allows ~5 turns).
+    """
     if max_rounds < 1:
         raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
     ids = [task.id for task in tasks]
@@ -124,7 +130,8 @@ def run_dialogues(tasks: Sequence[DialogueTask], student: Student, teacher: Teac
                 bar.update(1)
                 continue
             teacher_turns[i].append(turn)
-            reason = stop_reason([parse_score(text) for text in teacher_turns[i]], threshold, max_rounds)
+            reason = stop_reason([parse_score(text) for text in teacher_turns[i]], threshold, max_rounds,
+                                 no_improvement)
             if reason is None:
                 still_open.append(i)
             else:
