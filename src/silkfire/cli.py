@@ -115,6 +115,47 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracking_client():  # noqa: ANN202 -- MlflowClient, imported lazily
+    from mlflow import MlflowClient
+
+    from silkfire.config import load_params, project_root
+    from silkfire.tracking.store import configure
+
+    root = project_root()
+    configure(root, load_params(root).tracking.experiment_name)
+    return MlflowClient()
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from silkfire.tracking.inventory import list_models
+
+    rows = list_models(_tracking_client())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no registered models yet: `make run` registers silkfire-sft")
+        return 0
+    print(f"{'model':<24} {'ver':>4}  {'aliases':<20} {'metrics':<48} decision")
+    for row in rows:
+        metrics = " ".join(f"{k.split('.')[-1]}={v:g}" for k, v in row["metrics"].items()) or "-"
+        print(f"{row['name']:<24} {row['version']:>4}  {','.join(row['aliases']) or '-':<20} {metrics:<48} "
+              f"{row['decision'][:60] or '-'}")
+    return 0
+
+
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from silkfire.tracking.inventory import lineage, resolved_config
+
+    try:
+        facts = lineage(_tracking_client(), args.model)
+        print(resolved_config(facts) if args.config else json.dumps(facts, indent=2))
+    except LookupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from prefect import serve
 
@@ -175,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--min-margin", type=float, default=0.0, help="keep pairs whose score gap exceeds this")
     pairs.add_argument("--max-pairs-per-prompt", type=int, default=None)
     pairs.set_defaults(func=_cmd_pairs)
+
+    models = sub.add_parser("models", help="list registered model versions with aliases and key metrics")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.set_defaults(func=_cmd_models)
+
+    lineage_cmd = sub.add_parser("lineage", help="where a registered model came from (commit, data, gate, config)")
+    lineage_cmd.add_argument("model", help="NAME@ALIAS, NAME/VERSION or NAME (latest), e.g. silkfire-sft@champion")
+    lineage_cmd.add_argument("--config", action="store_true", help="print the resolved config (params.yaml) only")
+    lineage_cmd.set_defaults(func=_cmd_lineage)
 
     serve = sub.add_parser("serve", help="serve a scheduled (cron) deployment of the pipeline")
     serve.add_argument("overrides", nargs="*")
