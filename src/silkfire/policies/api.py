@@ -8,6 +8,8 @@ from typing import Any
 
 from silkfire.policies.base import Instruction, PolicyError
 
+CLIENT_OPTIONS = ("timeout_s", "max_retries", "concurrency", "backoff_base_s", "backoff_max_s")
+
 
 class APIPolicy:
     """One chat request per instruction (image as a data URL, then the prompt), ``concurrency`` in flight.
@@ -17,16 +19,18 @@ class APIPolicy:
     """
 
     def __init__(self, name: str, base_url: str, model: str, *, api_key_env: str | None = None,
-                 temperature: float = 0.7, top_p: float = 1.0, max_tokens: int = 256, timeout: float = 60.0,
-                 max_retries: int = 4, concurrency: int = 4):
+                 temperature: float = 0.7, top_p: float = 1.0, max_tokens: int = 256, **client: Any):
+        """``client``: more :class:`~silkfire.llm.client.ClientConfig` settings (timeout_s, max_retries,
+        concurrency, backoff_base_s, backoff_max_s)."""
         from silkfire.llm.client import ClientConfig
 
+        unknown = sorted(set(client) - set(CLIENT_OPTIONS))
+        if unknown:
+            raise ValueError(f"policy {name!r}: unknown API option(s) {unknown}; allowed: {list(CLIENT_OPTIONS)}")
         self.name = name
         self.top_p = top_p
         self.config = ClientConfig(base_url=base_url, model=model, api_key_env=api_key_env,
-                                   concurrency=int(concurrency), max_retries=int(max_retries),
-                                   timeout_s=float(timeout), temperature=float(temperature),
-                                   max_tokens=int(max_tokens))
+                                   temperature=float(temperature), max_tokens=int(max_tokens), **client)
         self._usage: dict[str, float] = {}
 
     def describe(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ Pool entries (``silkie.sample.pool``: name -> entry), every key but ``kind`` opt
 - ``{kind: checkpoints, path: models/sft/checkpoints}`` -- one hf policy per ``checkpoint-<step>`` folder found
   (named ``<name>-<step>``): the SFT model at different steps;
 - ``{kind: api, base_url: http://127.0.0.1:8000/v1, model: llava-hf/llava-1.5-7b-hf, api_key_env: OPENAI_API_KEY}``
-  -- an OpenAI-compatible endpoint (vLLM, OpenAI); the key is read from the named environment variable.
+  -- an OpenAI-compatible endpoint (vLLM, OpenAI); the key is read from the named environment variable;
+  optional client settings: timeout_s, max_retries, concurrency, backoff_base_s, backoff_max_s.
 
 ``weight`` (default 1) makes an entry more or less likely to be drawn (a ``checkpoints`` entry shares it among
 its checkpoints). Sampling settings not given per entry come from the pool defaults.
@@ -94,7 +95,7 @@ def build_pool(entries: Mapping[str, Mapping[str, Any]], root: Path, defaults: S
                         HFPolicy(f"{name}-{step}", folder, dtype=defaults.dtype, progress=defaults.progress,
                                  **sampling), weight / len(found))
         else:
-            from silkfire.policies.api import APIPolicy
+            from silkfire.policies.api import CLIENT_OPTIONS, APIPolicy
 
             for key in ("base_url", "model"):
                 if not entry.get(key):
@@ -103,7 +104,7 @@ def build_pool(entries: Mapping[str, Mapping[str, Any]], root: Path, defaults: S
                 name, str(entry.pop("base_url")), str(entry.pop("model")),
                 api_key_env=entry.pop("api_key_env", None), temperature=float(sampling["temperature"]),
                 top_p=float(sampling["top_p"]), max_tokens=int(sampling["max_new_tokens"]),
-                **{key: entry.pop(key) for key in ("timeout", "max_retries", "concurrency") if key in entry},
+                **{key: entry.pop(key) for key in CLIENT_OPTIONS if key in entry},
             ), weight)
         if entry:
             raise ValueError(f"{where}: unknown key(s) {sorted(entry)} for kind {kind!r}")
