@@ -45,6 +45,7 @@ def test_hf_student_batched_greedy(fire_world: Path, fire_model: Path) -> None:
 def test_chat_messages_put_the_image_in_the_first_turn_only() -> None:
     messages = chat_messages([("Q?", "r1"), ("feedback", None)])
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
-    assert messages[0]["content"][0] == {"type": "image"} and messages[2]["content"] == [{"type": "text", "text": "feedback"}]
+    assert messages[0]["content"][0] == {"type": "image"}
+    assert messages[2]["content"] == [{"type": "text", "text": "feedback"}]
     with pytest.raises(ValueError, match="only the last turn"):
         chat_messages([("Q?", None), ("f", None)])

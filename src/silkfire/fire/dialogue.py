@@ -192,7 +192,8 @@ def world_tasks(world_dir: Path, split_file: str = "train.jsonl", *, families: I
     return tasks
 
 
-def tasks_from_dialogues(dialogues: Sequence[FireDialogue], scenes: Mapping[str, Any] | None = None) -> list[DialogueTask]:
+def tasks_from_dialogues(dialogues: Sequence[FireDialogue],
+                         scenes: Mapping[str, Any] | None = None) -> list[DialogueTask]:
     """Free-dialogue tasks from FIRE records (FIRE-Bench): the question, ground truth and image of each record
     (its dialogue is not used). ``scenes``: image path -> scene record, for world records and the oracle teacher."""
     tasks = []

@@ -64,8 +64,8 @@ def generate_chat(model: Any, processor: Any, conversations: Sequence[Sequence[t
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
             batch = order[start:start + batch_size]
-            inputs = processor(text=[prompts[i] for i in batch], images=[load_image(image_root, images[i]) for i in batch],
-                               return_tensors="pt", padding=True)
+            pictures = [load_image(image_root, images[i]) for i in batch]
+            inputs = processor(text=[prompts[i] for i in batch], images=pictures, return_tensors="pt", padding=True)
             inputs = {key: value.to(device=device, dtype=dtype) if key == "pixel_values" else value.to(device)
                       for key, value in inputs.items()}
             with torch.inference_mode():

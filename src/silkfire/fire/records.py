@@ -141,7 +141,7 @@ class FireDialogue:
         return dialogue
 
     def to_record(self, *, rescore: bool = False) -> dict[str, Any]:
-        """The published layout (key order as upstream). ``rescore``: write the parsed scores (None -> 0) as ``score``."""
+        """The published layout (upstream key order). ``rescore``: write the parsed scores (None -> 0) as ``score``."""
         score = [0 if s is None else s for s in self.scores] if rescore or self.stored_score is None \
             else self.stored_score
         record: dict[str, Any] = {
@@ -217,7 +217,7 @@ def _turns(value: Any, where: str) -> list[Turn]:
 
 
 def dialogue_from_record(record: Mapping[str, Any], where: str = "record") -> FireDialogue:
-    """Check one record (module docstring rules) and build its :class:`FireDialogue`; raises :class:`FireRecordError`."""
+    """Check one record (module docstring rules) and build its :class:`FireDialogue`; else :class:`FireRecordError`."""
     if not isinstance(record, Mapping):
         raise FireRecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
     image = _string(record, "image", where)

@@ -290,8 +290,8 @@ class ScriptedStudent:
 def build_student(cfg: Mapping[str, Any], *, root: Path | None = None, seed: int = 0,
                   world: Any = None) -> Student:
     """A student from config: ``kind: hf`` (``path``, ``dtype``, ``device``, ``batch_size``, ``max_new_tokens``,
-    ``format_hint``), ``kind: api`` (silkfire.llm.client keys, flat or under ``client``; ``format_hint``), ``kind: scripted``
-    (``profile``, ``error_rate``, ``refine_prob``). ``path`` is relative to ``root``."""
+    ``format_hint``), ``kind: api`` (silkfire.llm.client keys, flat or under ``client``; ``format_hint``),
+    ``kind: scripted`` (``profile``, ``error_rate``, ``refine_prob``). ``path`` is relative to ``root``."""
     data = dict(cfg)
     kind = data.pop("kind", None)
     name = str(data.pop("name", None) or kind)
