@@ -11,7 +11,7 @@ Pool entries (``silkie.sample.pool``: name -> entry), every key but ``kind`` opt
   -- an OpenAI-compatible endpoint (vLLM, OpenAI); the key is read from the named environment variable;
   optional client settings: timeout_s, max_retries, concurrency, backoff_base_s, backoff_max_s.
 
-``weight`` (default 1) makes an entry more or less likely to be drawn (a ``checkpoints`` entry shares it among
+An entry set to null is left out. ``weight`` (default 1) makes an entry more or less likely to be drawn (a ``checkpoints`` entry shares it among
 its checkpoints). Sampling settings not given per entry come from the pool defaults.
 """
 
@@ -66,7 +66,9 @@ def build_pool(entries: Mapping[str, Mapping[str, Any]], root: Path, defaults: S
 
     pool: dict[str, PoolEntry] = {}
     for name, raw in entries.items():
-        entry = dict(raw or {})
+        if raw is None:  # `name: null` leaves a default member out (experiment files remove them that way)
+            continue
+        entry = dict(raw)
         kind = entry.pop("kind", None)
         weight = float(entry.pop("weight", 1.0))
         where = f"silkie.sample.pool.{name}"
