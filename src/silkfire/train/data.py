@@ -145,6 +145,21 @@ class _PieceRenderer:
         return pieces
 
 
+def record_turns(record: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """``(user, assistant, trained)`` turns of one record: its ``question``/``answer`` pair, or -- for a multi-turn
+    sample such as a FIRE dialogue -- its ``turns`` (``[[user, assistant], ...]``, the image in the first user
+    turn). An optional ``train_turns`` (one bool per turn) leaves the loss off the assistant turns marked false
+    (they stay in the context); by default every assistant turn is trained."""
+    if "turns" not in record:
+        return [(record["question"], str(record["answer"]), True)]
+    turns = record["turns"]
+    flags = record.get("train_turns") or [True] * len(turns)
+    if not turns or len(flags) != len(turns):
+        raise ValueError(f"record {record.get('id', '?')}: 'turns' must be a non-empty list and 'train_turns' "
+                         f"must have one flag per turn (got {len(turns)} turns, {len(flags)} flags)")
+    return [(str(user), str(answer), bool(flag)) for (user, answer), flag in zip(turns, flags)]
+
+
 def group_conversations(records: Sequence[Mapping[str, Any]], turns_per_sample: int,
                         seed: int) -> list[list[Mapping[str, Any]]]:
     """Records of one image grouped into conversations of at most ``turns_per_sample`` questions.
@@ -205,8 +220,9 @@ def encode_sft_records(records: Sequence[Mapping[str, Any]], processor: Any, ima
     eos_id = tokenizer.eos_token_id
 
     renderer = _PieceRenderer(processor)
-    all_pieces = [renderer([(r["question"], str(r["answer"])) for r in conversation])
-                  for conversation in tqdm(conversations, desc="encode texts", disable=not progress, unit="sample")]
+    turn_lists = [[turn for record in conversation for turn in record_turns(record)] for conversation in conversations]
+    all_pieces = [renderer([(user, answer) for user, answer, _ in turns])
+                  for turns in tqdm(turn_lists, desc="encode texts", disable=not progress, unit="sample")]
     flat = [text for pieces in all_pieces for text, _ in pieces]
     # Only the very first piece of a sample gets the tokenizer's special prefix (<s>).
     firsts = tokenizer([pieces[0][0] for pieces in all_pieces], add_special_tokens=True)["input_ids"]
@@ -216,6 +232,7 @@ def encode_sft_records(records: Sequence[Mapping[str, Any]], processor: Any, ima
     for sample, pieces in enumerate(all_pieces):
         ids: list[int] = []
         labels: list[int] = []
+        trained = iter([flag for _, _, flag in turn_lists[sample]])  # one flag per answer piece, in order
         for position, (_, is_answer) in enumerate(pieces):
             tokens = list(firsts[sample] if position == 0 else rest[cursor])
             cursor += 1
@@ -223,7 +240,7 @@ def encode_sft_records(records: Sequence[Mapping[str, Any]], processor: Any, ima
                 if not tokens or tokens[-1] != eos_id:
                     tokens.append(eos_id)  # the model must learn to stop
                 ids.extend(tokens)
-                labels.extend(tokens)
+                labels.extend(tokens if next(trained) else [IGNORE_INDEX] * len(tokens))
             else:
                 expanded: list[int] = []
                 for token in tokens:

@@ -1,0 +1,155 @@
+"""Stage `dialogues`: student x teacher feedback-refinement dialogues on the world's questions, as FIRE records.
+
+- train split (world train.jsonl, gated copy): the training dialogues. Scripted refining students play the
+  student -- FIRE-100K was written by a strong model playing both roles; offline, scripted students with known
+  failure profiles stand in for it -- each taking a share of the questions (``fire.dialogues.students``).
+- test split (world open.jsonl: held-out scenes): the test dialogues, FIRE-Bench's fixed-dialogue references and
+  free-dialogue questions, made the same way.
+
+The teacher is ``fire.teacher`` (the oracle by default). Both files are FIRE records (``split``: train|test) plus
+the world's ``id``/``family``/``category``; the `validate_dialogues` gate checks them next.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+PARAMS = ("seed", "fire.dialogues", "fire.teacher", "world", "paths.world", "paths.reports", "paths.fire")
+SPLIT_FILES = {"train": "train.jsonl", "test": "open.jsonl"}  # world file of each dialogue split
+
+
+def out_dir(cfg: DictConfig, root: Path) -> Path:
+    return root / cfg.paths.fire / "dialogues"
+
+
+def student_shares(students: Any, seed: int) -> list[tuple[dict[str, Any], float]]:
+    """(student config, share) pairs from ``fire.dialogues.students``; shares are normalised to sum to 1."""
+    items = OmegaConf.to_container(students, resolve=True) if isinstance(students, DictConfig) else students
+    if not items:
+        raise ValueError("fire.dialogues.students is empty: name at least one student (e.g. kind: scripted)")
+    pairs = []
+    for index, item in enumerate(items):
+        item = dict(item)
+        share = float(item.pop("share", 1.0))
+        if share <= 0:
+            raise ValueError(f"fire.dialogues.students[{index}]: share must be > 0, got {share}")
+        item.setdefault("seed", seed)
+        pairs.append((item, share))
+    total = sum(share for _, share in pairs)
+    return [(item, share / total) for item, share in pairs]
+
+
+def split_tasks(tasks: list[Any], shares: list[float], seed: int) -> list[list[Any]]:
+    """Deal the tasks to the students by share (a seeded shuffle, then contiguous slices; task order kept)."""
+    order = list(range(len(tasks)))
+    random.Random(f"silkfire-fire-deal/{seed}").shuffle(order)
+    parts: list[list[int]] = []
+    start = 0
+    for index, share in enumerate(shares):
+        end = len(order) if index == len(shares) - 1 else start + round(share * len(order))
+        parts.append(sorted(order[start:end]))
+        start = end
+    return [[tasks[i] for i in part] for part in parts]
+
+
+def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    import mlflow
+
+    from silkfire.fire.dialogue import run_dialogues, world_tasks
+    from silkfire.fire.records import write_dialogues
+    from silkfire.fire.students import build_student
+    from silkfire.fire.teacher import build_teacher
+    from silkfire.stages.validate import gated_file
+
+    settings = cfg.fire.dialogues
+    seed = int(cfg.seed)
+    world_cfg = OmegaConf.to_container(cfg.world, resolve=True)
+    world_dir = root / cfg.paths.world
+    teacher = build_teacher(OmegaConf.to_container(cfg.fire.teacher, resolve=True), root=root, world=world_cfg)
+    families = list(settings.families) if settings.families is not None else None
+    categories = set(settings.categories) if settings.categories is not None else None
+    students = student_shares(settings.students, seed)
+    target = out_dir(cfg, root)
+    target.mkdir(parents=True, exist_ok=True)
+    mlflow.log_params({"teacher": teacher.name, "students": ", ".join(
+        f"{s.get('name') or s.get('profile') or s['kind']}:{share:.2f}" for s, share in students)})
+
+    metrics: dict[str, Any] = {}
+    for split, world_file in SPLIT_FILES.items():
+        # the gate's clean copy when the world gate filtered rows (train); the held-out file as generated
+        source = gated_file(cfg, root, world_file)
+        # an absolute file name: the questions from `source`, the scene graphs from the world's scenes.jsonl
+        tasks = world_tasks(world_dir, str(source.resolve()), families=families, seed=seed, split=split)
+        if categories is not None:
+            tasks = [task for task in tasks if task.category in categories]
+        limit = settings.get(f"{split}_questions")
+        if limit is not None and len(tasks) > int(limit):
+            tasks = random.Random(f"silkfire-fire-{split}/{seed}").sample(tasks, int(limit))
+        if not tasks:
+            raise ValueError(f"no {split} questions of families {families} in {source}")
+        dialogues, stats = [], {"tasks": 0, "dialogues": 0, "dropped": {}, "stop_reasons": {}}
+        for (student_cfg, _share), part in zip(students, split_tasks(tasks, [s for _, s in students], seed)):
+            if not part:
+                continue
+            student = build_student(student_cfg, root=root, seed=seed, world=world_cfg)
+            result = run_dialogues(part, student, teacher, world_dir, threshold=float(settings.stop_score),
+                                   max_rounds=int(settings.max_rounds), progress=bool(settings.progress))
+            dialogues.extend(_with_world_keys(result.dialogues, part))
+            _merge_stats(stats, result.stats)
+        path = target / f"{split}.jsonl"
+        write_dialogues(path, dialogues)
+        stats["dialogues"] = len(dialogues)
+        stats["rounds"] = _rounds(dialogues)
+        stats.update(_free_summary(dialogues, float(settings.stop_score)))
+        metrics[split] = stats
+    return metrics
+
+
+def _with_world_keys(dialogues: list[Any], tasks: list[Any]) -> list[Any]:
+    """Dialogues (in task order, dropped ones missing) with the world's id/family/category as extra keys."""
+    by_key = {(task.image, task.question): task for task in tasks}
+    for dialogue in dialogues:
+        task = by_key.get((dialogue.image, dialogue.question))
+        if task is not None:
+            dialogue.extra.update({"id": task.id, "family": task.family, "category": task.category})
+    return dialogues
+
+
+def _merge_stats(total: dict[str, Any], stats: dict[str, Any]) -> None:
+    total["tasks"] += int(stats.get("tasks", 0))
+    for key in ("dropped", "stop_reasons"):
+        for name, count in (stats.get(key) or {}).items():
+            total[key][name] = total[key].get(name, 0) + int(count)
+
+
+def _rounds(dialogues: list[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for dialogue in dialogues:
+        counts[str(dialogue.round)] = counts.get(str(dialogue.round), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _free_summary(dialogues: list[Any], threshold: float) -> dict[str, Any]:
+    """The scripted students' refinement in these dialogues (AT/ADR/ATR/RR; first/final accuracy)."""
+    from silkfire.fire.metrics import free_dialogue_metrics
+
+    if not dialogues:
+        return {}
+    free = free_dialogue_metrics(dialogues, threshold)
+    scores = [[0 if s is None else s for s in d.scores] for d in dialogues]
+    return {**{key: round(float(free[key]), 4) for key in ("AT", "ADR", "ATR", "RR")},
+            "accuracy_first": round(sum(s[0] >= threshold for s in scores) / len(scores), 4),
+            "accuracy_final": round(sum(s[-1] >= threshold for s in scores) / len(scores), 4)}
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    parts = []
+    for split in SPLIT_FILES:
+        data = metrics.get(split, {})
+        parts.append(f"{split} {data.get('dialogues', '?')} dialogues (AT {data.get('AT', '?')}, "
+                     f"RR {data.get('RR', '?')})")
+    return "; ".join(parts)

@@ -1,0 +1,151 @@
+"""Stage `fire_bench`: FIRE-Bench on the held-out dialogues (silkfire.fire.bench).
+
+- Fixed dialogue: the SFT-only baseline and the FIRE student write the refined student turns of the test
+  dialogues (BLEU-1..4, CIDEr vs the reference turn); the baseline and the trained teacher write the teacher turns
+  (BLEU/CIDEr and the score MAE against the oracle teacher's turns).
+- Free dialogue: both students converse with each teacher of ``fire.bench.teachers`` (``oracle`` = ``fire.teacher``,
+  ``trained`` = the fire_sft teacher) for up to ``max_turns`` turns: AT, ADR, ATR, RR, AT normalised to the
+  baseline.
+
+Outputs: <reports>/fire_bench/{fire_bench.md, free_<teacher>_<model>.jsonl, fixed_<role>_<model>.jsonl}; the table
+goes to MLflow (the flow also publishes it as the Prefect markdown artefact `silkfire-fire-bench`), every number
+to metrics/fire_bench.json.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+PARAMS = (
+    "seed", "fire.bench", "fire.dialogues.stop_score", "fire.teacher", "world", "model.dtype",
+    "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
+)
+TEACHERS = ("oracle", "trained")
+TABLE = "fire_bench.md"
+
+
+def report_dir(cfg: DictConfig, root: Path) -> Path:
+    return root / cfg.paths.reports / "fire_bench"
+
+
+def models(cfg: DictConfig, root: Path) -> dict[str, Path]:
+    """The compared model folders: the baseline (SFT only) and the FIRE-trained ones."""
+    return {"sft": root / cfg.paths.sft / "model", "fire": root / cfg.paths.fire_student / "model",
+            "teacher": root / cfg.paths.fire_teacher / "model"}
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    from silkfire.io import write_jsonl
+
+    write_jsonl(path, rows)
+
+
+def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    import mlflow
+
+    from silkfire.fire import bench
+    from silkfire.fire.records import read_dialogues, write_dialogues
+    from silkfire.fire.teacher import build_teacher
+    from silkfire.io import read_records
+    from silkfire.stages.validate_dialogues import gated_dialogues
+
+    settings = cfg.fire.bench
+    seed = int(cfg.seed)
+    stop = float(cfg.fire.dialogues.stop_score if settings.get("stop_score") is None else settings.stop_score)
+    unknown = sorted(set(settings.teachers) - set(TEACHERS))
+    if unknown:
+        raise ValueError(f"fire.bench.teachers: unknown {unknown}; choose from {list(TEACHERS)}")
+    if settings.baseline != "sft":
+        raise ValueError(f"fire.bench.baseline must name a compared student (sft), got {settings.baseline!r}")
+    world = root / cfg.paths.world
+    out = report_dir(cfg, root)
+    out.mkdir(parents=True, exist_ok=True)
+    folders = models(cfg, root)
+    for name, folder in folders.items():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"fire_bench: model {name} not found at {folder} (run the earlier stages first)")
+    options = bench.GenerationOptions(
+        batch_size=int(settings.batch_size), student_max_new_tokens=int(settings.student_max_new_tokens),
+        teacher_max_new_tokens=int(settings.teacher_max_new_tokens), dtype=str(cfg.model.dtype),
+        progress=bool(settings.progress))
+    test, _ = read_dialogues(gated_dialogues(cfg, root, "test"))
+    scenes = {record["image"]: record for record in read_records(world / "scenes.jsonl")}
+    metrics: dict[str, Any] = {"test_dialogues": len(test)}
+
+    # ---- fixed dialogue ----
+    fixed_items = settings.get("fixed_items")
+    limit = None if fixed_items is None else int(fixed_items)
+    s_items = bench.student_items(test, limit, seed)
+    t_items = bench.teacher_items(test, limit, seed)
+    fixed_students: dict[str, Any] = {}
+    fixed_teachers: dict[str, Any] = {}
+    for name in ("sft", "fire"):
+        student = bench.model_student(folders[name], options, name)
+        if s_items:
+            generated, scores = bench.fixed_student(student, s_items, world)
+            fixed_students[name] = scores
+            _write_jsonl(out / f"fixed_student_{name}.jsonl", _fixed_rows(s_items, generated))
+        del student
+        gc.collect()
+    for name, folder in (("sft", folders["sft"]), ("teacher", folders["teacher"])):
+        teacher_model = bench.model_teacher(folder, options, name)
+        generated, scores = bench.fixed_teacher(teacher_model, t_items, world)
+        fixed_teachers[name] = scores
+        _write_jsonl(out / f"fixed_teacher_{name}.jsonl", _fixed_rows(t_items, generated))
+        del teacher_model
+        gc.collect()
+    metrics["fixed"] = {"student": fixed_students, "teacher": fixed_teachers}
+
+    # ---- free dialogue ----
+    max_dialogues = settings.get("max_dialogues")
+    tasks = bench.bench_tasks(test, scenes, None if max_dialogues is None else int(max_dialogues), seed)
+    free: dict[str, Any] = {}
+    for teacher_kind in settings.teachers:
+        if teacher_kind == "oracle":
+            teacher = build_teacher(OmegaConf.to_container(cfg.fire.teacher, resolve=True), root=root,
+                                    world=OmegaConf.to_container(cfg.world, resolve=True))
+        else:
+            teacher = bench.model_teacher(folders["teacher"], options, "trained")
+        runs = {}
+        for name in ("sft", "fire"):
+            student = bench.model_student(folders[name], options, name)
+            runs[name] = bench.free_dialogue(student, teacher, tasks, world, max_turns=int(settings.max_turns),
+                                             stop_score=stop)
+            write_dialogues(out / f"free_{teacher_kind}_{name}.jsonl", runs[name].dialogues)
+            del student
+            gc.collect()
+        free[teacher_kind] = bench.free_dialogue_results(runs, str(settings.baseline), stop)
+        del teacher
+        gc.collect()
+    metrics["free"] = free
+
+    table = bench.comparison_markdown(free, fixed_students, fixed_teachers, str(settings.baseline))
+    (out / TABLE).write_text(table, encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    mlflow.log_text(table, f"fire_bench/{TABLE}")
+    mlflow.log_artifacts(str(out), artifact_path="fire_bench")
+    return metrics
+
+
+def _fixed_rows(items: list[Any], generated: list[str]) -> list[dict[str, Any]]:
+    return [{"dialogue": item.dialogue, "turn": item.turn, "role": item.role, "image": item.image,
+             "question": item.question, "reference": item.reference, "generated": text}
+            for item, text in zip(items, generated)]
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    parts = []
+    oracle = metrics.get("free", {}).get("oracle") or next(iter(metrics.get("free", {}).values()), {})
+    if "sft" in oracle and "fire" in oracle:
+        base, fire = oracle["sft"], oracle["fire"]
+        parts.append(f"RR {base['RR']:.2f} -> {fire['RR']:.2f}, ADR {base['ADR']:.2f} -> {fire['ADR']:.2f}, "
+                     f"AT 1 -> {fire['AT_norm']:.2f}")
+    teachers = metrics.get("fixed", {}).get("teacher", {})
+    if "sft" in teachers and "teacher" in teachers:
+        parts.append(f"teacher MAE {teachers['sft']['MAE']:.2f} -> {teachers['teacher']['MAE']:.2f}")
+    return "; ".join(parts)

@@ -1,0 +1,206 @@
+"""Stage `fire_sft`: train the FIRE student (FIRE-LLaVA) and teacher (FD-LLaVA) from the foundation's SFT model.
+
+Both start from models/sft/model (so FIRE-LLaVA = SFT + FIRE data) and are trained separately with
+silkfire.train.sft (Trainer; LoRA optional, ``fire.sft.<role>.lora``) on the sets built from the gated training
+dialogues by silkfire.fire.sft_data:
+
+- student: one multi-turn sample per dialogue -- question -> response, feedback -> refined response, ... With
+  ``student_turns: improving`` the loss covers the turns that are correct or improve on the previous score; the
+  scripted students' deliberate first mistakes and ignored feedback stay in the context only (``all``: every turn,
+  FIRE's recipe). A share of world SFT records (``mix_sft`` of ``mix_families``) keeps the student's QA skill.
+- teacher: one sample per teacher turn (question + ground truth + FIRE's instruction + the student's response ->
+  "Score: N.\\nFeedback: ...").
+
+A small share of the training dialogues (``val_fraction``) is held out for the eval loss. Each model trains in a
+nested MLflow run (curves, the model folder, registry ``silkfire-fire-student`` / ``silkfire-fire-teacher`` with
+alias ``candidate``); DVC plots read metrics/fire_{student,teacher}_history.csv.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+PARAMS = (
+    "seed", "fire.sft", "fire.dialogues.stop_score", "model.dtype", "tracking",
+    "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
+    "paths.metrics",
+)
+ROLES = ("student", "teacher")
+TURN_POLICIES = ("all", "improving")
+
+
+def sets_dir(cfg: DictConfig, root: Path) -> Path:
+    return root / cfg.paths.fire / "sft"
+
+
+def trained_turns(scores: Sequence[int | None], policy: str, threshold: float) -> list[bool]:
+    """Which student turns get the loss (one flag per response; see the module docstring)."""
+    if policy not in TURN_POLICIES:
+        raise ValueError(f"fire.sft.student_turns: {policy!r}; choose from {list(TURN_POLICIES)}")
+    values = [0 if score is None else score for score in scores]
+    if policy == "all":
+        return [True] * len(values)
+    return [value >= threshold or (k > 0 and value > values[k - 1]) for k, value in enumerate(values)]
+
+
+def split_dialogues(dialogues: Sequence[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(train, val): a seeded ``fraction`` of the dialogues (at least one when there are two) held out."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fire.sft.val_fraction must be in [0, 1), got {fraction}")
+    count = max(1, round(fraction * len(dialogues))) if len(dialogues) >= 2 and fraction > 0 else 0
+    held = set(random.Random(f"silkfire-fire-val/{seed}").sample(range(len(dialogues)), count))
+    return ([d for i, d in enumerate(dialogues) if i not in held], [d for i, d in enumerate(dialogues) if i in held])
+
+
+def student_set(dialogues: Sequence[Any], policy: str, threshold: float) -> tuple[list[dict[str, Any]], int]:
+    """Student samples with per-turn loss flags; samples with no trained turn are left out (returned count)."""
+    from silkfire.fire.sft_data import student_samples
+
+    samples, left_out = [], 0
+    for sample, dialogue in zip(student_samples(dialogues), dialogues):
+        flags = trained_turns(dialogue.scores[:len(sample["turns"])], policy, threshold)
+        if not any(flags):
+            left_out += 1
+            continue
+        samples.append({**sample, "train_turns": flags})
+    return samples, left_out
+
+
+def mix_records(world_file: Path, families: Sequence[str] | None, count: int, seed: int) -> list[dict[str, Any]]:
+    """A seeded sample of ``count`` world SFT records of ``families`` (single-turn question/answer records)."""
+    from silkfire.io import read_records
+
+    if count <= 0:
+        return []
+    records = [r for r in read_records(world_file) if families is None or r.get("family") in families]
+    if not records:
+        raise ValueError(f"fire.sft.mix_families {list(families or [])}: no such records in {world_file}")
+    rng = random.Random(f"silkfire-fire-mix/{seed}")
+    return rng.sample(records, min(count, len(records)))
+
+
+def sample_length(processor: Any, record: Mapping[str, Any], image_tokens: int) -> int:
+    """Tokens of a rendered sample (the image placeholder expanded), as the trainer will see it."""
+    from silkfire.train.data import conversation_pieces, record_turns
+
+    pieces = conversation_pieces(processor, [(u, a) for u, a, _ in record_turns(record)])
+    text = "".join(piece for piece, _ in pieces)
+    return len(processor.tokenizer(text)["input_ids"]) + image_tokens - 1
+
+
+def cap_length(records: list[dict[str, Any]], processor: Any, image_tokens: int,
+               max_length: int | None) -> tuple[list[dict[str, Any]], int]:
+    if max_length is None:
+        return records, 0
+    kept = [r for r in records if sample_length(processor, r, image_tokens) <= max_length]
+    return kept, len(records) - len(kept)
+
+
+def build_sets(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    """Write <paths.fire>/sft/{student,teacher}_{train,val}.jsonl from the gated training dialogues."""
+    from silkfire.fire.records import read_dialogues
+    from silkfire.fire.sft_data import teacher_samples, write_sft
+    from silkfire.stages.validate import gated_file
+    from silkfire.stages.validate_dialogues import gated_dialogues
+
+    settings = cfg.fire.sft
+    seed = int(cfg.seed)
+    threshold = float(cfg.fire.dialogues.stop_score)  # what counts as a correct turn
+    dialogues, _ = read_dialogues(gated_dialogues(cfg, root, "train"))
+    train, val = split_dialogues(dialogues, float(settings.val_fraction), seed)
+    out = sets_dir(cfg, root)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    counts: dict[str, Any] = {"dialogues_train": len(train), "dialogues_val": len(val)}
+    student_train, left_out = student_set(train, str(settings.student_turns), threshold)
+    student_val, _ = student_set(val, "all", threshold)
+    families = list(settings.mix_families) if settings.mix_families is not None else None
+    mixed = mix_records(gated_file(cfg, root, "train.jsonl"), families,
+                        round(float(settings.mix_sft) * len(student_train)), seed)
+    counts.update({"student_untrained_dialogues": left_out, "student_mixed_sft": len(mixed)})
+    teacher_train, skipped = teacher_samples(train)
+    teacher_val, _ = teacher_samples(val)
+    counts["teacher_unparsable_skipped"] = skipped
+    sets = {("student", "train"): student_train + mixed, ("student", "val"): student_val,
+            ("teacher", "train"): teacher_train, ("teacher", "val"): teacher_val}
+    max_length = settings.get("max_length")
+    if max_length is not None:
+        from silkfire.models.loading import load_vlm
+        from silkfire.train.data import count_image_tokens, load_image
+
+        _, processor = load_vlm(root / cfg.paths.sft / "model")
+        image = load_image(root / cfg.paths.world, student_train[0]["image"])
+        tokens = count_image_tokens(processor, image)
+        for key in sets:
+            sets[key], dropped = cap_length(sets[key], processor, tokens, int(max_length))
+            counts[f"{key[0]}_{key[1]}_too_long"] = dropped
+    for (role, split), records in sets.items():
+        if not records:
+            raise ValueError(f"fire_sft: the {role} {split} set is empty (dialogues: {len(dialogues)})")
+        random.Random(f"silkfire-fire-{role}-{split}/{seed}").shuffle(records)
+        counts[f"{role}_{split}_samples"] = write_sft(out / f"{role}_{split}.jsonl", records)
+    return counts
+
+
+def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
+    """Train one model (student or teacher) in a nested MLflow run; returns its metrics."""
+    import mlflow
+
+    from silkfire.tracking.callbacks import MlflowMetricsCallback
+    from silkfire.tracking.plots import training_curves
+    from silkfire.tracking.registry import log_and_register
+    from silkfire.train.sft import SFTConfig, train_sft
+
+    settings = cfg.fire.sft
+    values = OmegaConf.to_container(settings[role], resolve=True)
+    assert isinstance(values, dict)
+    # dialogues are whole samples: never pack several into one history
+    config = SFTConfig.from_mapping(values, seed=int(cfg.seed), dtype=str(cfg.model.dtype), turns_per_sample=1,
+                                    families=None)
+    out_dir = root / (cfg.paths.fire_student if role == "student" else cfg.paths.fire_teacher)
+    data = sets_dir(cfg, root)
+    with mlflow.start_run(run_name=f"fire_sft/{role}", nested=True):
+        mlflow.set_tag("silkfire.role", role)
+        mlflow.log_params({f"{role}.{key}": str(value) for key, value in values.items()})
+        result = train_sft(root / cfg.paths.sft / "model", data / f"{role}_train.jsonl", data / f"{role}_val.jsonl",
+                           root / cfg.paths.world, config, out_dir, callbacks=[MlflowMetricsCallback()])
+        plots_csv = root / cfg.paths.metrics / f"fire_{role}_history.csv"
+        plots_csv.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out_dir / "history.csv", plots_csv)
+        mlflow.log_artifact(str(out_dir / "history.csv"), artifact_path="curves")
+        mlflow.log_figure(training_curves(result.history), f"curves/fire_{role}_curves.png")
+        metrics: dict[str, Any] = dict(result.metrics)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        if cfg.tracking.log_model:
+            name = str(settings.registered_student if role == "student" else settings.registered_teacher)
+            metrics["registered_version"] = log_and_register(result.model_dir, name, cfg.tracking.candidate_alias)
+    return metrics
+
+
+def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    import mlflow
+
+    counts = build_sets(cfg, root)
+    mlflow.log_artifacts(str(sets_dir(cfg, root)), artifact_path="sft_sets")
+    metrics: dict[str, Any] = {"sets": counts}
+    for role in ROLES:
+        metrics[role] = train_role(cfg, root, role)
+    return metrics
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    parts = []
+    for role in ROLES:
+        data = metrics.get(role, {})
+        text = f"{role} eval_loss={data.get('eval_loss', float('nan')):.3g}"
+        if "registered_version" in data:
+            text += f" v{data['registered_version']}"
+        parts.append(text)
+    return ", ".join(parts)

@@ -1,0 +1,94 @@
+"""Stage `validate_dialogues`: the FIRE data-quality gate (kind `fire`) on the simulated dialogues.
+
+Both files (train, test) go through `silkfire validate fire`'s gate with the policy `fire.validate.policy`: under
+`fail` a bad dialogue stops the branch before training; under `filter` bad dialogues are quarantined and the later
+stages read the clean copies (:func:`gated_dialogues`). Reports (text, Markdown, JSON, Data Docs) are written and
+logged to MLflow before the verdict, so a failed gate leaves everything a person needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+PARAMS = ("quality", "fire.validate", "paths.world", "paths.fire", "paths.reports")
+SPLITS = ("train", "test")
+FAILURE_REPORT = "report.md"  # the flow publishes <reports>/<stage>/report.md when the stage fails
+FAILURE_TABLE = "failures.json"
+
+
+def report_dir(cfg: DictConfig, root: Path) -> Path:
+    return root / cfg.paths.reports / "validate_dialogues"
+
+
+def dialogue_file(cfg: DictConfig, root: Path, split: str) -> Path:
+    """The dialogues stage's output file of a split."""
+    return root / cfg.paths.fire / "dialogues" / f"{split}.jsonl"
+
+
+def gated_dialogues(cfg: DictConfig, root: Path, split: str) -> Path:
+    """The dialogue file later stages read: the gate's clean copy when the policy filtered dialogues."""
+    clean = report_dir(cfg, root) / split / "clean" / f"{split}.jsonl"
+    return clean if clean.is_file() else dialogue_file(cfg, root, split)
+
+
+def quality_config(cfg: DictConfig) -> Any:
+    """The quality config with the branch's policy for kind `fire`."""
+    from silkfire.quality import QualityConfig
+
+    values = OmegaConf.to_container(cfg.quality, resolve=True)
+    assert isinstance(values, dict)
+    values.setdefault("fire", {})["policy"] = str(cfg.fire.validate.policy)
+    return QualityConfig.from_mapping(values)
+
+
+def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    import json
+
+    import mlflow
+
+    from silkfire.quality import GateFailed, validate_fire
+
+    config = quality_config(cfg)
+    reports = report_dir(cfg, root)
+    reports.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for split in SPLITS:
+        path = dialogue_file(cfg, root, split)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run the dialogues stage first")
+        results[split] = validate_fire(path, config, reports / split, image_root=root / cfg.paths.world)
+    markdown = "\n\n".join(f"## {split} dialogues\n\n{result.to_markdown()}" for split, result in results.items())
+    (reports / FAILURE_REPORT).write_text(markdown, encoding="utf-8")
+    failures = [row | {"split": split} for split, result in results.items() for row in result.failure_rows()]
+    (reports / FAILURE_TABLE).write_text(json.dumps(failures, indent=1), encoding="utf-8")
+    for split in SPLITS:
+        for item in sorted((reports / split).iterdir()):
+            if item.name == "clean":
+                continue  # as big as the data; DVC keeps it
+            if item.is_dir():
+                mlflow.log_artifacts(str(item), artifact_path=f"validation/{split}/{item.name}")
+            else:
+                mlflow.log_artifact(str(item), artifact_path=f"validation/{split}")
+    mlflow.log_artifact(str(reports / FAILURE_REPORT), artifact_path="validation")
+    passed = all(result.success for result in results.values())
+    mlflow.set_tag("silkfire.gate", "passed" if passed else "failed")
+    mlflow.set_tag("silkfire.gate_policy", str(cfg.fire.validate.policy))
+    for result in results.values():
+        if not result.success:
+            raise GateFailed(result)
+    return {split: {k: v for k, v in result.summary().items() if not isinstance(v, str)}
+            for split, result in results.items()}
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    parts = []
+    for split in SPLITS:
+        data = metrics.get(split, {})
+        text = f"{split} {data.get('rows', '?')} dialogues"
+        if data.get("rows_quarantined"):
+            text += f" ({data['rows_quarantined']} quarantined)"
+        parts.append(text)
+    return "FIRE gate passed: " + ", ".join(parts)
