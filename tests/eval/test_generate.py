@@ -68,3 +68,30 @@ def test_max_new_tokens_bounds_the_answer(model_and_processor, world: Path):
     tokenizer = processor.tokenizer
     assert short in {tokenizer.decode([i], skip_special_tokens=True).strip() for i in range(len(tokenizer))}
     assert longer.startswith(short)
+
+
+def test_blank_like_keeps_size_and_fills_with_the_background(world: Path):
+    from PIL import Image
+
+    from silkfire.eval.generate import blank_like
+
+    image = Image.open(world / read_records(world / "mme.jsonl")[0]["image"]).convert("RGB")
+    blank = blank_like(image)
+    assert blank.size == image.size and blank.mode == image.mode
+    assert blank.getcolors() == [(image.width * image.height, (255, 255, 255))]  # the world's background
+    assert len(image.getcolors()) > 1  # the scene itself is not blank
+
+
+def test_blank_images_make_answers_independent_of_the_image(model_and_processor, records, world: Path):
+    """Blind mode: the same question about different images gets the same answer (only the text is seen)."""
+    model, processor = model_and_processor
+    question = records[0]["question"]
+    images = sorted({record["image"] for record in read_records(world / "mme.jsonl")})
+    same_question = [{"question": question, "image": image} for image in images]
+    assert len(same_question) >= 2
+    seeing = generate_answers(model, processor, same_question, world, batch_size=2, max_new_tokens=4,
+                              progress=False)
+    blind = generate_answers(model, processor, same_question, world, batch_size=2, max_new_tokens=4,
+                             progress=False, blank_images=True)
+    assert len(set(blind)) == 1
+    assert seeing != blind or len(set(seeing)) == 1  # a noisy model answers differently when it sees the scenes

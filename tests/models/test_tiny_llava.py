@@ -26,7 +26,7 @@ def test_saved_as_safetensors_with_processor_files(model_dir: Path):
     assert {"processor_config.json", "tokenizer.json", "chat_template.jinja"} <= names
 
 
-def test_reloads_offline_through_auto_classes_with_64_image_tokens(model_dir: Path, monkeypatch):
+def test_reloads_offline_through_auto_classes_with_one_image_token_per_cell(model_dir: Path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
 
@@ -40,10 +40,10 @@ def test_reloads_offline_through_auto_classes_with_64_image_tokens(model_dir: Pa
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a red circle?"}]}],
         add_generation_prompt=True,
     )
-    inputs = processor(text=[prompt], images=[Image.new("RGB", (64, 64), "red")], return_tensors="pt")
-    assert int((inputs["input_ids"] == processor.image_token_id).sum()) == 64
-    assert model.config.image_seq_length == 64
-    assert inputs["pixel_values"].shape == (1, 3, 64, 64)
+    inputs = processor(text=[prompt], images=[Image.new("RGB", (48, 48), "red")], return_tensors="pt")
+    assert int((inputs["input_ids"] == processor.image_token_id).sum()) == 9  # one token per grid cell
+    assert model.config.image_seq_length == 9
+    assert inputs["pixel_values"].shape == (1, 3, 48, 48)
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape == (1, inputs["input_ids"].shape[1], len(processor.tokenizer))
@@ -63,7 +63,7 @@ def test_build_is_seeded(tmp_path: Path):
 
 def test_model_config_from_mapping_nested_and_errors():
     cfg = ModelConfig.from_mapping(TEST_MODEL)
-    assert cfg.vision.num_image_tokens == 64 and cfg.text.hidden_size == 64
+    assert cfg.vision.num_image_tokens == 9 and cfg.text.hidden_size == 64
     with pytest.raises(ValueError, match="unknown key.*'hidden'"):
         ModelConfig.from_mapping({"text": {"hidden": 3}})
     with pytest.raises(ValueError, match="unknown key.*'colour'"):
@@ -80,7 +80,7 @@ def test_conf_model_files_parse(name: str):
 
     cfg = ModelConfig.from_mapping(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"))
     if name == "tiny_llava":
-        assert cfg.source == "build" and cfg.vision.num_image_tokens == 64
+        assert cfg.source == "build" and cfg.vision.num_image_tokens == 9
     else:
         assert cfg.source == "pretrained" and cfg.name_or_path == "llava-hf/llava-1.5-7b-hf"
         assert cfg.dtype == "bfloat16"

@@ -38,9 +38,9 @@ def test_only_assistant_tokens_carry_labels(world: Path, processor):
         assert supervised[first:].all() and not supervised[:first].any()
         # ... which is exactly " <answer></s>"
         assert tokenizer.decode(ids[first:]) == f" {record['answer']}</s>"
-        # the prompt (with <s>, the 64 image tokens and the question) carries no label
+        # the prompt (with <s>, the 9 image tokens and the question) carries no label
         assert ids[0] == tokenizer.bos_token_id
-        assert int((ids == processor.image_token_id).sum()) == 64
+        assert int((ids == processor.image_token_id).sum()) == 9
         assert not supervised[ids == processor.image_token_id].any()
         assert record["question"] in tokenizer.decode(ids[:first])
 
@@ -48,7 +48,7 @@ def test_only_assistant_tokens_carry_labels(world: Path, processor):
 def test_images_are_encoded_once_per_scene(world: Path, processor):
     records = read_records(world / "train.jsonl")
     data = encode_sft_records(records, processor, world, progress=False)
-    assert data.pixel_values.shape == (len({r["image"] for r in records}), 3, 64, 64)
+    assert data.pixel_values.shape == (len({r["image"] for r in records}), 3, 48, 48)
     first, second = data[0], data[1]
     assert records[0]["image"] == records[1]["image"]
     assert torch.equal(first["pixel_values"], second["pixel_values"])
@@ -65,7 +65,7 @@ def test_collator_pads_right_with_ignored_labels(world: Path, processor):
     assert batch["attention_mask"][0, :short].all() and not batch["attention_mask"][0, short:].any()
     assert (batch["input_ids"][0, short:] == processor.tokenizer.pad_token_id).all()
     assert (batch["labels"][0, short:] == IGNORE_INDEX).all()
-    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    assert batch["pixel_values"].shape == (2, 3, 48, 48)
 
 
 def test_missing_image_names_the_path(tmp_path: Path, processor):
@@ -105,10 +105,10 @@ def test_multi_turn_packing_keeps_every_answer_and_splits_pairs(world: Path, pro
     tokenizer = processor.tokenizer
     for index, conversation in enumerate(conversations):
         ids, labels = data.input_ids[index], data.labels[index]
-        assert int((ids == processor.image_token_id).sum()) == 64  # one image per conversation
+        assert int((ids == processor.image_token_id).sum()) == 9  # one image per conversation
         supervised = tokenizer.decode(labels[labels != IGNORE_INDEX])
         assert supervised == "".join(f" {r['answer']}</s>" for r in conversation)
         # the full sample is the chat template's rendering of the conversation
-        text = tokenizer.decode(ids).replace("<image>" * 64, "<image>")
+        text = tokenizer.decode(ids).replace("<image>" * 9, "<image>")
         assert text.startswith("<s>USER: <image>\n" + conversation[0]["question"] + " ASSISTANT:")
         assert text.count(" USER: ") == len(conversation) - 1

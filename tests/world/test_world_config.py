@@ -16,7 +16,7 @@ def test_yaml_defaults_match_the_dataclass() -> None:
     config = WorldConfig.from_mapping(OmegaConf.load(SHAPES_YAML))
     assert config == WorldConfig()
     assert config.rows == config.cols == 3
-    assert config.image_size == 64
+    assert config.image_size == 48 and config.image_size % config.rows == 0  # one vision patch per cell
 
 
 def test_yaml_has_no_hydra_interpolations() -> None:

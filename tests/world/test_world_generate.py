@@ -86,17 +86,19 @@ def test_scene_records_and_images(default_world) -> None:
         cells = [(o["row"], o["col"]) for o in scene["objects"]]
         assert len(set(cells)) == len(cells)
         with Image.open(out / scene["image"]) as image:
-            assert image.format == "PNG" and image.mode == "RGB" and image.size == (64, 64)
+            assert image.format == "PNG" and image.mode == "RGB"
+            assert image.size == (config.image_size, config.image_size)
             pixels = image.load()
             for o in scene["objects"]:
-                x = int((o["col"] + 0.5) * 64 / 3)
-                y = int((o["row"] + 0.5) * 64 / 3)
+                x = int((o["col"] + 0.5) * config.image_size / 3)
+                y = int((o["row"] + 0.5) * config.image_size / 3)
                 assert pixels[x, y] == config.rgb(o["color"]), (scene["scene_id"], o)
             # empty cells show the background at their centre
             for row in range(3):
                 for col in range(3):
                     if (row, col) not in cells:
-                        assert pixels[int((col + 0.5) * 64 / 3), int((row + 0.5) * 64 / 3)] == (255, 255, 255)
+                        centre = (int((col + 0.5) * config.image_size / 3), int((row + 0.5) * config.image_size / 3))
+                        assert pixels[centre] == (255, 255, 255)
 
 
 def test_large_shapes_cover_more_pixels_than_small(default_world) -> None:

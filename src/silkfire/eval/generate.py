@@ -9,6 +9,15 @@ from typing import Any
 from tqdm.auto import tqdm
 
 
+def blank_like(image: Any) -> Any:
+    """A plain image of ``image``'s size and mode, filled with its most frequent colour (the background)."""
+    from PIL import Image
+
+    colors = image.getcolors(maxcolors=image.width * image.height)
+    background = max(colors)[1] if colors else 0
+    return Image.new(image.mode, image.size, background)
+
+
 def generate_answers(
     model: Any,
     processor: Any,
@@ -17,12 +26,17 @@ def generate_answers(
     batch_size: int = 32,
     max_new_tokens: int = 16,
     progress: bool = True,
+    blank_images: bool = False,
 ) -> list[str]:
     """Greedy answers to ``record["question"]`` about ``image_root / record["image"]``, in input order.
 
     Prompts are rendered with the processor's chat template (image block + question, assistant header) and
     left-padded, so every row's answer starts right after the prompt; answers are decoded without special
     tokens and stripped. Results do not depend on ``batch_size`` beyond float rounding.
+
+    ``blank_images=True`` replaces every image by a blank one of the same size in its background colour (its
+    most frequent colour): the answers of a *blind* model, the honest floor for measuring how much the model
+    reads the image (a text-only prior scores the same with or without it).
     """
     import torch
 
@@ -44,6 +58,8 @@ def generate_answers(
             batch = records[start:start + batch_size]
             prompts = [prompt_text(processor, record["question"]) for record in batch]
             images = [load_image(image_root, record["image"]) for record in batch]
+            if blank_images:
+                images = [blank_like(image) for image in images]
             inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
             inputs = {
                 key: value.to(device=device, dtype=dtype) if key == "pixel_values" else value.to(device)

@@ -40,8 +40,8 @@ def build_dataclass(cls: type, cfg: Any, what: str) -> Any:
 class VisionTowerConfig:
     """CLIP vision tower: image_size/patch_size fix the number of image tokens ((image/patch)^2)."""
 
-    image_size: int = 64
-    patch_size: int = 8
+    image_size: int = 48
+    patch_size: int = 16
     hidden_size: int = 128
     intermediate_size: int = 512
     num_layers: int = 2

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Narrow but complete: 64x64 images, patch 8 -> 64 image tokens, like the default model.
+# Narrow but complete: 48x48 images, patch 16 -> 9 image tokens (one per grid cell), like the default model.
 TEST_MODEL: dict[str, Any] = {
     "source": "build",
     "dtype": "float32",
     "vocab_size": 400,
-    "vision": {"image_size": 64, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+    "vision": {"image_size": 48, "patch_size": 16, "hidden_size": 32, "intermediate_size": 64,
                "num_layers": 1, "num_heads": 2},
     "text": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
              "max_position_embeddings": 256},

@@ -32,7 +32,7 @@ def build_processor(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) 
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )
-    # CLIP adds a CLS token (+1) that the "default" feature strategy drops again (-1): 64 tokens for 64/8.
+    # CLIP adds a CLS token (+1) that the "default" feature strategy drops again (-1): 9 tokens for 48/16.
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

@@ -1,6 +1,8 @@
 """Stage `evaluate`: batched greedy answers on the held-out MME-style set, scored with MME's official rules.
 
-The untrained base model is scored too (eval.baseline), so every run reports the gain SFT brought.
+The untrained base model is scored too (eval.baseline), so every run reports the gain SFT brought; and the SFT
+model is scored once more on blank images (eval.blind): what it gets without seeing anything is the floor its
+real score must clear to show that it reads the image (metrics `image_gain` = SFT - blind).
 """
 
 from __future__ import annotations
@@ -44,20 +46,25 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     world = root / cfg.paths.world
     out_dir = root / cfg.paths.reports / "evaluate"
     records = cap_pairs(read_records(world / "mme.jsonl"), cfg.eval.max_items)
-    candidates: dict[str, str | Path] = {"sft": root / cfg.paths.sft / "model"}
+    # model source -> [(label, blank images?)]: each model is loaded once
+    candidates: list[tuple[str | Path, list[tuple[str, bool]]]] = [
+        (root / cfg.paths.sft / "model", [("sft", False)] + ([("blind", True)] if cfg.eval.get("blind") else []))
+    ]
     if cfg.eval.baseline:
-        candidates["base"] = resolve_base(root / cfg.paths.base_model)
+        candidates.append((resolve_base(root / cfg.paths.base_model), [("base", False)]))
 
     results: dict[str, Any] = {}
-    for label, source in candidates.items():
+    for source, runs in candidates:
         model, processor = load_vlm(source, dtype=cfg.model.dtype)
-        predictions = generate_answers(
-            model, processor, records, world,
-            batch_size=int(cfg.eval.batch_size), max_new_tokens=int(cfg.eval.max_new_tokens),
-        )
-        scored = [record | {"prediction": prediction} for record, prediction in zip(records, predictions)]
-        write_jsonl(out_dir / f"mme_predictions_{label}.jsonl", scored)
-        results[label] = score_mme(scored, WORLD_CATEGORY_GROUPS)
+        for label, blank in runs:
+            predictions = generate_answers(
+                model, processor, records, world,
+                batch_size=int(cfg.eval.batch_size), max_new_tokens=int(cfg.eval.max_new_tokens),
+                blank_images=blank,
+            )
+            scored = [record | {"prediction": prediction} for record, prediction in zip(records, predictions)]
+            write_jsonl(out_dir / f"mme_predictions_{label}.jsonl", scored)
+            results[label] = score_mme(scored, WORLD_CATEGORY_GROUPS)
         del model, processor
         gc.collect()
 
@@ -67,6 +74,9 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     if "base" in results:
         metrics["gain"] = {group: round(results["sft"][group] - results["base"][group], 3)
                            for group in ("perception", "cognition")}
+    if "blind" in results:
+        metrics["image_gain"] = {group: round(results["sft"][group] - results["blind"][group], 3)
+                                 for group in ("perception", "cognition")}
     return metrics
 
 
@@ -76,5 +86,6 @@ def summary(metrics: dict[str, Any]) -> str:
     for group in ("perception", "cognition"):
         if "sft" in mme:
             base = f"{mme['base'][group]:.1f} -> " if "base" in mme else ""
-            parts.append(f"{group} {base}{mme['sft'][group]:.1f}")
+            blind = f" (blind {mme['blind'][group]:.1f})" if "blind" in mme else ""
+            parts.append(f"{group} {base}{mme['sft'][group]:.1f}{blind}")
     return "MME-style " + ", ".join(parts)

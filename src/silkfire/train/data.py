@@ -164,10 +164,10 @@ def group_conversations(records: Sequence[Mapping[str, Any]], turns_per_sample: 
                         seed: int) -> list[list[Mapping[str, Any]]]:
     """Records of one image grouped into conversations of at most ``turns_per_sample`` questions.
 
-    With 1, every record is its own single-turn sample. With more, the 64 image tokens are paid once for
-    several questions (about 3x less compute per question at 8 turns). Questions of the same family and
-    category (e.g. the Yes and the No question of an MME pair) are dealt into different conversations so
-    no answer can be read off its sibling; the turn order is shuffled (seeded).
+    With 1, every record is its own single-turn sample. With more, the image tokens are paid once for
+    several questions. Questions of the same family and category (e.g. the Yes and the No question of an MME
+    pair) are dealt into different conversations so no answer can be read off its sibling; the turn order is
+    shuffled (seeded), except that a "describe" question comes last (its answer would give the others away).
     """
     if turns_per_sample < 1:
         raise ValueError(f"turns_per_sample must be >= 1, got {turns_per_sample}")
@@ -193,6 +193,9 @@ def group_conversations(records: Sequence[Mapping[str, Any]], turns_per_sample: 
                 dealt[order[index % count]].append(record)
         for conversation in dealt:
             rng.shuffle(conversation)
+            # A description answers every other question about the image: placed earlier it would let later
+            # answers be copied from the context instead of read from the image, so it always comes last.
+            conversation.sort(key=lambda record: record.get("category") == "describe")
         conversations.extend(dealt)
     return conversations
 
@@ -201,7 +204,7 @@ def encode_sft_records(records: Sequence[Mapping[str, Any]], processor: Any, ima
                        progress: bool = True, turns_per_sample: int = 1, seed: int = 0) -> EncodedSFTData:
     """Tokenise question/answer records and their images once.
 
-    A sample is ``<s>`` + the rendered conversation with the image placeholder expanded (64 tokens for the
+    A sample is ``<s>`` + the rendered conversation with the image placeholder expanded (9 tokens for the
     tiny model); labels copy the answer pieces (each answer and its ``</s>``) and are -100 on everything
     else: prompt text, image tokens, and (later, in the collator) padding. ``turns_per_sample`` > 1 packs
     several questions about one image into a multi-turn conversation (see :func:`group_conversations`).

@@ -11,8 +11,8 @@ from typing import Any
 
 # Shapes the renderer knows how to draw; a config may use any subset of them.
 SUPPORTED_SHAPES = ("circle", "square", "triangle")
-# Colours closer than this (Euclidean RGB) to each other or to the background are refused: a model looking at
-# 8x8 patches of a 64-pixel image must be able to tell them apart.
+# Colours closer than this (Euclidean RGB) to each other or to the background are refused: a tiny model looking
+# at small patches must be able to tell them apart.
 MIN_COLOR_DISTANCE = 100.0
 
 RGB = tuple[int, int, int]
@@ -26,7 +26,7 @@ class WorldConfig:
     so the config stays hashable and does not depend on key order; :meth:`to_dict` gives back the YAML shape.
     """
 
-    image_size: int = 64
+    image_size: int = 48  # divisible by rows and cols: each cell is exactly one vision patch of the tiny model
     row_names: tuple[str, ...] = ("top", "middle", "bottom")
     col_names: tuple[str, ...] = ("left", "center", "right")
     min_objects: int = 1
@@ -40,7 +40,7 @@ class WorldConfig:
     )
     sizes: tuple[tuple[str, float], ...] = (("small", 0.5), ("large", 0.85))
     background: RGB = (255, 255, 255)
-    train_scenes: int = 1200
+    train_scenes: int = 2000
     val_scenes: int = 100
     test_scenes: int = 120
     probe_rate: float = 0.5
