@@ -129,7 +129,7 @@ def test_manifest_counts_match_the_files(default_world) -> None:
         "comparison": "cognition",
     }
     assert manifest["counts"] == json.loads(json.dumps(counts))
-    assert counts["scenes"] == {"train": 1200, "val": 100, "test": 120}
+    assert counts["scenes"] == {"train": 2000, "val": 100, "test": 120}
     for split, name in (("train", "train.jsonl"), ("val", "val.jsonl")):
         records = _read(out / name)
         tally = Counter((r["family"], r["category"]) for r in records)
@@ -141,7 +141,7 @@ def test_manifest_counts_match_the_files(default_world) -> None:
     open_records = _read(out / "open.jsonl")
     assert {r["family"] for r in open_records} == {"open", "probe"}
     assert counts["files"]["mme.jsonl"] == len(mme) == 12 * 120
-    assert counts["files"]["images"] == 1420
+    assert counts["files"]["images"] == 2220
 
 
 def test_default_generation_is_fast(default_world) -> None:
