@@ -7,8 +7,8 @@ reference turn; teacher turns with BLEU/CIDEr and the MAE of the parsed score (u
 
 Free dialogue (the second): a student model answers a held-out question, a teacher (the oracle by default, or the
 trained teacher) scores it and gives feedback; the student sees only the Feedback text and answers again, until a
-score >= ``stop_score`` or ``max_turns`` student turns -- FIRE-Bench's rule, not the data-generation loop's
-(:func:`silkfire.fire.dialogue.run_dialogues` also stops on "no improvement" and after 3 rounds). AT, ADR, ATR,
+score >= ``stop_score`` or ``max_turns`` student turns -- FIRE-Bench's rule (the data-generation loop,
+:func:`silkfire.fire.dialogue.run_dialogues`, also stops on "no improvement"; here that rule is off). AT, ADR, ATR,
 RR (silkfire.fire.metrics) per model, AT normalised to the baseline (the SFT-only model).
 
 Everything here takes model folders and dialogue objects; the `fire_bench` stage wires in config, files and MLflow.
@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from silkfire.fire.dialogue import DialogueTask, tasks_from_dialogues
+from silkfire.fire.dialogue import DialogueTask, run_dialogues, tasks_from_dialogues
 from silkfire.fire.metrics import DEFAULT_THRESHOLD, FixedItem, fixed_dialogue_items, fixed_dialogue_metrics
 from silkfire.fire.metrics import free_dialogue_metrics, free_dialogue_table
 from silkfire.fire.records import STUDENT, TEACHER, FireDialogue
 from silkfire.fire.students import HFStudent, Student, StudentInput
 from silkfire.fire.teacher import Teacher, TeacherInput, TrainedTeacher
-from silkfire.fire.text import feedback_text, parse_score
+from silkfire.fire.text import feedback_text
 
 EMPTY_RESPONSE = "(no response)"  # stands in for an empty generation: FIRE records have no blank turns
 
@@ -46,6 +46,7 @@ class GenerationOptions:
     student_max_new_tokens: int = 48
     teacher_max_new_tokens: int = 64
     dtype: str = "float32"
+    teacher_instruction: str = "fire"  # the one the trained teacher learned (silkfire.fire.prompts: fire | short)
     progress: bool = True
 
 
@@ -67,7 +68,8 @@ def model_student(path: str | Path, options: GenerationOptions, name: str) -> HF
 def model_teacher(path: str | Path, options: GenerationOptions, name: str) -> TrainedTeacher:
     """A local model folder as a teacher (the trained FD-LLaVA analogue, or the untrained SFT baseline)."""
     return TrainedTeacher(path, name=name, dtype=options.dtype, batch_size=options.batch_size,
-                          max_new_tokens=options.teacher_max_new_tokens, progress=options.progress)
+                          max_new_tokens=options.teacher_max_new_tokens, instruction=options.teacher_instruction,
+                          progress=options.progress)
 
 
 # ---- free dialogue -----------------------------------------------------------------------------------------------
@@ -87,59 +89,39 @@ def bench_tasks(dialogues: Sequence[FireDialogue], scenes: Mapping[str, Any] | N
     return tasks_from_dialogues(unique, scenes)
 
 
-def free_dialogue(student: Student, teacher: Teacher, tasks: Sequence[DialogueTask], image_root: Path, *,
-                  max_turns: int = 5, stop_score: float = DEFAULT_THRESHOLD) -> FreeDialogueRun:
-    """Every task as a dialogue, all advanced together one turn at a time (batched).
+class _AlwaysAnswers:
+    """A student whose empty generations become :data:`EMPTY_RESPONSE` (counted): the dialogue loop drops a
+    dialogue whose student gave no reply (an API failure), but a model that writes nothing has answered badly
+    and must stay in the benchmark."""
 
-    The student sees the question (image attached), then only each teacher turn's Feedback text; a dialogue ends
-    when its score reaches ``stop_score`` or after ``max_turns`` student turns (an unparsable score is not
-    satisfactory: it counts as 0 in the metrics and the dialogue goes on).
-    """
+    def __init__(self, student: Student):
+        self.student, self.name, self.empty = student, student.name, 0
+
+    def describe(self) -> dict[str, Any]:
+        return self.student.describe()
+
+    def respond(self, items: Sequence[StudentInput], image_root: Path | None = None) -> list[str | None]:
+        replies = []
+        for text in self.student.respond(items, image_root):
+            if text is not None and not text.strip():
+                self.empty += 1
+                text = EMPTY_RESPONSE
+            replies.append(text)
+        return replies
+
+
+def free_dialogue(student: Student, teacher: Teacher, tasks: Sequence[DialogueTask], image_root: Path, *,
+                  max_turns: int = 5, stop_score: float = DEFAULT_THRESHOLD, progress: bool = False) -> FreeDialogueRun:
+    """Every task as a dialogue (silkfire.fire.dialogue.run_dialogues, batched per turn) under FIRE-Bench's rule:
+    until the score reaches ``stop_score`` or ``max_turns`` student turns -- no "no improvement" stop. The student
+    sees the question (image attached), then only each teacher turn's Feedback text."""
     if max_turns < 1:
         raise ValueError(f"max_turns must be >= 1, got {max_turns}")
-    responses: list[list[str]] = [[] for _ in tasks]
-    feedbacks: list[list[str]] = [[] for _ in tasks]
-    active = list(range(len(tasks)))
-    dropped: set[int] = set()
-    run = FreeDialogueRun()
-    for _turn in range(max_turns):
-        if not active:
-            break
-        inputs = [StudentInput(id=tasks[i].id, image=tasks[i].image, question=tasks[i].question,
-                               responses=tuple(responses[i]),
-                               feedbacks=tuple(feedback_text(turn).strip() for turn in feedbacks[i]))
-                  for i in active]
-        answers = student.respond(inputs, image_root)
-        answered = []
-        for i, text in zip(active, answers):
-            if text is None:
-                dropped.add(i)
-                continue
-            if not text.strip():
-                run.empty_responses += 1
-                text = EMPTY_RESPONSE
-            responses[i].append(text)
-            answered.append(i)
-        items = [TeacherInput(question=tasks[i].question, groundtruth=tasks[i].groundtruth, response=responses[i][-1],
-                              image=tasks[i].image, scene=tasks[i].scene, category=tasks[i].category,
-                              family=tasks[i].family) for i in answered]
-        verdicts = teacher.judge(items, image_root)
-        still = []
-        for i, verdict in zip(answered, verdicts):
-            if verdict is None or not verdict.strip():
-                dropped.add(i)
-                continue
-            feedbacks[i].append(verdict)
-            score = parse_score(verdict)
-            if score is None or score < stop_score:
-                still.append(i)
-        active = still
-    for i, task in enumerate(tasks):
-        if i not in dropped:
-            run.dialogues.append(FireDialogue.from_turns(task.image, task.question, task.groundtruth, responses[i],
-                                                         feedbacks[i], task.source, split="free_dialogue"))
-    run.dropped = len(dropped)
-    return run
+    wrapped = _AlwaysAnswers(student)
+    result = run_dialogues(tasks, wrapped, teacher, image_root, threshold=stop_score, max_rounds=max_turns,
+                           no_improvement=False, progress=progress)
+    return FreeDialogueRun(result.dialogues, dropped=sum(result.stats["dropped"].values()),
+                           empty_responses=wrapped.empty)
 
 
 def free_dialogue_results(runs: Mapping[str, FreeDialogueRun], baseline: str,
@@ -185,10 +167,12 @@ def fixed_student(student: Student, items: Sequence[FixedItem], image_root: Path
     return generated, fixed_dialogue_metrics([text.strip() or EMPTY_RESPONSE for text in generated], items)
 
 
-def fixed_teacher(teacher: Teacher, items: Sequence[FixedItem], image_root: Path) -> tuple[list[str], dict]:
-    """The teacher's turns judging each reference response, and their BLEU/CIDEr and score MAE."""
+def fixed_teacher(teacher: Teacher, items: Sequence[FixedItem], image_root: Path,
+                  scenes: Mapping[str, Any] | None = None) -> tuple[list[str], dict]:
+    """The teacher's turns judging each reference response, and their BLEU/CIDEr and score MAE.
+    ``scenes`` (image -> scene record) lets the world's oracle judge by the scene graph; models ignore it."""
     inputs = [TeacherInput(question=item.question, groundtruth=item.groundtruth, response=item.responses[-1],
-                           image=item.image) for item in items]
+                           image=item.image, scene=(scenes or {}).get(item.image)) for item in items]
     generated = [text or "" for text in teacher.judge(inputs, image_root)]
     return generated, fixed_dialogue_metrics([text.strip() or EMPTY_RESPONSE for text in generated], items)
 

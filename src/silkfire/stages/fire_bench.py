@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 PARAMS = (
-    "seed", "fire.bench", "fire.dialogues.stop_score", "fire.teacher", "world", "model.dtype",
+    "seed", "fire.bench", "fire.dialogues.stop_score", "fire.sft.teacher_instruction", "fire.teacher", "world", "model.dtype",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
 )
 TEACHERS = ("oracle", "trained")
@@ -72,7 +72,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     options = bench.GenerationOptions(
         batch_size=int(settings.batch_size), student_max_new_tokens=int(settings.student_max_new_tokens),
         teacher_max_new_tokens=int(settings.teacher_max_new_tokens), dtype=str(cfg.model.dtype),
-        progress=bool(settings.progress))
+        progress=bool(settings.progress), teacher_instruction=str(cfg.fire.sft.teacher_instruction))
     test, _ = read_dialogues(gated_dialogues(cfg, root, "test"))
     scenes = {record["image"]: record for record in read_records(world / "scenes.jsonl")}
     metrics: dict[str, Any] = {"test_dialogues": len(test)}
@@ -94,7 +94,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         gc.collect()
     for name, folder in (("sft", folders["sft"]), ("teacher", folders["teacher"])):
         teacher_model = bench.model_teacher(folder, options, name)
-        generated, scores = bench.fixed_teacher(teacher_model, t_items, world)
+        generated, scores = bench.fixed_teacher(teacher_model, t_items, world, scenes)
         fixed_teachers[name] = scores
         _write_jsonl(out / f"fixed_teacher_{name}.jsonl", _fixed_rows(t_items, generated))
         del teacher_model
@@ -115,7 +115,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         for name in ("sft", "fire"):
             student = bench.model_student(folders[name], options, name)
             runs[name] = bench.free_dialogue(student, teacher, tasks, world, max_turns=int(settings.max_turns),
-                                             stop_score=stop)
+                                             stop_score=stop, progress=bool(settings.progress))
             write_dialogues(out / f"free_{teacher_kind}_{name}.jsonl", runs[name].dialogues)
             del student
             gc.collect()

@@ -8,8 +8,9 @@ dialogues by silkfire.fire.sft_data:
   ``student_turns: improving`` the loss covers the turns that are correct or improve on the previous score; the
   scripted students' deliberate first mistakes and ignored feedback stay in the context only (``all``: every turn,
   FIRE's recipe). A share of world SFT records (``mix_sft`` of ``mix_families``) keeps the student's QA skill.
-- teacher: one sample per teacher turn (question + ground truth + FIRE's instruction + the student's response ->
-  "Score: N.\\nFeedback: ...").
+- teacher: one sample per teacher turn (question + ground truth + the scoring instruction + the student's response
+  -> "Score: N.\\nFeedback: ..."). ``teacher_instruction``: ``fire`` (upstream's text) or ``short`` (the tiny
+  model's tokenizer spends ~420 tokens on upstream's; fire_bench prompts the teacher with the same one).
 
 A small share of the training dialogues (``val_fraction``) is held out for the eval loss. Each model trains in a
 nested MLflow run (curves, the model folder, registry ``silkfire-fire-student`` / ``silkfire-fire-teacher`` with
@@ -125,8 +126,9 @@ def build_sets(cfg: DictConfig, root: Path) -> dict[str, Any]:
     mixed = mix_records(gated_file(cfg, root, "train.jsonl"), families,
                         round(float(settings.mix_sft) * len(student_train)), seed)
     counts.update({"student_untrained_dialogues": left_out, "student_mixed_sft": len(mixed)})
-    teacher_train, skipped = teacher_samples(train)
-    teacher_val, _ = teacher_samples(val)
+    instruction = str(settings.teacher_instruction)
+    teacher_train, skipped = teacher_samples(train, instruction)
+    teacher_val, _ = teacher_samples(val, instruction)
     counts["teacher_unparsable_skipped"] = skipped
     sets = {("student", "train"): student_train + mixed, ("student", "val"): student_val,
             ("teacher", "train"): teacher_train, ("teacher", "val"): teacher_val}
