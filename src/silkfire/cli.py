@@ -164,6 +164,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from silkfire.sweeps import SweepError, markdown, run_sweep
+
+    try:
+        result = run_sweep(args.overrides, args.metric, mode=args.mode, targets=args.target, name=args.name)
+    except SweepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\nsweep {result['name']} (MLflow run {result['parent_run_id']}):\n")
+    print(markdown(result["points"]))
+    return 1 if result["failed"] else 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from silkfire.config import project_root
     from silkfire.tracking.store import tracking_uri
@@ -231,6 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule (default {DEFAULT_CRON!r})")
     serve.add_argument("--name", default="silkfire-nightly")
     serve.set_defaults(func=_cmd_serve)
+
+    sweep = sub.add_parser("sweep", help="sweep params: one DVC experiment + MLflow child run per point, a plot")
+    sweep.add_argument("overrides", nargs="+",
+                       help="Hydra overrides; key=a,b,c or range() is swept, others are fixed, e.g. "
+                            "train.learning_rate=1e-3,2e-3 experiment=smoke")
+    sweep.add_argument("--metric", required=True,
+                       help="FILE.KEY of a metrics/FILE.json to plot, e.g. evaluate.mme.sft.perception")
+    sweep.add_argument("--mode", choices=["dvc", "flow"], default="dvc",
+                       help="dvc: `dvc exp run -S` per point (listed by `dvc exp show`); flow: the Prefect flow")
+    sweep.add_argument("--target", action="append", default=[],
+                       help="dvc mode: what `dvc exp run` reproduces (default dvc.yaml), e.g. pipelines/fire/dvc.yaml")
+    sweep.add_argument("--name", default=None, help="sweep name; DVC experiments are NAME-0, NAME-1, ...")
+    sweep.set_defaults(func=_cmd_sweep)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the project's store")
     ui.add_argument("--host", default="127.0.0.1")
