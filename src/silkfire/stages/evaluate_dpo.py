@@ -70,7 +70,10 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.stages.evaluate import cap_pairs
     from silkfire.tracking.plots import subtask_bars
 
+    import torch
+
     options = cfg.silkie.evaluate
+    torch.set_num_threads(int(options.num_threads))
     world = root / cfg.paths.world
     out_dir = root / cfg.paths.reports / REPORT
     out_dir.mkdir(parents=True, exist_ok=True)

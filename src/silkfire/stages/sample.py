@@ -62,7 +62,10 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.policies.pool import SamplingDefaults, build_pool, sample_responses
     from silkfire.world.config import WorldConfig
 
+    import torch
+
     sample = cfg.silkie.sample
+    torch.set_num_threads(int(sample.num_threads))
     instructions = instructions_of(cfg, root)
     if not instructions:
         raise ValueError("sample: no instructions to sample (check silkie.sample.families / max_instructions)")
