@@ -308,15 +308,16 @@ def evaluate_pairs(model: Any, data: PairData, pad_token_id: int, config: DPOCon
 
 # ---- model preparation -------------------------------------------------------------------------------------------
 def apply_lora(model: Any, settings: LoraSettings) -> Any:
-    """Wrap the model with PEFT LoRA adapters (on the language model only when ``llm_only``)."""
-    from peft import LoraConfig, get_peft_model
+    """Wrap the model with PEFT LoRA adapters through silkfire.train.lora (only inside the language model when
+    ``llm_only``: the ViT's own q/k/v projections stay frozen)."""
+    from silkfire.train.lora import LoraOptions
+    from silkfire.train.lora import apply_lora as wrap
 
-    modules: Any = list(settings.target_modules)
-    if settings.llm_only:  # a regex: only linear layers inside the language model (the ViT stays frozen)
-        modules = rf".*language_model.*\.({'|'.join(settings.target_modules)})"
-    lora_config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                             target_modules=modules, bias="none")
-    return get_peft_model(model, lora_config)
+    options = LoraOptions(r=settings.r, alpha=float(settings.alpha), dropout=settings.dropout,
+                          target_modules=tuple(settings.target_modules),
+                          within="language_model" if settings.llm_only else None)
+    wrapped, _ = wrap(model, options)
+    return wrapped
 
 
 def trainable_state(model: Any) -> dict[str, Any]:
@@ -556,7 +557,9 @@ def train_dpo(
     model_dir = out_dir / "model"
     if config.lora.enabled:
         model.save_pretrained(str(out_dir / "adapter"))  # adapter weights (safetensors) + adapter_config.json
-        model = model.merge_and_unload()
+        from silkfire.train.lora import merge_lora
+
+        model = merge_lora(model)
     model.save_pretrained(str(model_dir))
     processor.save_pretrained(str(model_dir))
     steps_run = total_steps - first_step
