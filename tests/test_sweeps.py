@@ -83,6 +83,25 @@ def test_a_point_that_does_not_compose_fails_before_anything_runs(tmp_path: Path
     assert not (tmp_path / "mlruns").exists()  # nothing tracked, nothing run
 
 
+@pytest.mark.parametrize("overrides", [
+    # docs/experiments.md: the FIRE data-size ablation and the Silkie beta sweep
+    ["fire.dialogues.train_questions=300,600,1200,2400", "experiment=fire_llava"],
+    ["silkie.dpo.beta=0.05,0.1,0.2,0.5", "experiment=silkie"],
+])
+def test_documented_sweeps_compose_at_every_point(overrides: list[str]) -> None:
+    from silkfire.config import compose
+
+    spec = parse_overrides(overrides)
+    (key, values), = spec.swept.items()
+    for point in spec.points():
+        cfg = compose([*spec.fixed, f"{key}={point[key]}"], PROJECT_ROOT)
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        assert str(node) == point[key] or float(node) == float(point[key])
+    assert key in (PROJECT_ROOT / "docs" / "experiments.md").read_text()
+
+
 def _stage_runs_under(client, experiment_id: str, run_id: str) -> list:
     return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
 
