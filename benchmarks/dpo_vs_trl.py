@@ -1,6 +1,6 @@
 """Our DPO loop (silkfire.train.dpo) vs TRL's DPOTrainer on the same tiny VLM, pairs and thread count, in one run.
 
-    .venv/bin/python benchmarks/dpo_vs_trl.py [--pairs 96] [--steps 12] [--batch 8] [--threads 2]
+    .venv/bin/python benchmarks/dpo_vs_trl.py [--pairs 96] [--steps 12] [--batch 8] [--threads 2] [--repeats 2]
 
 Needs the bench extra (`pip install -e .[bench]`: trl==1.16.0). Each side trains in its own subprocess (so peak
 RSS is its own), from the same model folder (the default tiny_llava config), on the same pairs (correct vs
@@ -225,6 +225,12 @@ def spawn(side: str, args: argparse.Namespace, inputs_file: Path) -> dict[str, A
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    import statistics
+
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
 def table(ours: dict[str, Any], trl: dict[str, Any], loss: dict[str, Any], args: argparse.Namespace) -> str:
     rows = [
         ("pairs/s (training steps)", "pairs_per_second", "{:.2f}"),
@@ -235,7 +241,8 @@ def table(ours: dict[str, Any], trl: dict[str, Any], loss: dict[str, Any], args:
         ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
         ("final train loss", "final_loss", "{:.4f}"),
     ]
-    lines = [f"DPO on tiny_llava: {args.steps} steps x {args.batch} pairs, {args.threads} thread(s), beta {BETA}",
+    lines = [f"DPO on tiny_llava: {args.steps} steps x {args.batch} pairs, {args.threads} thread(s), beta {BETA}, "
+             f"median of {args.repeats} alternating run(s) per side",
              f"| metric | silkfire | TRL {__import__('trl').__version__} | ratio |", "|---|---:|---:|---:|"]
     for name, key, fmt in rows:
         ratio = ours[key] / trl[key] if trl.get(key) else float("nan")
@@ -253,6 +260,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs per side (medians reported)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--side", choices=("ours", "trl", "loss"), help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
@@ -266,7 +274,14 @@ def main() -> None:
         inputs = prepare(Path(work), max(args.pairs, args.steps * args.batch))
         inputs_file = Path(work) / "inputs.json"
         inputs_file.write_text(json.dumps(inputs))
-        results = {side: spawn(side, args, inputs_file) for side in ("ours", "trl", "loss")}
+        # alternate the sides (ours, trl, ours, trl, ...) so a change in machine load hits both; keep medians
+        runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
+        for _ in range(args.repeats):
+            for side in runs:
+                runs[side].append(spawn(side, args, inputs_file))
+        results = {side: median_of(values) for side, values in runs.items()}
+        results["loss"] = spawn("loss", args, inputs_file)
+        results["repeats"] = runs  # type: ignore[assignment]
     text = table(results["ours"], results["trl"], results["loss"], args)
     print(text)
     if args.json:

@@ -143,6 +143,12 @@ def test_training_raises_preference_and_a_killed_run_resumes_to_the_same_end(
     ours, theirs = _weights(out / "model"), _weights(tmp_path / "resumed" / "model")
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)
 
+    # a checkpoint of other settings is never silently continued
+    with pytest.raises(TrainingStopped):
+        train_dpo(base, pairs_file, world, _config(), tmp_path / "other", callbacks=[kill_at_3])
+    with pytest.raises(ValueError, match=r"cannot resume .*'beta': '0.1 -> 0.2'"):
+        train_dpo(base, pairs_file, world, _config(resume=True, beta=0.2), tmp_path / "other")
+
 
 def test_a_fixed_batch_is_learned(world: Path, base: Path, pairs_file: Path, tmp_path: Path) -> None:
     """Every step sees the same 8 pairs: the DPO loss must fall and the chosen side must win."""

@@ -39,6 +39,7 @@ HISTORY_FIELDS = ("step", "epoch", "loss", "dpo_loss", "nll", "reward_accuracy",
 WINDOW_KEYS = ("loss", "dpo_loss", "nll", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
                "chosen_logp", "rejected_logp", "grad_norm")
 REFERENCE_FILE = "reference_logps.safetensors"
+RESUME_FREE = ("resume", "progress", "num_threads")  # settings a resumed run may change
 LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -495,6 +496,13 @@ def train_dpo(
     window_steps = 0
     first_step = 0
     if resume_from is not None:
+        saved = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8")).get("config", {})
+        changed = {key: (saved.get(key), value) for key, value in json.loads(json.dumps(asdict(config))).items()
+                   if key not in RESUME_FREE and saved.get(key) != value}
+        if changed:
+            raise ValueError(f"cannot resume from {resume_from}: it was trained with other settings "
+                             f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }; remove {checkpoints} "
+                             "or set resume: false to start over")
         state = _load_checkpoint(resume_from, model, optimizer, scheduler)
         first_step, history, window, window_steps = (int(state["step"]), state["history"], state["window"],
                                                      int(state["window_steps"]))
