@@ -125,3 +125,42 @@ def test_bad_feedback_stops_the_branch_at_its_gate(mlflow_root: Path) -> None:
     assert len(clean) == len(records) - 1 and records[3]["id"] not in {r["id"] for r in clean}
     run_stage("pairs", root)
     assert records[3]["id"] not in {p["source_id"] for p in read_records(root / "data/feedback/pairs.jsonl")}
+
+
+def test_real_mode_samples_vlfeedback_prompts_from_endpoints_and_local_models(mlflow_root: Path) -> None:
+    """silkie.sample.source=vlfeedback: prompts of a VLFeedback file (published column-wise layout, images under
+    merged_images/), a pool of two OpenAI-compatible endpoints and a local HF folder; no scene graph needed."""
+    from PIL import Image
+
+    from silkfire.llm.testing import FakeChatServer
+
+    root = mlflow_root
+    images = root / "vlf" / "merged_images"
+    images.mkdir(parents=True)
+    prompts = []
+    for index in range(3):
+        Image.new("RGB", (64, 64), (30 * index, 90, 200)).save(images / f"svit-{index}.jpg")
+        prompts.append({"id": f"svit-{index}", "prompt": f"What is shown in picture {index}?",
+                        "models": ["gpt-4v", "fuyu-8b"], "img_path": f"merged_images/svit-{index}.jpg",
+                        "completions": {"model": ["gpt-4v", "fuyu-8b"], "response": ["a", "b"],
+                                        "annotations": [None, None]}})
+    write_jsonl(root / "vlf" / "prompts.jsonl", prompts)
+    make_test_model(root / "local_model")
+    with FakeChatServer("A blue square.", fault_rate=0.3, fault_kinds=("503",), seed=1) as one, \
+            FakeChatServer("Nothing.", model="other") as two:
+        cfg = compose([*TINY, "silkie.sample.source=vlfeedback", "silkie.sample.prompts=vlf/prompts.jsonl",
+                       "silkie.sample.image_root=vlf", "silkie.sample.responses=3",
+                       "~silkie.sample.pool",
+                       f"+silkie.sample.pool.gpt={{kind: api, base_url: '{one.url}', model: gpt-4o, "
+                       "backoff_base_s: 0.0, max_retries: 6}",
+                       f"+silkie.sample.pool.vllm={{kind: api, base_url: '{two.url}', model: llava}}",
+                       "+silkie.sample.pool.local={kind: hf, path: local_model}"], ROOT)
+        OmegaConf.save(cfg, root / "params.yaml")
+        metrics = run_stage("sample", root)
+    records = read_records(root / "data/feedback/samples.jsonl")
+    assert [r["id"] for r in records] == ["svit-0", "svit-1", "svit-2"]
+    assert all(sorted(r["models"]) == ["gpt", "local", "vllm"] for r in records)
+    by_model = {c["model"]: c["response"] for c in records[0]["completions"]}
+    assert by_model["gpt"] == "A blue square." and by_model["vllm"] == "Nothing." and by_model["local"].strip()
+    assert records[0]["img_path"] == "merged_images/svit-0.jpg" and "scene_id" not in records[0]
+    assert metrics["gpt_calls"] == 3 and metrics["gpt_prompt_tokens"] > 0  # token accounting per endpoint
