@@ -50,6 +50,13 @@ def test_parse_overrides_refuses_what_it_cannot_sweep(overrides: list[str], mess
         parse_overrides(overrides)
 
 
+def test_cli_reports_a_sweep_it_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from silkfire.cli import main
+
+    assert main(["sweep", "experiment=smoke", "--metric", "sft.eval_loss"]) == 2
+    assert "nothing to sweep" in capsys.readouterr().err
+
+
 def test_read_metric_walks_dotted_keys_and_names_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "evaluate.json").write_text(json.dumps({"mme": {"sft": {"perception": 305.0}}, "note": "x"}))
     assert read_metric(tmp_path, "evaluate.mme.sft.perception") == 305.0

@@ -223,8 +223,8 @@ def run_sweep(overrides: Sequence[str], metric: str, *, mode: str = "dvc", targe
         raise SweepError(f"--mode must be dvc or flow, not {mode!r}")
     if mode == "flow" and targets:
         raise SweepError("--target applies to --mode dvc only (the flow runs pipeline.branches)")
-    root = (root or project_root()).resolve()
     spec = parse_overrides(overrides)
+    root = (root or project_root()).resolve()
     # Compose every point before running any: a bad key or value fails now, not after hours of training.
     configs = []
     for point in spec.points():
