@@ -92,6 +92,7 @@ def run(overrides: Sequence[str], out: Path | None = None, root: Path | None = N
         metrics["global_batch_size"] = config.batch_size * config.grad_accum * processes
         for key in ("samples_per_second", "questions_per_second"):
             metrics[key] = float(metrics[key]) * processes
+        _barrier()  # every rank's train_sft has written its files before rank 0 writes the job's metrics
         if is_main_process():
             from silkfire.io import write_json
 
@@ -104,6 +105,20 @@ def run(overrides: Sequence[str], out: Path | None = None, root: Path | None = N
 
             mlflow.end_run()
     return metrics
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _start_tracking(cfg: Any, root: Path, overrides: Sequence[str]) -> Any:
@@ -151,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        _shutdown()
     if is_main_process():
         shown = ("num_processes", "global_batch_size", "global_step", "train_loss", "eval_loss",
                  "samples_per_second", "train_seconds")
