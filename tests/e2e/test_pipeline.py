@@ -26,6 +26,54 @@ def _flow_module(root: Path):
     return load_flow_module(root)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _check_through_mlflow_server(project: Path, sft_run_id: str, version: str) -> None:
+    """What a user sees in the MLflow UI: start `mlflow server` on the project's store, ask its REST API."""
+    import httpx
+
+    port = _free_port()
+    store = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", store,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(1)
+        api = f"{base}/api/2.0/mlflow"
+        experiment = httpx.get(f"{api}/experiments/get-by-name", params={"experiment_name": "silkfire"}).json()
+        experiment_id = experiment["experiment"]["experiment_id"]
+        runs = httpx.post(f"{api}/runs/search", json={"experiment_ids": [experiment_id]}).json()["runs"]
+        stages = {tag["value"] for run in runs for tag in run["data"].get("tags", [])
+                  if tag["key"] == "silkfire.stage"}
+        assert set(STAGES) <= stages
+        history = httpx.get(f"{api}/metrics/get-history",
+                            params={"run_id": sft_run_id, "metric_key": "train/loss"}).json()["metrics"]
+        assert len(history) >= 2
+        model = httpx.get(f"{api}/registered-models/get", params={"name": "silkfire-sft"}).json()
+        aliases = {a["alias"]: a["version"] for a in model["registered_model"].get("aliases", [])}
+        assert aliases == {"candidate": str(version), "champion": str(version)}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def _stage_runs(client, experiment_id: str, parent_id: str) -> dict[str, object]:
     runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     return {run.data.tags["silkfire.stage"]: run for run in runs}
@@ -48,7 +96,7 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
     world_md5 = next(o["md5"] for o in lock["stages"]["generate"]["outs"] if o["path"] == "data/world")
     assert world_md5.endswith(".dir")
     with Repo(str(project)) as repo:
-        assert repo.status() == {}, "dvc status after a finished run must be clean"
+        assert repo.status(targets=["dvc.yaml"]) == {}, "dvc status after a finished run must be clean"
     assert any((project / ".dvcstore").rglob("*")), "outputs were not pushed to the local DVC remote"
 
     evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
@@ -77,6 +125,24 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
     assert {"model", "curves"} <= artifacts
     version = client.get_model_version_by_alias("silkfire-sft", "candidate")
     assert version.run_id == sft_run.info.run_id
+    # The first evaluated version becomes champion, with its metrics and the decision on the version.
+    champion = client.get_model_version_by_alias("silkfire-sft", "champion")
+    assert champion.version == version.version
+    assert float(champion.tags["silkfire.metric.mme.sft.perception"]) == evaluation["mme"]["sft"]["perception"]
+    assert champion.tags["silkfire.decision"].startswith("promoted")
+    assert stage_runs["register"].data.tags["silkfire.decision"] == "promoted"
+    # Lineage: from the registered version back to commit, data digests, gate verdict and resolved config.
+    from silkfire.tracking.inventory import lineage, list_models, resolved_config
+
+    facts = lineage(client, "silkfire-sft@champion")
+    assert facts["git_commit"] == parent.data.tags["mlflow.source.git.commit"]
+    assert {d["digest"] for d in facts["training_data"]} == {world_md5}
+    assert facts["dvc_digests"]["generate"] == world_md5
+    assert [(g["stage"], g["verdict"]) for g in facts["quality_gates"]] == [("validate", "passed")]
+    assert yaml.safe_load(resolved_config(facts)) == yaml.safe_load((project / "params.yaml").read_text())
+    listed = {(row["name"], row["version"]): row for row in list_models(client)}
+    assert listed[("silkfire-sft", int(version.version))]["aliases"] == ["candidate", "champion"]
+    _check_through_mlflow_server(project, sft_run.info.run_id, version.version)
     docs = client.list_artifacts(stage_runs["validate"].info.run_id, "validation")
     assert docs, "the gate's report and Data Docs were not logged"
 
@@ -104,17 +170,20 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
     rows = flows.pipeline(overrides=[*SMOKE, "eval.max_new_tokens=6"])
     status = {row["stage"]: row["status"] for row in rows}
     assert status == {"generate": "cached", "validate": "cached", "base": "cached", "sft": "cached",
-                      "evaluate": "ran"}
+                      "evaluate": "ran", "register": "ran"}  # a new evaluation is a new champion decision
+    # The same model re-evaluated competes with itself: it already holds @champion, nothing moves.
+    assert client.get_model_version_by_alias("silkfire-sft", "champion").version == version.version
+    assert json.loads((project / "metrics" / "register.json").read_text())["promoted"] is False
     mlflow.end_run()
 
     # 4. The pushed remote alone brings the data back: drop the workspace copy and the cache, pull.
     shutil.rmtree(project / "data")
     shutil.rmtree(project / ".dvc" / "cache")
     with Repo(str(project)) as repo:
-        repo.pull()
+        repo.pull(targets=["dvc.yaml"])  # the foundation; branch outputs exist only once a branch ran
     assert (project / "data" / "world" / "mme.jsonl").is_file()
     with Repo(str(project)) as repo:
-        assert repo.status() == {}
+        assert repo.status(targets=["dvc.yaml"]) == {}
 
     # 5. `dvc exp run -S` recomposes params.yaml from conf/ through Hydra and runs the variant.
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
