@@ -241,11 +241,12 @@ def run_sweep(overrides: Sequence[str], metric: str, *, mode: str = "dvc", targe
         **run_tags(root), SWEEP_TAG: sweep_name, "silkfire.sweep.metric": metric, "silkfire.sweep.mode": mode,
         "silkfire.sweep.fixed": " ".join(spec.fixed) or "(none)"})
     parent_id = parent.info.run_id
-    for key, value in safe_params(base).items():
-        if key not in spec.swept:
-            client.log_param(parent_id, key, value)
-    for key, values in spec.swept.items():
-        client.log_param(parent_id, f"sweep.{key}", ",".join(values))
+    from mlflow.entities import Param
+
+    params = [Param(key, value) for key, value in safe_params(base).items() if key not in spec.swept]
+    params += [Param(f"sweep.{key}", ",".join(values)) for key, values in spec.swept.items()]
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(parent_id, params=params[start:start + 100])
 
     # dvc mode holds the workspace for the whole sweep (a flow run started meanwhile is refused); each flow run
     # of flow mode takes the same lock itself.
