@@ -75,6 +75,7 @@ class DPOConfig:
     save_steps: int = 50
     save_total_limit: int = 2
     ref_batch_size: int = 64
+    group_by_length: bool = True
     freeze: tuple[str, ...] = ("vision_tower",)
     lora: LoraSettings = field(default_factory=LoraSettings)
     num_threads: int = 2
@@ -276,16 +277,42 @@ def reference_logps(model: Any, data: PairData, pad_token_id: int, batch_size: i
 
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
+    order = by_length(data, range(len(data)))  # similar lengths together: little padding
+    chosen = torch.empty(len(data))
+    rejected = torch.empty(len(data))
     with torch.no_grad():
         for start in tqdm(range(0, len(data), batch_size), desc="reference log-probs", unit="batch",
                           disable=not progress):
-            indices = list(range(start, min(start + batch_size, len(data))))
+            indices = order[start:start + batch_size]
             logps, _ = sequence_logps(model, collate_pairs(data, indices, pad_token_id))
-            chosen.append(logps[:len(indices)])
-            rejected.append(logps[len(indices):])
+            chosen[indices] = logps[:len(indices)]
+            rejected[indices] = logps[len(indices):]
     model.train(was_training)
-    return torch.cat(chosen), torch.cat(rejected)
+    return chosen, rejected
+
+
+def by_length(data: PairData, indices: Sequence[int]) -> list[int]:
+    """Indices sorted by the longer side of each pair (stable)."""
+    return sorted(indices, key=lambda i: max(len(data.chosen_ids[i]), len(data.rejected_ids[i])))
+
+
+def epoch_order(data: PairData, seed: int, epoch: int, batch_size: int, group_by_length: bool) -> list[int]:
+    """The pairs' order in one epoch, a function of (seed, epoch) only (resume-exact).
+
+    With ``group_by_length``: a seeded permutation cut into mega-batches of 32 batches, each sorted by length,
+    then the batches shuffled -- batches hold similar lengths (less padding), their order stays random.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(data), generator=generator).tolist()
+    if not group_by_length:
+        return order
+    mega = 32 * batch_size
+    grouped = [i for start in range(0, len(order), mega) for i in by_length(data, order[start:start + mega])]
+    batches = [grouped[start:start + batch_size] for start in range(0, len(grouped), batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [i for b in shuffled for i in batches[b]]
 
 
 def evaluate_pairs(model: Any, data: PairData, pad_token_id: int, config: DPOConfig) -> dict[str, float]:
@@ -298,8 +325,9 @@ def evaluate_pairs(model: Any, data: PairData, pad_token_id: int, config: DPOCon
     model.eval()
     totals: dict[str, float] = {}
     with torch.no_grad():
+        order = by_length(data, range(len(data)))
         for start in range(0, len(data), config.ref_batch_size):
-            indices = list(range(start, min(start + config.ref_batch_size, len(data))))
+            indices = order[start:start + config.ref_batch_size]
             _, metrics = batch_loss(model, data, indices, pad_token_id, config)
             for key in ("loss", "reward_accuracy", "reward_margin"):
                 totals[key] = totals.get(key, 0.0) + metrics[key] * len(indices)
@@ -520,8 +548,7 @@ def train_dpo(
     for step in range(first_step, total_steps):
         epoch, within = divmod(step, steps_per_epoch)
         if epoch != order_epoch:  # the order of an epoch depends on (seed, epoch) only: resume-exact
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            order = torch.randperm(len(train_data), generator=generator).tolist()
+            order = epoch_order(train_data, config.seed, epoch, pairs_per_step, config.group_by_length)
             order_epoch = epoch
         chunk = order[within * pairs_per_step:(within + 1) * pairs_per_step]
         step_metrics: dict[str, float] = {}
