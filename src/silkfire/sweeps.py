@@ -213,11 +213,15 @@ def run_sweep(overrides: Sequence[str], metric: str, *, mode: str = "dvc", targe
               name: str | None = None, root: Path | None = None,
               flow_runner: Callable[[list[str]], Any] | None = None) -> dict[str, Any]:
     """Run every point of the sweep; returns {"parent_run_id", "name", "points": table rows, "failed"}."""
+    from contextlib import nullcontext
+
     from mlflow import MlflowClient
+    from mlflow.entities import Param
 
     from silkfire.config import compose, project_root
     from silkfire.tracking.runs import run_tags, safe_params
     from silkfire.tracking.store import configure
+    from silkfire.workspace import workspace_lock
 
     if mode not in ("dvc", "flow"):
         raise SweepError(f"--mode must be dvc or flow, not {mode!r}")
@@ -241,8 +245,6 @@ def run_sweep(overrides: Sequence[str], metric: str, *, mode: str = "dvc", targe
         **run_tags(root), SWEEP_TAG: sweep_name, "silkfire.sweep.metric": metric, "silkfire.sweep.mode": mode,
         "silkfire.sweep.fixed": " ".join(spec.fixed) or "(none)"})
     parent_id = parent.info.run_id
-    from mlflow.entities import Param
-
     params = [Param(key, value) for key, value in safe_params(base).items() if key not in spec.swept]
     params += [Param(f"sweep.{key}", ",".join(values)) for key, values in spec.swept.items()]
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
@@ -250,10 +252,6 @@ def run_sweep(overrides: Sequence[str], metric: str, *, mode: str = "dvc", targe
 
     # dvc mode holds the workspace for the whole sweep (a flow run started meanwhile is refused); each flow run
     # of flow mode takes the same lock itself.
-    from contextlib import nullcontext
-
-    from silkfire.workspace import workspace_lock
-
     holder = workspace_lock(root, what=f"sweep {sweep_name}") if mode == "dvc" else nullcontext()
     try:
         with holder:
