@@ -135,10 +135,10 @@ def run_trl(inputs: dict[str, str], steps: int, batch: int, threads: int, out: P
     from silkfire.models.loading import load_vlm
 
     torch.set_num_threads(threads)
-    started = time.perf_counter()
     model, processor = load_vlm(inputs["start"])
     freeze_tower(model)
     model.train()
+    started = time.perf_counter()  # like ours: data preparation, not model loading
     trainer = trl_trainer(model, None, processor, trl_dataset(inputs["pairs"], inputs["world"]), out, steps, batch)
     setup = time.perf_counter() - started
     started = time.perf_counter()
