@@ -180,3 +180,44 @@ def test_flow_sweep_nests_each_pipeline_run_under_the_sweep(prefect_server: None
     for run in children:  # the stages still nest under their pipeline run
         assert {r.data.tags["silkfire.stage"] for r in _stage_runs_under(client, parent.info.experiment_id,
                                                                          run.info.run_id)} >= {"evaluate"}
+
+
+# A tiny foundation + FIRE branch (the same sizes as the FIRE stage tests use).
+FIRE_TINY = [
+    "experiment=fire_llava", "world.train_scenes=10", "world.val_scenes=2", "world.test_scenes=4",
+    "train.max_steps=4", "train.batch_size=8", "train.save_steps=2", "train.eval_steps=0", "train.max_eval_samples=8",
+    "train.progress=false", "eval.batch_size=32",
+    "fire.dialogues.test_questions=12", "fire.dialogues.progress=false", "fire.sft.val_fraction=0.1",
+    "fire.sft.mix_sft=0.25", "fire.sft.student.max_steps=4", "fire.sft.student.batch_size=8",
+    "fire.sft.student.progress=false", "fire.sft.student.max_eval_samples=8", "fire.sft.teacher.max_steps=3",
+    "fire.sft.teacher.batch_size=8", "fire.sft.teacher.progress=false", "fire.sft.teacher.max_eval_samples=8",
+    "fire.bench.max_dialogues=6", "fire.bench.fixed_items=6", "fire.bench.max_turns=3",
+    "fire.bench.student_max_new_tokens=12", "fire.bench.teacher_max_new_tokens=12", "fire.bench.progress=false",
+    "fire.bench.teachers=[oracle]",
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_fire_data_size_ablation_command_on_a_tiny_config(project: Path) -> None:
+    """docs/experiments.md's FIRE ablation (its key, target and metric) on a tiny world and tiny trainings."""
+    from mlflow import MlflowClient
+
+    result = run_sweep(["fire.dialogues.train_questions=20,40", *FIRE_TINY], "fire_bench.free.oracle.fire.RR",
+                       targets=["pipelines/fire/dvc.yaml"], name="fire-data-size", root=project)
+    assert result["failed"] == 0, result["points"]
+    values = [row["fire_bench.free.oracle.fire.RR"] for row in result["points"]]
+    assert all(0.0 <= value <= 1.0 for value in values)
+    dialogues = [json.loads((project / "metrics" / "dialogues.json").read_text())]
+    assert dialogues  # the last point's dialogues metrics are in the workspace
+    client = MlflowClient()
+    parent = client.get_run(result["parent_run_id"])
+    children = {run.info.run_name: run for run in _stage_runs_under(client, parent.info.experiment_id,
+                                                                     parent.info.run_id)}
+    ran = {name: {r.data.tags["silkfire.stage"] for r in _stage_runs_under(client, parent.info.experiment_id,
+                                                                           run.info.run_id)}
+           for name, run in children.items()}
+    assert {"generate", "sft", "dialogues", "fire_sft", "fire_bench"} <= ran["fire-data-size-0"]
+    # the second point re-runs the branch only: the foundation comes from the first point
+    assert {"dialogues", "fire_sft", "fire_bench"} <= ran["fire-data-size-1"]
+    assert not {"generate", "base", "sft"} & ran["fire-data-size-1"]
