@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from silkfire.config import compose
@@ -108,3 +109,18 @@ def test_fire_branch_stages_end_to_end(project: Path) -> None:
     assert json.loads((project / "metrics" / "fire_bench.json").read_text())["free"]["oracle"]["fire"]["dialogues"] == 6
     artifacts = {a.path for a in client.list_artifacts(bench["mlflow_run_id"], "fire_bench")}
     assert "fire_bench/fire_bench.md" in artifacts
+
+
+def test_branch_lock_outputs_are_part_of_the_lineage(tmp_path: Path) -> None:
+    """The run summary and MLflow tags read DVC digests from dvc.lock and pipelines/<branch>/dvc.lock."""
+    from silkfire.tracking.lineage import output_digest, stage_digests
+
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(
+        {"schema": "2.0", "stages": {"sft": {"outs": [{"path": "models/sft", "md5": "a.dir"}]}}}))
+    branch = tmp_path / "pipelines" / "fire"
+    branch.mkdir(parents=True)
+    (branch / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"fire_sft": {"outs": [
+        {"path": "models/fire_student", "md5": "b.dir"}, {"path": "models/fire_teacher", "md5": "c.dir"}]}}}))
+    assert stage_digests(tmp_path, "sft") == {"models/sft": "a.dir"}
+    assert stage_digests(tmp_path, "fire_sft") == {"models/fire_student": "b.dir", "models/fire_teacher": "c.dir"}
+    assert output_digest(tmp_path, "models/fire_teacher/") == "c.dir"

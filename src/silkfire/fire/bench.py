@@ -43,8 +43,8 @@ class GenerationOptions:
     """Greedy decoding of local models (batch size and new-token budgets per role)."""
 
     batch_size: int = 32
-    student_max_new_tokens: int = 48
-    teacher_max_new_tokens: int = 64
+    student_max_new_tokens: int = 128
+    teacher_max_new_tokens: int = 112
     dtype: str = "float32"
     teacher_instruction: str = "fire"  # the one the trained teacher learned (silkfire.fire.prompts: fire | short)
     progress: bool = True

@@ -11,7 +11,15 @@ DVC_LOCK = "dvc.lock"
 
 
 def read_lock(root: Path) -> dict[str, Any]:
-    path = root / DVC_LOCK
+    """dvc.lock, with the stages of the branch pipelines' locks (pipelines/<branch>/dvc.lock) merged in: stage
+    names are global and branch stages run with `wdir: ../..`, so their paths are root-relative too."""
+    data = _load_lock(root / DVC_LOCK)
+    for branch_lock in sorted((root / "pipelines").glob("*/" + DVC_LOCK)):
+        data.setdefault("stages", {}).update(_load_lock(branch_lock).get("stages") or {})
+    return data
+
+
+def _load_lock(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
