@@ -127,3 +127,26 @@ def test_a_real_tiny_model_through_both_protocols(fire_world: Path, fire_model: 
     generated, scores = bench.fixed_teacher(bench.model_teacher(fire_model, options, "tiny"), items, fire_world)
     assert len(generated) == 3 and scores["items"] == 3
     assert scores["MAE"] == pytest.approx(10.0) or scores["unparsable"] < 3  # untrained: mostly unparsable
+
+
+class SilentTeacher:
+    """A model teacher that writes nothing."""
+
+    name = "silent"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "silent"}
+
+    def judge(self, items, image_root=None):
+        return ["" for _ in items]
+
+
+def test_a_silent_teacher_gives_unscored_turns_not_a_crash(fire_world: Path, test_dialogues) -> None:
+    tasks = bench.bench_tasks(test_dialogues, limit=3, seed=0)
+    run = bench.free_dialogue(FixedReplies("Answer: 2"), SilentTeacher(), tasks, fire_world, max_turns=3)
+    assert len(run.dialogues) == 3 and run.empty_feedback == 3  # unparsable ends each dialogue (counts as 0)
+    assert all(d.scores == [None] for d in run.dialogues)
+    empty = bench.free_dialogue(FixedReplies(None), OracleTeacher(), tasks, fire_world, max_turns=2)
+    results = bench.free_dialogue_results({"base": run, "nothing": empty}, baseline="base")
+    assert results["base"]["AT_norm"] == 1.0 and results["nothing"]["dialogues"] == 0
+    assert results["nothing"]["RR"] != results["nothing"]["RR"]  # NaN: nothing to score

@@ -16,6 +16,7 @@ Everything here takes model folders and dialogue objects; the `fire_bench` stage
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,13 +25,14 @@ from typing import Any
 
 from silkfire.fire.dialogue import DialogueTask, run_dialogues, tasks_from_dialogues
 from silkfire.fire.metrics import DEFAULT_THRESHOLD, FixedItem, fixed_dialogue_items, fixed_dialogue_metrics
-from silkfire.fire.metrics import free_dialogue_metrics, free_dialogue_table
+from silkfire.fire.metrics import free_dialogue_metrics
 from silkfire.fire.records import STUDENT, TEACHER, FireDialogue
 from silkfire.fire.students import HFStudent, Student, StudentInput
 from silkfire.fire.teacher import Teacher, TeacherInput, TrainedTeacher
 from silkfire.fire.text import feedback_text
 
 EMPTY_RESPONSE = "(no response)"  # stands in for an empty generation: FIRE records have no blank turns
+EMPTY_FEEDBACK = "(no feedback)"  # a model teacher that wrote nothing: no score (unparsable, counts as 0)
 
 # FIRE (arXiv 2407.11522), LLaVA-NeXT-8B -> FIRE-LLaVA, for context next to our numbers.
 PAPER_FREE = {"baseline": {"AT_norm": 1.0, "ADR": 0.97, "ATR": 0.41, "RR": 0.25},
@@ -57,6 +59,7 @@ class FreeDialogueRun:
     dialogues: list[FireDialogue] = field(default_factory=list)
     dropped: int = 0  # the student or teacher gave no reply (API failure): the dialogue is left out
     empty_responses: int = 0
+    empty_feedback: int = 0
 
 
 def model_student(path: str | Path, options: GenerationOptions, name: str) -> HFStudent:
@@ -110,6 +113,26 @@ class _AlwaysAnswers:
         return replies
 
 
+class _AlwaysJudges:
+    """A teacher whose empty turns become :data:`EMPTY_FEEDBACK` (counted): a model teacher that writes nothing
+    has judged badly (no score), not failed like an unreachable API (None stays None: dropped)."""
+
+    def __init__(self, teacher: Teacher):
+        self.teacher, self.name, self.empty = teacher, teacher.name, 0
+
+    def describe(self) -> dict[str, Any]:
+        return self.teacher.describe()
+
+    def judge(self, items: Sequence[TeacherInput], image_root: Path | None = None) -> list[str | None]:
+        verdicts = []
+        for text in self.teacher.judge(items, image_root):
+            if text is not None and not text.strip():
+                self.empty += 1
+                text = EMPTY_FEEDBACK
+            verdicts.append(text)
+        return verdicts
+
+
 def free_dialogue(student: Student, teacher: Teacher, tasks: Sequence[DialogueTask], image_root: Path, *,
                   max_turns: int = 5, stop_score: float = DEFAULT_THRESHOLD, progress: bool = False) -> FreeDialogueRun:
     """Every task as a dialogue (silkfire.fire.dialogue.run_dialogues, batched per turn) under FIRE-Bench's rule:
@@ -117,11 +140,11 @@ def free_dialogue(student: Student, teacher: Teacher, tasks: Sequence[DialogueTa
     sees the question (image attached), then only each teacher turn's Feedback text."""
     if max_turns < 1:
         raise ValueError(f"max_turns must be >= 1, got {max_turns}")
-    wrapped = _AlwaysAnswers(student)
-    result = run_dialogues(tasks, wrapped, teacher, image_root, threshold=stop_score, max_rounds=max_turns,
+    wrapped, judging = _AlwaysAnswers(student), _AlwaysJudges(teacher)
+    result = run_dialogues(tasks, wrapped, judging, image_root, threshold=stop_score, max_rounds=max_turns,
                            no_improvement=False, progress=progress)
     return FreeDialogueRun(result.dialogues, dropped=sum(result.stats["dropped"].values()),
-                           empty_responses=wrapped.empty)
+                           empty_responses=wrapped.empty, empty_feedback=judging.empty)
 
 
 def free_dialogue_results(runs: Mapping[str, FreeDialogueRun], baseline: str,
@@ -129,15 +152,26 @@ def free_dialogue_results(runs: Mapping[str, FreeDialogueRun], baseline: str,
     """AT/ADR/ATR/RR per model, ``AT_norm`` relative to ``baseline``, first/final accuracy, drop/empty counts."""
     results = {}
     for name, run in runs.items():
+        counts = {"dropped": run.dropped, "empty_responses": run.empty_responses, "empty_feedback": run.empty_feedback}
+        if not run.dialogues:  # every dialogue dropped: report it, never crash the benchmark
+            results[name] = {**{key: math.nan for key in ("AT", "ADR", "ATR", "RR", "accuracy_first",
+                                                          "accuracy_final", "AT_norm")}, "dialogues": 0, **counts}
+            continue
         metrics = free_dialogue_metrics(run.dialogues, threshold=stop_score)
         scores = [[0 if s is None else s for s in dialogue.scores] for dialogue in run.dialogues]
         metrics.update({
             "accuracy_first": sum(s[0] >= stop_score for s in scores) / len(scores),
             "accuracy_final": sum(s[-1] >= stop_score for s in scores) / len(scores),
-            "dropped": run.dropped, "empty_responses": run.empty_responses,
+            **counts,
         })
         results[name] = metrics
-    return free_dialogue_table(results, baseline)
+    if baseline not in results:
+        raise ValueError(f"baseline {baseline!r} is not among the models {sorted(results)}")
+    base_at = results[baseline]["AT"]
+    for metrics in results.values():
+        if metrics["dialogues"]:
+            metrics["AT_norm"] = metrics["AT"] / base_at if base_at == base_at and base_at > 0 else math.nan
+    return results
 
 
 # ---- fixed dialogue ----------------------------------------------------------------------------------------------
