@@ -121,7 +121,7 @@ def build_sets(cfg: DictConfig, root: Path) -> dict[str, Any]:
     out.mkdir(parents=True)
     counts: dict[str, Any] = {"dialogues_train": len(train), "dialogues_val": len(val)}
     student_train, left_out = student_set(train, str(settings.student_turns), threshold)
-    student_val, _ = student_set(val, "all", threshold)
+    student_val, _ = student_set(val, str(settings.student_turns), threshold)  # eval loss on what is trained
     families = list(settings.mix_families) if settings.mix_families is not None else None
     mixed = mix_records(gated_file(cfg, root, "train.jsonl"), families,
                         round(float(settings.mix_sft) * len(student_train)), seed)
