@@ -32,10 +32,9 @@ def gated_file(cfg: DictConfig, root: Path, name: str) -> Path:
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
-    import mlflow
-
     from silkfire.io import write_json
     from silkfire.quality import GateFailed, QualityConfig, validate_world
+    from silkfire.tracking.gates import log_gate_reports, tag_gate
 
     reports = report_dir(cfg, root)
     profile = root / cfg.paths.metrics / PROFILE
@@ -45,15 +44,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     )
     (reports / FAILURE_REPORT).write_text(result.to_markdown(), encoding="utf-8")
     write_json(reports / FAILURE_TABLE, result.failure_rows())
-    for item in sorted(reports.iterdir()):  # the clean copies are as big as the data: DVC keeps them
-        if item.name == "clean":
-            continue
-        if item.is_dir():
-            mlflow.log_artifacts(str(item), artifact_path=f"validation/{item.name}")
-        else:
-            mlflow.log_artifact(str(item), artifact_path="validation")
-    mlflow.set_tag("silkfire.gate", "passed" if result.success else "failed")
-    mlflow.set_tag("silkfire.gate_policy", str(result.summary().get("policy", "")))
+    log_gate_reports(reports)
+    tag_gate(result.success, str(result.summary().get("policy", "")))
     if not result.success:
         raise GateFailed(result)
     if (reports / "profile.json").is_file():

@@ -50,6 +50,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
     from silkfire.quality import GateFailed, validate_fire
+    from silkfire.tracking.gates import log_gate_reports, tag_gate
 
     config = quality_config(cfg)
     reports = report_dir(cfg, root)
@@ -65,17 +66,9 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     failures = [row | {"split": split} for split, result in results.items() for row in result.failure_rows()]
     (reports / FAILURE_TABLE).write_text(json.dumps(failures, indent=1), encoding="utf-8")
     for split in SPLITS:
-        for item in sorted((reports / split).iterdir()):
-            if item.name == "clean":
-                continue  # as big as the data; DVC keeps it
-            if item.is_dir():
-                mlflow.log_artifacts(str(item), artifact_path=f"validation/{split}/{item.name}")
-            else:
-                mlflow.log_artifact(str(item), artifact_path=f"validation/{split}")
+        log_gate_reports(reports / split, artifact_path=f"validation/{split}")
     mlflow.log_artifact(str(reports / FAILURE_REPORT), artifact_path="validation")
-    passed = all(result.success for result in results.values())
-    mlflow.set_tag("silkfire.gate", "passed" if passed else "failed")
-    mlflow.set_tag("silkfire.gate_policy", str(cfg.fire.validate.policy))
+    tag_gate(all(result.success for result in results.values()), str(cfg.fire.validate.policy))
     for result in results.values():
         if not result.success:
             raise GateFailed(result)

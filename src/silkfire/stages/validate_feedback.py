@@ -33,23 +33,17 @@ def run_gate(kind: str, path: Path, cfg: DictConfig, root: Path, reports: Path, 
     """Run one file gate, publish its reports to MLflow, raise GateFailed on failure; returns its summary.
 
     Shared by `validate_feedback` (kind vlfeedback) and `pairs` (kind pairs)."""
-    import mlflow
 
     from silkfire.io import write_json
     from silkfire.quality import GateFailed, QualityConfig
     from silkfire.quality.cli import validate
+    from silkfire.tracking.gates import log_gate_reports, tag_gate
 
     result = validate(kind, path, QualityConfig.from_mapping(cfg.quality), reports, image_root)
     (reports / "report.md").write_text(result.to_markdown(), encoding="utf-8")
     write_json(reports / "failures.json", result.failure_rows())
-    for item in sorted(reports.iterdir()):
-        if item.name == "clean":
-            continue
-        if item.is_dir():
-            mlflow.log_artifacts(str(item), artifact_path=f"validation/{item.name}")
-        else:
-            mlflow.log_artifact(str(item), artifact_path="validation")
-    mlflow.set_tag(f"silkfire.gate.{kind}", "passed" if result.success else "failed")
+    log_gate_reports(reports)
+    tag_gate(result.success, str(result.summary().get("policy", "")), kind)
     if not result.success:
         raise GateFailed(result)
     return {k: v for k, v in result.summary().items() if not isinstance(v, str)}
