@@ -137,3 +137,11 @@ def test_bad_world_counts_failing_rows(bad_result: GateResult) -> None:
     assert len(rows) == len(bad_result.failures)
     missing = next(row for row in rows if row["expectation"] == "file_is_readable")
     assert missing["table"] == "world.val" and "no such file" in missing["example"]
+
+
+def test_gate_default_image_size_is_the_worlds() -> None:
+    """A world generated with defaults passes a gate built with defaults (the two defaults cannot drift apart)."""
+    from silkfire.quality.config import QualityConfig
+    from silkfire.world.config import WorldConfig
+
+    assert QualityConfig().image_size == WorldConfig().image_size

@@ -277,7 +277,7 @@ class QualityConfig:
     workers: int = 4  # threads that decode images
     max_examples: int = 5  # example values (with their lines) shown per failed expectation
     max_lines: int = 1000  # failing line numbers kept per expectation in validation.json
-    image_size: int = 64  # expected width = height of every world image (keep equal to world.image_size)
+    image_size: int = 48  # expected width = height of every world image (= WorldConfig.image_size by default)
     image_mode: str = "RGB"  # expected PIL mode of every world image
     max_text_length: int = 2000  # longest world question/answer accepted (characters)
     check_images: bool = True  # false skips every image check (benchmarks, text-only dry runs)
