@@ -39,8 +39,7 @@ def generate_chat(model: Any, processor: Any, conversations: Sequence[Sequence[t
     Left padding, so each row continues right after its prompt; decoded without special tokens and stripped.
     Conversations are sorted by prompt length inside the call to pad less, and returned in input order.
     """
-    import torch
-
+    from silkfire.eval.generate import generate_batch, generation_mode
     from silkfire.train.data import load_image
 
     if len(conversations) != len(images):
@@ -53,28 +52,12 @@ def generate_chat(model: Any, processor: Any, conversations: Sequence[Sequence[t
     prompts = [processor.apply_chat_template(chat_messages(turns), add_generation_prompt=True, tokenize=False)
                for turns in conversations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    tokenizer = processor.tokenizer
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    was_training = model.training
-    model.eval()
     outputs: list[str] = [""] * len(prompts)
-    try:
+    with generation_mode(model, processor):
         for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
             batch = order[start:start + batch_size]
-            pictures = [load_image(image_root, images[i]) for i in batch]
-            inputs = processor(text=[prompts[i] for i in batch], images=pictures, return_tensors="pt", padding=True)
-            inputs = {key: value.to(device=device, dtype=dtype) if key == "pixel_values" else value.to(device)
-                      for key, value in inputs.items()}
-            with torch.inference_mode():
-                output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                        pad_token_id=tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            texts = generate_batch(model, processor, [prompts[i] for i in batch],
+                                   [load_image(image_root, images[i]) for i in batch], max_new_tokens=max_new_tokens)
             for index, text in zip(batch, texts):
-                outputs[index] = text.strip()
-    finally:
-        tokenizer.padding_side = previous_side
-        model.train(was_training)
+                outputs[index] = text
     return outputs

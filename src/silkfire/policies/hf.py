@@ -72,43 +72,31 @@ def sample_answers(model: Any, processor: Any, instructions: Sequence[Instructio
     """
     import torch
 
+    from silkfire.eval.generate import generate_batch, generation_mode
     from silkfire.train.data import load_image, prompt_text
 
     tokenizer = processor.tokenizer
     banned = sorted({i for i in (tokenizer.pad_token_id, tokenizer.bos_token_id,
                                  getattr(processor, "image_token_id", None)) if i is not None})
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    model.eval()
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
+        else {"do_sample": False}
     answers: list[str] = []
-    try:
+    with generation_mode(model, processor):
         for start in tqdm(range(0, len(instructions), batch_size), desc=desc, unit="batch", disable=not progress):
             batch = list(instructions[start:start + batch_size])
             texts = [""] * len(batch)
             todo = list(range(len(batch)))
             for attempt in range(BLANK_RETRIES + 1):
                 rows = [batch[i] for i in todo]
-                inputs = processor(text=[prompt_text(processor, r.prompt) for r in rows],
-                                   images=[load_image(image_root, r.image) for r in rows],
-                                   return_tensors="pt", padding=True)
-                inputs = {k: v.to(device=device, dtype=dtype) if k == "pixel_values" else v.to(device)
-                          for k, v in inputs.items()}
                 torch.manual_seed(_seed_of(seed, batch[0].id, attempt))
-                sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
-                    else {"do_sample": False}
-                with torch.inference_mode():
-                    output = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1,
-                                            pad_token_id=tokenizer.pad_token_id,
-                                            bad_words_ids=[[i] for i in banned] or None, **sampling)
-                decoded = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                decoded = generate_batch(model, processor, [prompt_text(processor, r.prompt) for r in rows],
+                                         [load_image(image_root, r.image) for r in rows],
+                                         max_new_tokens=max_new_tokens,
+                                         bad_words_ids=[[i] for i in banned] or None, **sampling)
                 for index, text in zip(todo, decoded):
-                    texts[index] = text.strip()
+                    texts[index] = text
                 todo = [i for i in todo if not texts[i]]
                 if not todo or temperature == 0:
                     break
             answers.extend(texts)
-    finally:
-        tokenizer.padding_side = previous_side
     return answers
