@@ -17,6 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# What a fresh clone holds that the pipeline needs (src/ is hashed by dvc.yaml's code dependencies).
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "conf", "flows", "src", "pipelines", ".dvc/config", ".dvc/.gitignore",
+                 ".dvcignore")
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +45,27 @@ def mlflow_root(tmp_path: Path, mlflow_db_template: Path, monkeypatch: pytest.Mo
     yield tmp_path
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture()
+def copy_project(mlflow_db_template: Path):  # noqa: ANN201 -- returns the copying function
+    """A function that copies the project's pipeline files into a folder (not yet a git repository), with a fresh
+    migrated MLflow store under its mlruns/, and returns the folder."""
+
+    def copy(root: Path) -> Path:
+        for name in PROJECT_FILES:
+            source = PROJECT_ROOT / name
+            if not source.exists():  # e.g. pipelines/ before any branch exists
+                continue
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                shutil.copyfile(source, target)
+        (root / ".gitignore").write_text((PROJECT_ROOT / ".gitignore").read_text())
+        (root / "mlruns").mkdir()
+        shutil.copyfile(mlflow_db_template, root / "mlruns" / "mlflow.db")
+        return root
+
+    return copy

@@ -5,7 +5,6 @@ nothing, and changing a fire_bench-only parameter re-runs fire_bench alone."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +16,6 @@ from silkfire.stages import BRANCHES
 
 from .test_fire_stages import TINY
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PROJECT_FILES = ("dvc.yaml", "pipelines", "conf", "src", ".dvc/config", ".dvcignore")
 FOUNDATION_TINY = ["train.max_steps=4", "train.batch_size=8", "train.save_steps=2", "train.eval_steps=0",
                    "train.max_eval_samples=8", "train.progress=false", "eval.batch_size=32"]
 
@@ -33,18 +30,8 @@ def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow  # the tiny foundation + branch: minutes on a loaded 2-core machine
-def test_dvc_repro_of_the_fire_branch(tmp_path: Path, mlflow_db_template: Path) -> None:
-    root = tmp_path / "project"
-    for name in PROJECT_FILES:
-        source, target = PROJECT_ROOT / name, root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copyfile(source, target)
-    (root / ".gitignore").write_text((PROJECT_ROOT / ".gitignore").read_text())
-    (root / "mlruns").mkdir()
-    shutil.copyfile(mlflow_db_template, root / "mlruns" / "mlflow.db")
+def test_dvc_repro_of_the_fire_branch(tmp_path: Path, copy_project) -> None:
+    root = copy_project(tmp_path / "project")
     overrides = ["experiment=fire_llava", "world.train_scenes=10", "world.val_scenes=2", "world.test_scenes=4",
                  *FOUNDATION_TINY, *TINY]
     _run(root, "silkfire", "params", *overrides)

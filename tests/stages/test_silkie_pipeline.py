@@ -12,25 +12,13 @@ import yaml
 
 from silkfire.stages import BRANCHES
 
-from .test_fire_pipeline import FOUNDATION_TINY, _run, PROJECT_FILES, PROJECT_ROOT
+from .test_fire_pipeline import FOUNDATION_TINY, _run
 from .test_silkie_stages import TINY
 
 
 @pytest.mark.slow  # the tiny foundation + branch: minutes on a loaded 2-core machine
-def test_dvc_repro_of_the_silkie_branch(tmp_path: Path, mlflow_db_template: Path) -> None:
-    import shutil
-
-    root = tmp_path / "project"
-    for name in PROJECT_FILES:
-        source, target = PROJECT_ROOT / name, root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copyfile(source, target)
-    (root / ".gitignore").write_text((PROJECT_ROOT / ".gitignore").read_text())
-    (root / "mlruns").mkdir()
-    shutil.copyfile(mlflow_db_template, root / "mlruns" / "mlflow.db")
+def test_dvc_repro_of_the_silkie_branch(tmp_path: Path, copy_project) -> None:
+    root = copy_project(tmp_path / "project")
     overrides = [*TINY, "world.train_scenes=10", "world.val_scenes=2", "world.test_scenes=8", *FOUNDATION_TINY,
                  "train.num_threads=1", "silkie.sample.num_threads=1", "silkie.evaluate.num_threads=1"]
     _run(root, "silkfire", "params", *overrides)

@@ -79,10 +79,12 @@ def test_scene_records_and_images(default_world) -> None:
     config = WorldConfig()
     scenes = _read(out / "scenes.jsonl")
     assert [s["scene_id"] for s in scenes[:2]] == ["train-000000", "train-000001"]
+    # every allowed number of objects occurs, and no other
+    assert {len(s["objects"]) for s in scenes} == set(range(config.min_objects, config.max_objects + 1))
     for scene in scenes[::7]:  # a sample keeps the test fast; the mapping below is exhaustive per image
         assert set(scene) == {"scene_id", "split", "image", "width", "height", "objects"}
         assert scene["image"] == f"images/{scene['scene_id']}.png"
-        assert 1 <= len(scene["objects"]) <= 4
+        assert config.min_objects <= len(scene["objects"]) <= config.max_objects
         cells = [(o["row"], o["col"]) for o in scene["objects"]]
         assert len(set(cells)) == len(cells)
         with Image.open(out / scene["image"]) as image:
