@@ -6,11 +6,17 @@ reply, "prompt_tokens", "completion_tokens"}``. Lines are written and fsync'ed o
 load and the call is simply made again. The raw reply is stored (not the parsed ratings), so a parser fix
 applies to cached annotations without paying again. Later lines win on duplicate keys.
 
+Several writers at once (fan-out shards in threads, processes or on machines sharing the folder): each append
+holds an exclusive ``flock`` on the file and goes out as one ``O_APPEND`` write, so entries never interleave
+and the torn-line check sees the true end of the file; loading holds a shared lock. Each writer only knows the
+entries of its own shard (plus what was on disk when it started); a later run sees them all.
+
 :func:`annotation_key` = sha256 over (judge model, template version, prompt, image digest, responses).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -48,15 +54,19 @@ class AnnotationCache:
         self._lock = threading.Lock()
         self.torn_lines = 0
         if self.path.is_file():
-            with self.path.open("r", encoding="utf-8") as handle:
-                for line in handle:
-                    try:
-                        entry = json.loads(line)
-                    except ValueError:
-                        self.torn_lines += 1  # a crash mid-write: the call is made again
-                        continue
-                    if isinstance(entry, dict) and isinstance(entry.get("key"), str):
-                        self._entries[entry["key"]] = entry
+            with self.path.open("rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_SH)  # no writer is half-way through an entry while we read
+                data = handle.read()
+            for line in data.split(b"\n"):  # not splitlines(): replies may hold U+2028 and the like
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line.decode("utf-8"))
+                except ValueError:
+                    self.torn_lines += 1  # a crash mid-write: the call is made again
+                    continue
+                if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                    self._entries[entry["key"]] = entry
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -68,16 +78,21 @@ class AnnotationCache:
         return self._entries.get(key)
 
     def put(self, entry: dict[str, Any]) -> None:
-        """Append one entry and fsync it before returning."""
-        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
+        """Append one entry (under the file lock, in one write) and fsync it before returning."""
+        data = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                if handle.tell() > 0 and not self._ends_with_newline():
-                    handle.write("\n")  # never glue a new entry onto a torn line
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # other processes, and other instances in this one
+                if os.fstat(fd).st_size > 0 and not self._ends_with_newline():
+                    data = b"\n" + data  # never glue a new entry onto a torn line
+                view = memoryview(data)
+                while view:  # a short write continues where it stopped (still under the lock)
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)  # releases the lock
             self._entries[entry["key"]] = entry
 
     def _ends_with_newline(self) -> bool:
