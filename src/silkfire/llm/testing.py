@@ -18,12 +18,16 @@ Faults: with probability ``fault_rate`` (seeded ``random.Random(seed)``) a reque
 chosen uniformly: ``"500"`` / ``"503"`` (server error), ``"429"`` (with ``Retry-After: <retry_after>``),
 ``"hang"`` (no reply for ``hang_s`` seconds -- set it above the client timeout), ``"malformed"`` (HTTP 200 with a
 truncated JSON body), ``"no_choices"`` (HTTP 200, valid JSON without ``choices``). ``script`` forces the fault of
-the first requests (``["429", None, "hang"]``: None = serve normally). ``api_key``: requests without
-``Authorization: Bearer <api_key>`` get HTTP 401 (the key is never stored elsewhere or printed).
+the first requests (``["429", None, "hang"]``: None = serve normally). ``fault_by_content=True`` draws each
+request's fault from its body and how many times that body came before (seeded), not from arrival order: the
+same requests meet the same faults whatever order they come in or however many clients send them (a sharded and
+a one-process run). ``api_key``: requests without ``Authorization: Bearer <api_key>`` get HTTP 401 (the key is
+never stored elsewhere or printed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -56,13 +60,16 @@ class FakeChatServer:
 
     def __init__(self, reply: Reply = "OK", *, fault_rate: float = 0.0, fault_kinds: Sequence[str] = FAULT_KINDS,
                  script: Sequence[str | None] = (), retry_after: float = 0.05, hang_s: float = 2.0, seed: int = 0,
-                 api_key: str | None = None, model: str = "fake-model") -> None:
+                 api_key: str | None = None, model: str = "fake-model", fault_by_content: bool = False) -> None:
         unknown = sorted(set(fault_kinds) - set(FAULT_KINDS))
         if unknown:
             raise ValueError(f"unknown fault kind(s) {unknown}; known: {list(FAULT_KINDS)}")
         self.reply, self.fault_rate, self.fault_kinds = reply, fault_rate, tuple(fault_kinds)
         self.script, self.retry_after, self.hang_s = list(script), retry_after, hang_s
         self.model = model
+        self.fault_by_content = fault_by_content
+        self._seed = seed
+        self._seen: Counter[str] = Counter()
         self._api_key = api_key
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -106,13 +113,18 @@ class FakeChatServer:
         self.stop()
 
     # ---- behaviour --------------------------------------------------------------------------------------
-    def _next_fault(self) -> str | None:
+    def _next_fault(self, body: dict[str, Any] | None = None) -> str | None:
         with self._lock:
             self.calls += 1
+            rng = self._rng
+            if self.fault_by_content:
+                digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+                rng = random.Random(f"{self._seed}/{digest}/{self._seen[digest]}")
+                self._seen[digest] += 1
             if self.script:
                 fault = self.script.pop(0)
-            elif self.fault_rate and self._rng.random() < self.fault_rate:
-                fault = self._rng.choice(self.fault_kinds)
+            elif self.fault_rate and rng.random() < self.fault_rate:
+                fault = rng.choice(self.fault_kinds)
             else:
                 fault = None
             if fault is not None:
@@ -187,7 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._send(400, b'{"error": {"message": "body is not JSON"}}')
             return
-        fault = owner._next_fault()
+        fault = owner._next_fault(body)
         if fault in ("500", "503"):
             self._send(int(fault), b'{"error": {"message": "server error"}}')
         elif fault == "429":
