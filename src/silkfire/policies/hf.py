@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,12 @@ from tqdm.auto import tqdm
 from silkfire.policies.base import Instruction
 
 BLANK_RETRIES = 2  # re-draws for a response that decodes to nothing visible
+# Fan-out on a thread runner runs policies in several threads of one process. torch.manual_seed seeds one
+# process-wide generator, so threads take turns from seeding to the end of a batch's generation (each batch stays
+# reproducible); transformers' loading is not thread-safe either (two loads at once failed with "Cannot copy out
+# of meta tensor"), so loads take turns too.
+_SEEDED_GENERATION = threading.Lock()
+_LOADING = threading.Lock()
 
 
 def _seed_of(*parts: object) -> int:
@@ -48,7 +55,8 @@ class HFPolicy:
 
         if not instructions:
             return []
-        model, processor = load_vlm(self.source, dtype=self.dtype, device=self.device)
+        with _LOADING:
+            model, processor = load_vlm(self.source, dtype=self.dtype, device=self.device)
         try:
             answers = sample_answers(
                 model, processor, instructions, image_root, seed=_seed_of(seed, self.name),
@@ -88,11 +96,12 @@ def sample_answers(model: Any, processor: Any, instructions: Sequence[Instructio
             todo = list(range(len(batch)))
             for attempt in range(BLANK_RETRIES + 1):
                 rows = [batch[i] for i in todo]
-                torch.manual_seed(_seed_of(seed, batch[0].id, attempt))
-                decoded = generate_batch(model, processor, [prompt_text(processor, r.prompt) for r in rows],
-                                         [load_image(image_root, r.image) for r in rows],
-                                         max_new_tokens=max_new_tokens,
-                                         bad_words_ids=[[i] for i in banned] or None, **sampling)
+                prompts = [prompt_text(processor, r.prompt) for r in rows]
+                images = [load_image(image_root, r.image) for r in rows]
+                with _SEEDED_GENERATION:
+                    torch.manual_seed(_seed_of(seed, batch[0].id, attempt))
+                    decoded = generate_batch(model, processor, prompts, images, max_new_tokens=max_new_tokens,
+                                             bad_words_ids=[[i] for i in banned] or None, **sampling)
                 for index, text in zip(todo, decoded):
                     texts[index] = text
                 todo = [i for i in todo if not texts[i]]

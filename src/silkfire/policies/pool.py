@@ -124,18 +124,20 @@ def draw_policies(instruction_id: str, pool: Mapping[str, PoolEntry], k: int, se
     return sorted(keys, key=lambda name: -keys[name])[:k]
 
 
-def sample_responses(instructions: Sequence[Instruction], pool: Mapping[str, PoolEntry], image_root: Path, *,
-                     k: int = 4, seed: int = 0, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """VLFeedback-format records (no annotations yet) and per-policy counts.
-
-    Every policy answers all of its instructions in one call (a model is loaded once). Blank responses (a model
-    that stops at once) are kept as the literal ``(no answer)`` so the record stays valid; they are counted.
-    """
+def draw_all(instructions: Sequence[Instruction], pool: Mapping[str, PoolEntry], k: int, seed: int
+             ) -> tuple[dict[str, list[str]], dict[str, list[Instruction]]]:
+    """Each instruction's ``k`` policies, and each policy's instructions (in instruction order)."""
     draws = {instruction.id: draw_policies(instruction.id, pool, k, seed) for instruction in instructions}
     assigned: dict[str, list[Instruction]] = {name: [] for name in pool}
     for instruction in instructions:
         for name in draws[instruction.id]:
             assigned[name].append(instruction)
+    return draws, assigned
+
+
+def respond_assigned(assigned: Mapping[str, Sequence[Instruction]], pool: Mapping[str, PoolEntry], image_root: Path,
+                     seed: int, progress: bool = True) -> dict[tuple[str, str], str]:
+    """(instruction id, policy name) -> answer; every policy answers all of its instructions in one call."""
     responses: dict[tuple[str, str], str] = {}
     for name in tqdm(sorted(assigned), desc="policies", unit="policy", disable=not progress):
         todo = assigned[name]
@@ -146,6 +148,12 @@ def sample_responses(instructions: Sequence[Instruction], pool: Mapping[str, Poo
             raise RuntimeError(f"policy {name!r} returned {len(answers)} answers for {len(todo)} instructions")
         for instruction, answer in zip(todo, answers):
             responses[(instruction.id, name)] = answer
+    return responses
+
+
+def assemble_records(instructions: Sequence[Instruction], draws: Mapping[str, Sequence[str]],
+                     responses: Mapping[tuple[str, str], str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """VLFeedback-format records (no annotations) in instruction order, and blank answers per policy."""
     blank: dict[str, int] = {}
     records = []
     for instruction in instructions:
@@ -162,8 +170,26 @@ def sample_responses(instructions: Sequence[Instruction], pool: Mapping[str, Poo
             record.update({"scene_id": instruction.scene.scene_id, "family": instruction.family,
                            "category": instruction.category, "answer": instruction.answer})
         records.append(record)
+    return records, blank
+
+
+def pool_stats(pool: Mapping[str, PoolEntry], assigned: Mapping[str, Sequence[Instruction]], blank: dict[str, int],
+               usage: dict[str, Any]) -> dict[str, Any]:
+    return {"responses": {name: len(todo) for name, todo in assigned.items()}, "blank": blank, "usage": usage,
+            "policies": {name: pool[name].policy.describe() | {"weight": pool[name].weight} for name in pool}}
+
+
+def sample_responses(instructions: Sequence[Instruction], pool: Mapping[str, PoolEntry], image_root: Path, *,
+                     k: int = 4, seed: int = 0, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """VLFeedback-format records (no annotations yet) and per-policy counts.
+
+    Every policy answers all of its instructions in one call (a model is loaded once). Blank responses (a model
+    that stops at once) are kept as the literal ``(no answer)`` so the record stays valid; they are counted.
+    (The sample stage does the same through :mod:`silkfire.fanout`, one batch-aligned work item per policy batch.)
+    """
+    draws, assigned = draw_all(instructions, pool, k, seed)
+    responses = respond_assigned(assigned, pool, image_root, seed, progress)
+    records, blank = assemble_records(instructions, draws, responses)
     usage = {key: value for entry in pool.values() if hasattr(entry.policy, "metrics")
              for key, value in entry.policy.metrics().items()}  # API token counts / cost
-    stats = {"responses": {name: len(todo) for name, todo in assigned.items()}, "blank": blank, "usage": usage,
-             "policies": {name: pool[name].policy.describe() | {"weight": pool[name].weight} for name in pool}}
-    return records, stats
+    return records, pool_stats(pool, assigned, blank, usage)
