@@ -1,5 +1,10 @@
 """Stage `annotate`: the judge from config (oracle by default, or an OpenAI-compatible model) rates every
-sampled response on VLFeedback's 3 aspects; token and cost accounting go to MLflow."""
+sampled response on VLFeedback's 3 aspects; token and cost accounting go to MLflow.
+
+Fan-out (`silkie.fanout`, src/silkfire/fanout.py): the records are cut into shards, each annotated by a judge that
+`judge_shard` builds from plain config inside its task; the shards' counters are summed into the same metrics one
+process reports (the API judge's cost recomputed from the summed tokens, as its client computes it).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PARAMS = ("silkie.judge", "silkie.sample.source", "silkie.sample.image_root", "paths.world", "paths.feedback")
+PARAMS = ("silkie.judge", "silkie.fanout", "silkie.sample.source", "silkie.sample.image_root", "paths.world", "paths.feedback")
 OUTPUT = "annotated.jsonl"
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
-    from silkfire.feedback.judges import make_judge
+    from silkfire.fanout import FanoutConfig, fan_out_shards, fanout_summary
     from silkfire.feedback.records import read_feedback, write_feedback
     from silkfire.stages.sample import OUTPUT as SAMPLES
     from silkfire.stages.sample import image_root
@@ -24,18 +29,51 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     feedback = root / cfg.paths.feedback
     records = read_feedback(feedback / SAMPLES)
     judge_cfg = OmegaConf.to_container(cfg.silkie.judge, resolve=True)
-    judge = make_judge(judge_cfg, world_dir=root / cfg.paths.world, root=root)
+    fanout = FanoutConfig.from_mapping(OmegaConf.to_container(cfg.silkie.fanout, resolve=True))
+    shards = fan_out_shards(judge_shard, records, fanout, judge=judge_cfg, world_dir=str(root / cfg.paths.world),
+                            root=str(root), image_root=str(image_root(cfg, root)))
+    annotated = [record for shard in shards for record in shard.results]
+    write_feedback(feedback / OUTPUT, annotated)
+    mlflow.log_params(safe_params(shards[0].metrics["params"], prefix="judge."))
+    metrics: dict[str, Any] = {"records": len(annotated),
+                               **judge_totals(judge_cfg, [shard.metrics["metrics"] for shard in shards])}
+    metrics["mean_rating"] = _mean_ratings(annotated)
+    metrics["fanout"] = fanout_summary(fanout, shards)
+    return metrics
+
+
+def judge_shard(records: list[dict[str, Any]], *, judge: dict[str, Any], world_dir: str | None, root: str,
+                image_root: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One shard annotated by a judge built here from its plain config (never an open client shipped to a
+    worker); returns the records and ``{"metrics": judge.metrics(), "params": judge.params()}``."""
+    from silkfire.feedback.judges import make_judge
+
+    built = make_judge(dict(judge), world_dir=Path(world_dir) if world_dir else None, root=Path(root))
     try:
-        annotated = judge.annotate(records, image_root=image_root(cfg, root))
+        annotated = list(built.annotate(records, image_root=image_root))
     finally:
-        close = getattr(judge, "close", None)
+        close = getattr(built, "close", None)
         if callable(close):
             close()
-    write_feedback(feedback / OUTPUT, annotated)
-    mlflow.log_params(safe_params(judge.params(), prefix="judge."))
-    metrics: dict[str, Any] = {"records": len(annotated), **judge.metrics()}
-    metrics["mean_rating"] = _mean_ratings(annotated)
-    return metrics
+    return annotated, {"metrics": built.metrics(), "params": built.params()}
+
+
+def judge_totals(judge_cfg: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shards' judge metrics summed; ``judge_cost_usd`` from the summed tokens (a sum of per-shard rounded
+    costs could differ from the one-process figure in the last digit)."""
+    from silkfire.fanout import sum_metrics
+
+    totals = sum_metrics(parts)
+    if "judge_cost_usd" in totals:
+        from silkfire.feedback.judges import API_KEYS
+        from silkfire.llm.client import ClientConfig, Usage
+
+        client = ClientConfig.from_mapping({key: value for key, value in judge_cfg.items() if key not in API_KEYS})
+        usage = Usage(client.prompt_price_per_1m, client.completion_price_per_1m,
+                      prompt_tokens=int(totals["judge_prompt_tokens"]),
+                      completion_tokens=int(totals["judge_completion_tokens"]))
+        totals["judge_cost_usd"] = usage.metrics()["llm_cost_usd"]
+    return totals
 
 
 def _mean_ratings(records: list[dict[str, Any]]) -> dict[str, float]:

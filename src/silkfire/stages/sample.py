@@ -5,16 +5,21 @@ project's own checkpoints (untrained base, SFT at each saved step, final SFT; sa
 scripted policies of known failure profiles. Real mode (`silkie.sample.source: vlfeedback`): the prompts of a
 VLFeedback file and a pool of local HF folders / OpenAI-compatible endpoints. Output: VLFeedback-format records
 without annotations (`<paths.feedback>/samples.jsonl`).
+
+Fan-out (`silkie.fanout`, src/silkfire/fanout.py): the work is cut into one item per policy batch (a policy's
+instructions in `batch_size` pieces, the batches it generates anyway), so a sharded run gives the same records as
+one process, whatever the runner; `sample_shard` builds the pool from plain config inside each task.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PARAMS = ("seed", "world", "model.dtype", "silkie.sample", "paths.world", "paths.reports", "paths.base_model",
+PARAMS = ("seed", "world", "model.dtype", "silkie.sample", "silkie.fanout", "paths.world", "paths.reports", "paths.base_model",
           "paths.sft", "paths.feedback")
 OUTPUT = "samples.jsonl"
 
@@ -58,24 +63,42 @@ def instructions_of(cfg: DictConfig, root: Path) -> list[Any]:
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
+    from silkfire.fanout import FanoutConfig, fan_out_shards, fanout_summary, sum_metrics
     from silkfire.feedback.records import write_feedback
-    from silkfire.policies.pool import SamplingDefaults, build_pool, sample_responses
+    from silkfire.policies.pool import SamplingDefaults, assemble_records, build_pool, draw_all, pool_stats
     from silkfire.world.config import WorldConfig
 
     import torch
 
     sample = cfg.silkie.sample
     torch.set_num_threads(int(sample.num_threads))
+    fanout = FanoutConfig.from_mapping(OmegaConf.to_container(cfg.silkie.fanout, resolve=True))
     instructions = instructions_of(cfg, root)
     if not instructions:
         raise ValueError("sample: no instructions to sample (check silkie.sample.families / max_instructions)")
     defaults = SamplingDefaults(temperature=float(sample.temperature), top_p=float(sample.top_p),
                                 max_new_tokens=int(sample.max_new_tokens), batch_size=int(sample.batch_size),
                                 dtype=str(cfg.model.dtype), progress=bool(sample.progress))
-    world = WorldConfig.from_mapping(cfg.world) if sample.source == "world" else None
-    pool = build_pool(OmegaConf.to_container(sample.pool, resolve=True), root, defaults, world)
-    records, stats = sample_responses(instructions, pool, image_root(cfg, root), k=int(sample.responses),
-                                      seed=int(cfg.seed), progress=bool(sample.progress))
+    world = OmegaConf.to_container(cfg.world, resolve=True) if sample.source == "world" else None
+    pool_cfg = OmegaConf.to_container(sample.pool, resolve=True)
+    pool = build_pool(pool_cfg, root, defaults, WorldConfig.from_mapping(world) if world else None)
+    draws, assigned = draw_all(instructions, pool, int(sample.responses), int(cfg.seed))
+    items = work_items(assigned, pool, defaults.batch_size)
+    shards = fan_out_shards(sample_shard, items, fanout, describe=describe_work, pool=pool_cfg,
+                            defaults=asdict(defaults), world=world, root=str(root),
+                            image_root=str(image_root(cfg, root)), seed=int(cfg.seed),
+                            num_threads=int(sample.num_threads))
+    responses: dict[tuple[str, str], str] = {}
+    for item, answers in zip(items, (answers for shard in shards for answers in shard.results)):
+        if len(answers) != len(item["instructions"]):
+            raise RuntimeError(f"policy {item['policy']!r} returned {len(answers)} answers for "
+                               f"{len(item['instructions'])} instructions")
+        for instruction, answer in zip(item["instructions"], answers):
+            responses[(instruction.id, item["policy"])] = answer
+    records, blank = assemble_records(instructions, draws, responses)
+    per_policy = sum_metrics([shard.metrics.get("usage", {}) for shard in shards])
+    usage = {key: value for name in pool for key, value in per_policy.get(name, {}).items()}  # pool order
+    stats = pool_stats(pool, assigned, blank, usage)
     out = root / cfg.paths.feedback / OUTPUT
     write_feedback(out, records)
     mlflow.log_dict(stats["policies"], "sample/pool.json")
@@ -83,7 +106,79 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     for instruction in instructions:
         families[str(instruction.family)] = families.get(str(instruction.family), 0) + 1
     return {"instructions": len(records), "responses": sum(stats["responses"].values()), "pool_size": len(pool),
-            "per_policy": stats["responses"], "blank": stats["blank"], "families": families, **stats["usage"]}
+            "per_policy": stats["responses"], "blank": stats["blank"], "families": families, **stats["usage"],
+            "fanout": fanout_summary(fanout, shards)}
+
+
+def work_items(assigned: dict[str, list[Any]], pool: dict[str, Any], batch_size: int) -> list[dict[str, Any]]:
+    """One item per policy batch, policies in name order: ``{"policy": name, "instructions": [...]}``. Cut at the
+    policy's own generation batch size, so a shard's batches are the batches one process would generate (a model
+    policy seeds each batch from its first instruction)."""
+    items = []
+    for name in sorted(assigned):
+        todo = assigned[name]
+        size = max(1, int(getattr(pool[name].policy, "batch_size", None) or batch_size))
+        items.extend({"policy": name, "instructions": todo[start:start + size]}
+                     for start in range(0, len(todo), size))
+    return items
+
+
+def describe_work(piece: list[dict[str, Any]], start: int) -> str:
+    """A shard's work for error messages: per policy, its instruction id range (``sft 'a' .. 'k' (64)``)."""
+    spans: list[list[Any]] = []  # [policy, first id, last id, count]
+    for item in piece:
+        todo = item["instructions"]
+        if spans and spans[-1][0] == item["policy"]:
+            spans[-1][2:] = [todo[-1].id, spans[-1][3] + len(todo)]
+        else:
+            spans.append([item["policy"], todo[0].id, todo[-1].id, len(todo)])
+    return (f"policy batches {start} .. {start + len(piece) - 1}: instructions "
+            + "; ".join(f"{name} {first!r} .. {last!r} ({count})" for name, first, last, count in spans))
+
+
+def sample_shard(items: list[dict[str, Any]], *, pool: dict[str, Any], defaults: dict[str, Any],
+                 world: dict[str, Any] | None, root: str, image_root: str, seed: int,
+                 num_threads: int) -> tuple[list[list[str]], dict[str, Any]]:
+    """Answers for one shard of work items (one list per item) and each policy's API usage, with the pool built
+    from its plain config here (inside the task: models load where the shard runs)."""
+    from tqdm.auto import tqdm
+
+    from silkfire.fanout import sum_metrics
+    from silkfire.policies.hf import HFPolicy
+    from silkfire.policies.pool import SamplingDefaults, build_pool
+    from silkfire.world.config import WorldConfig
+
+    settings = SamplingDefaults(**defaults)
+    built = build_pool(pool, Path(root), settings, WorldConfig.from_mapping(world) if world else None)
+    groups: list[tuple[str, list[int]]] = []  # runs of consecutive items of one policy: one respond call each
+    for position, item in enumerate(items):
+        if groups and groups[-1][0] == item["policy"]:
+            groups[-1][1].append(position)
+        else:
+            groups.append((item["policy"], [position]))
+    if any(isinstance(built[name].policy, HFPolicy) for name, _ in groups):
+        import torch
+
+        torch.set_num_threads(num_threads)  # a worker process starts with torch's default
+    results: list[list[str]] = [[] for _ in items]
+    usage: dict[str, dict[str, Any]] = {}
+    for name, positions in tqdm(groups, desc="policies", unit="policy", disable=not settings.progress):
+        if name not in built:
+            raise ValueError(f"sample shard: policy {name!r} is not in the pool built from silkie.sample.pool "
+                             f"here ({sorted(built)}): do the workers see the same model folders?")
+        policy = built[name].policy
+        todo = [instruction for position in positions for instruction in items[position]["instructions"]]
+        answers = policy.respond(todo, Path(image_root), seed)
+        if len(answers) != len(todo):
+            raise RuntimeError(f"policy {name!r} returned {len(answers)} answers for {len(todo)} instructions")
+        offset = 0
+        for position in positions:
+            count = len(items[position]["instructions"])
+            results[position] = list(answers[offset:offset + count])
+            offset += count
+        if hasattr(policy, "metrics"):
+            usage[name] = sum_metrics([usage.get(name, {}), policy.metrics()])
+    return results, {"usage": usage}
 
 
 def summary(metrics: dict[str, Any]) -> str:
