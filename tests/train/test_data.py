@@ -10,7 +10,7 @@ import torch
 from silkfire.io import read_records
 from silkfire.models.loading import load_vlm
 from silkfire.models.testing import make_test_model, make_test_world
-from silkfire.train.data import IGNORE_INDEX, SFTCollator, encode_sft_records, select_records
+from silkfire.train.data import IGNORE_INDEX, SFTCollator, encode_sft_records, select_records, styled_answers
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,26 @@ def test_select_records_filters_caps_and_is_seeded():
     assert sum(r["family"] == "open" for r in weighted) == 75
     with pytest.raises(ValueError, match="no records"):
         select_records(records, ["probe"], None, seed=0)
+
+
+def test_explained_answers_open_with_the_answer_and_train_on_the_rationale(world: Path, processor):
+    records = read_records(world / "train.jsonl")
+    explained = styled_answers(records, "explained")
+    assert styled_answers(records, "plain") == records
+    for before, after in zip(records, explained):
+        if before.get("rationale"):
+            assert after["answer"] == f"{before['answer']}, {before['rationale']}."
+            # MME's parser reads the first 4 characters: the answer must still open the reply
+            assert after["answer"].lower()[:4].startswith(before["answer"].lower())
+        else:
+            assert after == before
+    assert sum(bool(r.get("rationale")) for r in records) > 0
+    data = encode_sft_records([r for r in explained if r.get("rationale")][:4], processor, world, progress=False)
+    for ids, labels, record in zip(data.input_ids, data.labels, [r for r in explained if r.get("rationale")][:4]):
+        trained = processor.tokenizer.decode(ids[labels != IGNORE_INDEX], skip_special_tokens=True)
+        assert trained.strip() == record["answer"]
+    with pytest.raises(ValueError, match="answer style"):
+        styled_answers(records, "verbose")
 
 
 def test_multi_turn_packing_keeps_every_answer_and_splits_pairs(world: Path, processor):

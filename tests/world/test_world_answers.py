@@ -103,6 +103,36 @@ class Checker:
             return "comparison", self._yn(self._group(objects, m[1]) > self._group(objects, m[2]))
         raise AssertionError(f"unknown yes/no question: {q!r}")
 
+    def rationale(self, question: str, objects: list[dict]) -> str:
+        """The statement of the scene's truth behind a yes/no answer, recomputed from the objects."""
+        q = question[: -len(SUFFIX)]
+        where = lambda o: f"{self.rows[o['row']]} {self.cols[o['col']]}"  # noqa: E731
+        if m := re.fullmatch(r"Is there a (\w+) (\w+) in the image\?", q):
+            found = [o for o in objects if o["color"] == m[1] and o["shape"] == m[2]]
+            return f"the {m[1]} {m[2]} is in the {where(found[0])}" if found else f"there is no {m[1]} {m[2]} in the image"
+        if m := re.fullmatch(r"(Is|Are) there exactly (\d+) (\w+) in the image\?", q):
+            shape = m[3][:-1] if int(m[2]) != 1 else m[3]
+            n = self._count(objects, shape=shape)
+            return f"there is 1 {shape}" if n == 1 else f"there are {n} {shape}s"
+        if m := re.fullmatch(r"Is there an object in the (\w+) (\w+) of the image\?", q):
+            o = self._at(objects, m[1], m[2])
+            return f"there is a {o['color']} {o['shape']} in the {m[1]} {m[2]}" if o else f"the {m[1]} {m[2]} is empty"
+        if m := re.fullmatch(r"Is the object in the (\w+) (\w+) of the image (\w+)\?", q):
+            return f"the object in the {m[1]} {m[2]} is {self._at(objects, m[1], m[2])['color']}"
+        if m := re.fullmatch(r"Is the (\w+) (\w+) in the (\w+) (\w+) of the image\?", q):
+            o = next(o for o in objects if o["color"] == m[1] and o["shape"] == m[2])
+            return f"the {m[1]} {m[2]} is in the {where(o)}"
+        if m := re.fullmatch(r"Is the (\w+) in the image (\w+)\?", q):
+            return f"the {m[1]} is {next(o for o in objects if o['shape'] == m[1])['color']}"
+        if m := re.fullmatch(r"Is the number of (.+) plus the number of (.+) equal to (\d+)\?", q):
+            a, b = self._group(objects, m[1]), self._group(objects, m[2])
+            return f"{a} plus {b} is {a + b}"
+        if m := re.fullmatch(r"Are there more than (\d+) (object|objects) in the image\?", q):
+            return "there is 1 object" if len(objects) == 1 else f"there are {len(objects)} objects"
+        if m := re.fullmatch(r"Are there more (.+) than (.+)\?", q):
+            return f"{self._group(objects, m[1])} against {self._group(objects, m[2])}"
+        raise AssertionError(f"unknown yes/no question: {q!r}")
+
     def _open(self, q: str, objects: list[dict]) -> tuple[str, str, str]:
         if q == "Describe the image.":
             return "open", "describe", self._describe(objects)
@@ -156,6 +186,24 @@ def test_every_answer_matches_the_scene_graph(world: Path) -> None:
     assert {c for (n, f, c) in checked if n == "open.jsonl" and f == "open"} == {"count", "color", "position", "describe"}
     assert {c for (n, f, c) in checked if n == "open.jsonl" and f == "probe"} == {"color", "position"}
     assert {c for (n, f, c) in checked if n == "mme.jsonl"} == set(MME_BUILDERS)
+
+
+def test_every_yes_no_rationale_states_the_scene_truth(world: Path) -> None:
+    """Train/val yes/no records carry a rationale (the truth behind the answer), recomputed independently;
+    other families and the lmms-lab-format mme.jsonl carry none."""
+    scenes = {s["scene_id"]: s for s in _read(world / "scenes.jsonl")}
+    checker = Checker(ROW_WORDS, COL_WORDS)
+    categories = set()
+    for name in ("train.jsonl", "val.jsonl", "open.jsonl"):
+        for record in _read(world / name):
+            if record["family"] != "mme":
+                assert "rationale" not in record, record
+                continue
+            expected = checker.rationale(record["question"], scenes[record["scene_id"]]["objects"])
+            assert record["rationale"] == expected, record
+            categories.add(record["category"])
+    assert categories == set(MME_BUILDERS)
+    assert all("rationale" not in record for record in _read(world / "mme.jsonl"))
 
 
 def test_mme_has_one_yes_and_one_no_per_question_id(world: Path) -> None:

@@ -281,6 +281,20 @@ class SFTCollator:
         }
 
 
+def styled_answers(records: Sequence[Mapping[str, Any]], style: str) -> list[Mapping[str, Any]]:
+    """Records with their training target in ``style``: ``plain`` keeps ``answer``; ``explained`` writes
+    ``"<answer>, <rationale>."`` for records that carry a ``rationale`` (the world's yes/no questions) -- the
+    answer still opens the reply, so MME's parser reads it as before."""
+    if style == "plain":
+        return list(records)
+    if style != "explained":
+        raise ValueError(f"answer style must be 'plain' or 'explained', got {style!r}")
+    from silkfire.world.templates import explained
+
+    return [dict(record, answer=explained(str(record["answer"]), str(record["rationale"])))
+            if record.get("rationale") else record for record in records]
+
+
 def select_records(records: Sequence[Mapping[str, Any]], families: Sequence[str] | None,
                    max_samples: int | None, seed: int,
                    family_weights: Mapping[str, float] | None = None) -> list[Mapping[str, Any]]:

@@ -21,6 +21,8 @@ from silkfire.models.config import build_dataclass, to_plain_mapping
 
 # Model parts that can be frozen, by their attribute on LlavaModel (model.model.<name>).
 FREEZABLE = ("vision_tower", "projector", "language_model")
+# How a yes/no record's target is written (silkfire.train.data.styled_answers).
+ANSWER_STYLES = ("plain", "explained")
 HISTORY_FIELDS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss")
 
 
@@ -47,6 +49,7 @@ class SFTConfig:
     max_samples: int | None = None
     families: tuple[str, ...] | None = None  # None = all families of the file
     family_weights: Mapping[str, float] | None = None  # share per family when max_samples caps the data
+    answer_style: str = "plain"  # plain: the record's answer | explained: "Yes, <rationale>." where it has one
     turns_per_sample: int = 1  # > 1 packs questions about one image into multi-turn samples (train set only)
     freeze: tuple[str, ...] = ()  # parts kept fixed: "vision_tower", "projector", "language_model"
     seed: int = 0
@@ -69,6 +72,8 @@ class SFTConfig:
             raise ValueError("train.warmup_ratio must be in [0, 1)")
         if self.turns_per_sample < 1:
             raise ValueError("train.turns_per_sample must be >= 1")
+        if self.answer_style not in ANSWER_STYLES:
+            raise ValueError(f"train.answer_style must be one of {ANSWER_STYLES}, got {self.answer_style!r}")
         if self.lora is not None:
             from silkfire.train.lora import LoraOptions
 
@@ -173,7 +178,7 @@ def train_sft(
     from transformers import TrainingArguments, set_seed
 
     from silkfire.models.loading import load_vlm
-    from silkfire.train.data import SFTCollator, encode_sft_records, select_records
+    from silkfire.train.data import SFTCollator, encode_sft_records, select_records, styled_answers
 
     torch.set_num_threads(config.num_threads)
     set_seed(config.seed)
@@ -188,10 +193,13 @@ def train_sft(
 
         model, lora_report = apply_lora(model, lora)  # freezes all but the adapters and modules_to_save
 
-    train_records = select_records(
+    train_records = styled_answers(select_records(
         read_records(train_path), config.families, config.max_samples, config.seed, config.family_weights
+    ), config.answer_style)
+    val_records = styled_answers(
+        select_records(read_records(val_path), config.families, config.max_eval_samples, config.seed),
+        config.answer_style,
     )
-    val_records = select_records(read_records(val_path), config.families, config.max_eval_samples, config.seed)
     started = time.perf_counter()
     train_data = encode_sft_records(train_records, processor, image_root, progress=config.progress,
                                     turns_per_sample=config.turns_per_sample, seed=config.seed)

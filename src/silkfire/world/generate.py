@@ -29,6 +29,7 @@ def _instruction(scene: Scene, qa: QA, index: int) -> dict[str, Any]:
         "category": qa.category,
         "question": qa.question,
         "answer": qa.answer,
+        **({"rationale": qa.rationale} if qa.rationale else {}),
     }
 
 

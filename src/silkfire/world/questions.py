@@ -39,6 +39,7 @@ class QA:
     question: str
     answer: str
     variant: str = "main"
+    rationale: str = ""  # yes/no questions: the scene's truth behind the answer (templates.explained)
 
 
 def position_of(config: WorldConfig, obj: WorldObject) -> str:
@@ -53,8 +54,11 @@ def _cell_phrase(config: WorldConfig, cell: tuple[int, int]) -> str:
     return t.position_phrase(config.row_names[cell[0]], config.col_names[cell[1]])
 
 
-def _pair(category: str, yes: str, no: str, variant: str = "main") -> tuple[QA, QA]:
-    return QA("mme", category, yes, t.YES, variant), QA("mme", category, no, t.NO, variant)
+def _pair(category: str, yes: str, no: str, rationales: tuple[str, str],
+          variant: str = "main") -> tuple[QA, QA]:
+    """The Yes and the No question of one MME image/category, each with its rationale."""
+    return (QA("mme", category, yes, t.YES, variant, rationales[0]),
+            QA("mme", category, no, t.NO, variant, rationales[1]))
 
 
 # ---- MME-style categories --------------------------------------------------------------------------------------
@@ -63,7 +67,8 @@ def mme_existence(scene: Scene, config: WorldConfig, rng: random.Random) -> tupl
     present = [(color, shape) for color in config.color_names for shape in config.shapes if kinds[(color, shape)]]
     absent = [(color, shape) for color in config.color_names for shape in config.shapes if not kinds[(color, shape)]]
     yes, no = rng.choice(present), rng.choice(absent)  # config guarantees an absent kind
-    return _pair("existence", t.q_existence(*yes), t.q_existence(*no))
+    where = next(position_of(config, obj) for obj in scene.objects if (obj.color, obj.shape) == yes)
+    return _pair("existence", t.q_existence(*yes), t.q_existence(*no), (t.r_kind_at(*yes, where), t.r_no_kind(*no)))
 
 
 def mme_count(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[QA, QA]:
@@ -75,9 +80,12 @@ def mme_count(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[QA
     # number drawn for the same shape made the text alone predict the answer: true counts are mostly 1.)
     others = [other for other in config.shapes if other != shape and counts[other] != true]
     if others:
-        return _pair("count", t.q_count(shape, true), t.q_count(rng.choice(others), true))
+        other = rng.choice(others)
+        return _pair("count", t.q_count(shape, true), t.q_count(other, true),
+                     (t.r_count(shape, true), t.r_count(other, counts[other])))
     wrong = rng.choice([n for n in range(1, max(config.max_objects, 2) + 1) if n != true])
-    return _pair("count", t.q_count(shape, true), t.q_count(shape, wrong), "fallback")
+    return _pair("count", t.q_count(shape, true), t.q_count(shape, wrong),
+                 (t.r_count(shape, true), t.r_count(shape, true)), "fallback")
 
 
 def mme_position(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[QA, QA]:
@@ -86,19 +94,23 @@ def mme_position(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple
     if unique:
         obj = rng.choice(unique)
         other = rng.choice([cell for cell in _cells(config) if cell != (obj.row, obj.col)])
+        truth = t.r_kind_at(obj.color, obj.shape, position_of(config, obj))
         return _pair(
             "position",
             t.q_position(obj.color, obj.shape, position_of(config, obj)),
             t.q_position(obj.color, obj.shape, _cell_phrase(config, other)),
+            (truth, truth),
         )
     # No object is unique by colour+shape: ask whether a cell is occupied (an empty cell always exists).
     occupied = {(obj.row, obj.col) for obj in scene.objects}
     full = rng.choice(sorted(occupied))
     empty = rng.choice([cell for cell in _cells(config) if cell not in occupied])
+    there = next(obj for obj in scene.objects if (obj.row, obj.col) == full)
     return _pair(
         "position",
         t.q_position_occupied(_cell_phrase(config, full)),
         t.q_position_occupied(_cell_phrase(config, empty)),
+        (t.r_occupied(_cell_phrase(config, full), there.color, there.shape), t.r_empty(_cell_phrase(config, empty))),
         "fallback",
     )
 
@@ -109,12 +121,14 @@ def mme_color(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[QA
     if unique:
         obj = rng.choice(unique)
         wrong = rng.choice([color for color in config.color_names if color != obj.color])
-        return _pair("color", t.q_color(obj.shape, obj.color), t.q_color(obj.shape, wrong))
+        truth = t.r_color(obj.shape, obj.color)
+        return _pair("color", t.q_color(obj.shape, obj.color), t.q_color(obj.shape, wrong), (truth, truth))
     # No shape is unique: name the object by its cell instead.
     obj = rng.choice(scene.objects)
     wrong = rng.choice([color for color in config.color_names if color != obj.color])
     where = position_of(config, obj)
-    return _pair("color", t.q_color_at(where, obj.color), t.q_color_at(where, wrong), "fallback")
+    truth = t.r_color_at(where, obj.color)
+    return _pair("color", t.q_color_at(where, obj.color), t.q_color_at(where, wrong), (truth, truth), "fallback")
 
 
 def _groups(scene: Scene, config: WorldConfig) -> list[tuple[str, str, int]]:
@@ -133,6 +147,7 @@ def mme_numerical_calculation(scene: Scene, config: WorldConfig, rng: random.Ran
     first = rng.choice([group for group in groups if group[1] > 0])
     second = rng.choice([group for group in groups if group[0] != first[0]])
     true = first[1] + second[1]
+    yes_why = t.r_sum(first[1], second[1])
     yes = t.q_sum(t.group_phrase(kind, first[0]), t.group_phrase(kind, second[0]), true)
     # The "No" question states the same total for another pair of groups of the same kind whose sum differs:
     # the total and the kind then carry nothing about the answer (a total moved by a small offset did: true
@@ -140,30 +155,34 @@ def mme_numerical_calculation(scene: Scene, config: WorldConfig, rng: random.Ran
     # If every pair of that kind sums to the total (e.g. one object of each shape), the other kind is tried.
     for no_kind in [kind] + [other for other in kinds if other != kind]:
         counts = [(value, count) for group_kind, value, count in _groups(scene, config) if group_kind == no_kind]
-        wrong_pairs = [(a, b) for a, count_a in counts for b, count_b in counts if a != b and count_a + count_b != true]
+        wrong_pairs = [((a, count_a), (b, count_b)) for a, count_a in counts for b, count_b in counts
+                       if a != b and count_a + count_b != true]
         if wrong_pairs:
-            name_a, name_b = rng.choice(wrong_pairs)
+            (name_a, count_a), (name_b, count_b) = rng.choice(wrong_pairs)
             no = t.q_sum(t.group_phrase(no_kind, name_a), t.group_phrase(no_kind, name_b), true)
-            return _pair("numerical_calculation", yes, no, "main" if no_kind == kind else "fallback")
+            return _pair("numerical_calculation", yes, no, (yes_why, t.r_sum(count_a, count_b)),
+                         "main" if no_kind == kind else "fallback")
     wrong = rng.choice([true + offset for offset in SUM_OFFSETS if true + offset >= 0])
     name_a, name_b = t.group_phrase(kind, first[0]), t.group_phrase(kind, second[0])
-    return _pair("numerical_calculation", yes, t.q_sum(name_a, name_b, wrong), "fallback")
+    return _pair("numerical_calculation", yes, t.q_sum(name_a, name_b, wrong), (yes_why, yes_why), "fallback")
 
 
 def mme_comparison(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[QA, QA]:
     groups = _groups(scene, config)
     unequal = [
-        (kind, big, small)
+        (kind, big, big_count, small, small_count)
         for kind, big, big_count in groups
         for other_kind, small, small_count in groups
         if kind == other_kind and big_count > small_count
     ]
     if unequal:
-        kind, big, small = rng.choice(unequal)
+        kind, big, big_count, small, small_count = rng.choice(unequal)
         more, fewer = t.group_phrase(kind, big), t.group_phrase(kind, small)
-        return _pair("comparison", t.q_more(more, fewer), t.q_more(fewer, more))
+        return _pair("comparison", t.q_more(more, fewer), t.q_more(fewer, more),
+                     (t.r_versus(big_count, small_count), t.r_versus(small_count, big_count)))
     total = len(scene.objects)  # every scene has >= 1 object, so "more than total-1" is true
-    return _pair("comparison", t.q_more_than_total(total - 1), t.q_more_than_total(total), "fallback")
+    return _pair("comparison", t.q_more_than_total(total - 1), t.q_more_than_total(total),
+                 (t.r_total(total), t.r_total(total)), "fallback")
 
 
 MME_BUILDERS: dict[str, Callable[[Scene, WorldConfig, random.Random], tuple[QA, QA]]] = {

@@ -119,3 +119,55 @@ def a_describe(phrases: Sequence[str]) -> str:
     if len(phrases) == 1:
         return f"{phrases[0]}."
     return f"{', '.join(phrases[:-1])} and {phrases[-1]}."
+
+
+# ---- rationales of yes/no answers -------------------------------------------------------------------------------
+# A short statement of the scene's truth behind a Yes or a No, written after it: "Yes, the triangle is red." /
+# "No, the triangle is blue.". A yes/no answer is one bit per question; its rationale names what the model had to
+# find in the image, which is the signal the tiny model needs to learn to look (see docs/experiments.md). The
+# answer still opens the reply, so MME's parser (first 4 characters) reads it unchanged.
+def explained(answer: str, rationale: str) -> str:
+    """'Yes, the triangle is red.' (the bare answer when there is no rationale)."""
+    return f"{answer}, {rationale}." if rationale else answer
+
+
+def r_kind_at(color: str, shape: str, position: str) -> str:
+    return f"the {color} {shape} is in the {position}"
+
+
+def r_no_kind(color: str, shape: str) -> str:
+    return f"there is no {color} {shape} in the image"
+
+
+def r_count(shape: str, count: int) -> str:
+    verb = "is" if count == 1 else "are"
+    return f"there {verb} {count} {plural(shape, count)}"
+
+
+def r_color(shape: str, color: str) -> str:
+    return f"the {shape} is {color}"
+
+
+def r_color_at(position: str, color: str) -> str:
+    return f"the object in the {position} is {color}"
+
+
+def r_occupied(position: str, color: str, shape: str) -> str:
+    return f"there is a {color} {shape} in the {position}"
+
+
+def r_empty(position: str) -> str:
+    return f"the {position} is empty"
+
+
+def r_sum(count_a: int, count_b: int) -> str:
+    return f"{count_a} plus {count_b} is {count_a + count_b}"
+
+
+def r_versus(count_a: int, count_b: int) -> str:
+    return f"{count_a} against {count_b}"
+
+
+def r_total(count: int) -> str:
+    verb = "is" if count == 1 else "are"
+    return f"there {verb} {count} {_objects(count)}"

@@ -65,6 +65,33 @@ def _all_texts(config: WorldConfig) -> Iterator[str]:
                 yield t.q_sum(t.group_phrase(kind, value_a), t.group_phrase(kind, value_b), total)
     yield t.Q_DESCRIBE
     yield from _descriptions(config, positions)
+    for rationale in _rationales(config, positions):
+        yield t.explained(t.YES, rationale)
+        yield t.explained(t.NO, rationale)
+
+
+def _rationales(config: WorldConfig, positions: list[str]) -> Iterator[str]:
+    shapes, colors = config.shapes, config.color_names
+    counts = range(config.max_objects + 1)
+    for color, shape in itertools.product(colors, shapes):
+        yield t.r_no_kind(color, shape)
+        for position in positions:
+            yield t.r_kind_at(color, shape, position)
+            yield t.r_occupied(position, color, shape)
+    for shape in shapes:
+        for count in counts:
+            yield t.r_count(shape, count)
+        for color in colors:
+            yield t.r_color(shape, color)
+    for position in positions:
+        yield t.r_empty(position)
+        for color in colors:
+            yield t.r_color_at(position, color)
+    for count_a, count_b in itertools.product(counts, counts):
+        yield t.r_sum(count_a, count_b)
+        yield t.r_versus(count_a, count_b)
+    for count in counts:
+        yield t.r_total(count)
 
 
 def _descriptions(config: WorldConfig, positions: list[str]) -> Iterator[str]:
