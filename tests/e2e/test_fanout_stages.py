@@ -166,3 +166,30 @@ def test_fanout_config_and_metric_sums() -> None:
         {"a": 3, "c_cost_usd": 0.3, "n": {"x": 5}, "b": 1}
     with pytest.raises(ValueError, match="disagree on 'judge'"):
         sum_metrics([{"judge": "api"}, {"judge": "oracle"}])
+
+
+# Slow (12 s here, on top of the ~20 s Prefect server): each process-pool worker is a fresh interpreter that
+# imports silkfire and torch.
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_process_runner_api_judge_shares_one_cache(prefect_server: None, mlflow_root: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))  # the workers report to the test server
+    root = project(mlflow_root, models=False)
+    run(root, "sample", SCRIPTED_ONLY)
+    with faulty() as server:
+        one = run(root, "annotate", [*SCRIPTED_ONLY, *api_judge(server, "data/cache_one")])
+    expected = (root / "data/feedback/annotated.jsonl").read_bytes()
+    processes = ["silkie.fanout.runner=process", "silkie.fanout.shards=2", "silkie.fanout.workers=2"]
+    with faulty() as server:
+        overrides = [*SCRIPTED_ONLY, *api_judge(server, "data/cache_many"), *processes]
+        many = run(root, "annotate", overrides)
+        assert (root / "data/feedback/annotated.jsonl").read_bytes() == expected
+        same_counters(one, many)
+        cache = AnnotationCache(root / "data/cache_many")  # two worker processes wrote it
+        assert len(cache) == many["records"] and cache.torn_lines == 0
+        paid = server.calls
+        again = run(root, "annotate", overrides)
+        assert server.calls == paid and again["judge_cache_hits"] == again["records"]
