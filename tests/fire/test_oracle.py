@@ -30,6 +30,9 @@ DESCRIPTION = ("A small red circle in the top left, a large blue square in the b
     ("What color is the square?", "blue", "blue", 10, "Correct"),
     ("What color is the square?", "blue", "red", 2, "Red is not the colour of the square"),
     ("What color is the square?", "blue", "I cannot tell", 1, "does not name a colour"),
+    # a hedge that names several colours (e.g. a scene description) is not right, even when the first one is
+    ("What color is the square?", "blue", DESCRIPTION, 2, "names several colours (red, blue, green)"),
+    ("What color is the square?", "blue", "blue or red", 2, "say only the colour of the square"),
     ("What color is the square?", "blue", "There is no square.", 1, "There is a square in the image"),
     ("What color is the triangle?", "There is no triangle in the image.", "There is no triangle.", 10, "Correct"),
     ("What color is the triangle?", "There is no triangle in the image.", "green", 1, "really a triangle"),
@@ -38,6 +41,7 @@ DESCRIPTION = ("A small red circle in the top left, a large blue square in the b
     ("Where is the red circle?", "In the top left.", "In the bottom left.", 5, "column is right, but not the row"),
     ("Where is the red circle?", "In the top left.", "In the middle right.", 2, "higher up and further left"),
     ("Where is the red circle?", "In the top left.", "Somewhere.", 1, "name its row"),
+    ("Where is the red circle?", "In the top left.", "In the top left or the bottom right.", 2, "several places"),
     ("Where is the green square?", "There is no green square in the image.", "In the top left.", 1, "really a"),
     ("Describe the image.", DESCRIPTION, DESCRIPTION, 10, "Correct"),
     ("Describe the image.", DESCRIPTION, "A small red circle in the top left and a large blue square in the bottom "

@@ -9,9 +9,10 @@ question           score
 =================  ==========================================================================================
 yes/no (MME)       10 right; 2 wrong; 1 no yes/no in the answer
 count              10 right; 5 off by one; 3 off by two; 2 further off; 1 no number
-colour             10 right; 2 another colour; 1 no colour named, or the shape called absent
-position           10 row and column right; 5 one of them right; 2 neither; 1 no row/column named, or the
-                   object called absent
+colour             10 right; 2 another colour, or several colours named (a hedge, e.g. a whole scene
+                   description); 1 no colour named, or the shape called absent
+position           10 row and column right; 5 one of them right; 2 neither, or several rows or columns named
+                   (a hedge); 1 no row/column named, or the object called absent
 probe (absent)     10 the answer says it is not there ("There is no ...", "no", "none", "not"); 1 otherwise
 describe           10 exactly the scene's objects (size, colour, shape, cell); else 1 + round(6 * F1) where F1
                    is over exactly right objects (so <= 7); 1 when no object phrase can be read
@@ -181,6 +182,10 @@ class OracleTeacher:
             if _DENIAL.search(answer.casefold()):
                 return 1, f"There is a {shape} in the image; look again and name its colour."
             return 1, f"Your answer does not name a colour. Name the colour of the {shape}."
+        named = list(dict.fromkeys(word for word in words if word in self.colors))
+        if len(named) > 1:  # "a red circle and a blue square": naming every colour must not pass as right
+            return 2, (f"Your answer names several colours ({', '.join(named)}); say only the colour of the "
+                       f"{shape}.")
         if said == target.color:
             return 10, CORRECT
         return 2, (f"{said.capitalize()} is not the colour of the {shape}. The {shape} is in the "
@@ -200,6 +205,10 @@ class OracleTeacher:
                 return 1, f"The {thing} is in the image; look again and say where it is."
             return 1, (f"Say where the {thing} is: name its row ({', '.join(self.rows)}) and its column "
                        f"({', '.join(self.cols)}).")
+        rows_named = {w for w in words if w in self.rows}
+        cols_named = {w for w in words if w in self.cols}
+        if len(rows_named) > 1 or len(cols_named) > 1:  # a hedge over several cells must not pass as right
+            return 2, f"Your answer names several places; say only the one row and column of the {thing}."
         row_ok, col_ok = row == target.row, col == target.col
         if row_ok and col_ok:
             return 10, CORRECT
