@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PARAMS = ("seed", "fire.dialogues", "fire.teacher", "world", "paths.world", "paths.reports", "paths.fire")
+PARAMS = ("fire.seed", "fire.dialogues", "fire.teacher", "world", "paths.world", "paths.reports", "paths.fire")
 SPLIT_FILES = {"train": "train.jsonl", "test": "open.jsonl"}  # world file of each dialogue split
 
 
@@ -66,7 +66,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.stages.validate import gated_file
 
     settings = cfg.fire.dialogues
-    seed = int(cfg.seed)
+    seed = int(cfg.fire.seed)
     world_cfg = OmegaConf.to_container(cfg.world, resolve=True)
     world_dir = root / cfg.paths.world
     teacher = build_teacher(OmegaConf.to_container(cfg.fire.teacher, resolve=True), root=root, world=world_cfg)

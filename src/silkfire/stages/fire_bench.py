@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 PARAMS = (
-    "seed", "fire.bench", "fire.dialogues.stop_score", "fire.sft.teacher_instruction", "fire.teacher", "world", "model.dtype",
+    "fire.seed", "fire.bench", "fire.dialogues.stop_score", "fire.sft.teacher_instruction", "fire.teacher", "world", "model.dtype",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
 )
 TEACHERS = ("oracle", "trained")
@@ -55,7 +55,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.stages.validate_dialogues import gated_dialogues
 
     settings = cfg.fire.bench
-    seed = int(cfg.seed)
+    seed = int(cfg.fire.seed)
     stop = float(cfg.fire.dialogues.stop_score if settings.get("stop_score") is None else settings.stop_score)
     unknown = sorted(set(settings.teachers) - set(TEACHERS))
     if unknown:

@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 PARAMS = (
-    "seed", "fire.sft", "fire.dialogues.stop_score", "model.dtype", "tracking",
+    "fire.seed", "fire.sft", "fire.dialogues.stop_score", "model.dtype", "tracking",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
     "paths.metrics",
 )
@@ -111,7 +111,7 @@ def build_sets(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.stages.validate_dialogues import gated_dialogues
 
     settings = cfg.fire.sft
-    seed = int(cfg.seed)
+    seed = int(cfg.fire.seed)
     threshold = float(cfg.fire.dialogues.stop_score)  # what counts as a correct turn
     dialogues, _ = read_dialogues(gated_dialogues(cfg, root, "train"))
     train, val = split_dialogues(dialogues, float(settings.val_fraction), seed)
@@ -164,7 +164,7 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
     values = OmegaConf.to_container(settings[role], resolve=True)
     assert isinstance(values, dict)
     # dialogues are whole samples: never pack several into one history
-    config = SFTConfig.from_mapping(values, seed=int(cfg.seed), dtype=str(cfg.model.dtype), turns_per_sample=1,
+    config = SFTConfig.from_mapping(values, seed=int(cfg.fire.seed), dtype=str(cfg.model.dtype), turns_per_sample=1,
                                     families=None)
     out_dir = root / (cfg.paths.fire_student if role == "student" else cfg.paths.fire_teacher)
     data = sets_dir(cfg, root)
