@@ -49,6 +49,8 @@ DESCRIPTION = ("A small red circle in the top left, a large blue square in the b
     ("Describe the image.", DESCRIPTION, "A small red circle in the top left, a large red square in the bottom center "
      "and a large green circle in the bottom right.", 1 + round(6 * 2 / 3), "bottom center is not red"),
     ("Describe the image.", DESCRIPTION, "Some shapes.", 1, "Describe each object"),
+    ("Describe the image.", DESCRIPTION, DESCRIPTION[:-1] + " and a small red circle in the top left.",
+     1 + round(6 * 2 * 0.75 * 1.0 / 1.75), "described the top left more than once"),
     ("Is there a blue square in the image? Please answer yes or no.", "Yes", "Yes", 10, "Correct"),
     ("Is there a blue square in the image? Please answer yes or no.", "Yes", "No", 2, "colour and its shape"),
     ("Are there exactly 2 circles in the image? Please answer yes or no.", "Yes", "No", 2, "Count the circles"),

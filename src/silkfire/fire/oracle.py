@@ -247,8 +247,11 @@ class OracleTeacher:
                 problems.append(f"say where the {item['color']} {item['shape']} is (its row and column)")
                 continue
             cell = (self.rows.index(item["row"]), self.cols.index(item["col"]))
-            seen_cells.add(cell)
             where = t.position_phrase(item["row"], item["col"])
+            if cell in seen_cells:  # a repeated object must cost something (and leave feedback to give)
+                problems.append(f"you described the {where} more than once; describe each object once")
+                continue
+            seen_cells.add(cell)
             obj = truth_objects.get(cell)
             if obj is None:
                 problems.append(f"there is no object in the {where}; describe only what is there")
