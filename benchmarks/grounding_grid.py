@@ -7,7 +7,7 @@
 Prepares the default world and base model once (from params.yaml, under ``--out``), then trains every recipe in
 its own process (all at once: on one GPU that is fast; on 2 CPU cores use ``--only``). Each recipe is a plain
 AdamW loop over the pipeline's own data encoding (silkfire.train.data), with a forced-choice Yes/No score of the
-MME-style test set at the listed steps: per-category MME score (100 * (acc + acc+)) and the total, chance ~450 of
+MME-style test set at the listed steps (silkfire.eval.mme.score_mme): per-category score and the total, chance ~450 of
 1200. Results go to ``<out>/results.jsonl`` (one line per recipe and step) and a table is printed at the end.
 
 Recipe keys: name, lr, bs, tps (turns per sample), steps, eval_at, answer_style (plain|explained), families,
@@ -72,6 +72,7 @@ def train_recipe(recipe: dict[str, Any], out: Path, threads: int) -> None:
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    from silkfire.eval.mme import WORLD_CATEGORY_GROUPS, score_mme
     from silkfire.io import read_records
     from silkfire.train.data import SFTCollator, encode_sft_records, select_records, styled_answers
 
@@ -118,22 +119,17 @@ def train_recipe(recipe: dict[str, Any], out: Path, threads: int) -> None:
     @torch.no_grad()
     def evaluate(step: int) -> None:
         model.eval()
-        correct = []
+        predictions = []
         for start in range(0, len(mme_data), 256):
             indices = list(range(start, min(start + 256, len(mme_data))))
             inputs = {k: v.to(device) for k, v in collate([mme_data[j] for j in indices]).items() if k != "labels"}
             logits = model(**inputs).logits
             for row, j in enumerate(indices):
-                said = "Yes" if logits[row, first[j] - 1, yes_id] > logits[row, first[j] - 1, no_id] else "No"
-                correct.append(said == mme[j]["answer"])
-        pairs: dict[str, dict[str, list[bool]]] = {}
-        for ok, record in zip(correct, mme):
-            pairs.setdefault(record["category"], {}).setdefault(record["question_id"], []).append(ok)
-        scores = {}
-        for category, by_image in pairs.items():
-            acc = sum(map(sum, by_image.values())) / sum(map(len, by_image.values()))
-            acc_plus = sum(all(v) for v in by_image.values()) / len(by_image)
-            scores[category] = round(100 * (acc + acc_plus), 1)
+                predictions.append("Yes" if logits[row, first[j] - 1, yes_id] > logits[row, first[j] - 1, no_id]
+                                   else "No")
+        scored = score_mme([record | {"prediction": said} for record, said in zip(mme, predictions)],
+                           WORLD_CATEGORY_GROUPS)
+        scores = {category: round(values["score"], 1) for category, values in scored["subtasks"].items()}
         row = {"name": recipe["name"], "step": step, "samples": step * batch, "total": round(sum(scores.values()), 1),
                "scores": scores, "seconds": round(time.time() - started)}
         with open(out / "results.jsonl", "a") as handle:
