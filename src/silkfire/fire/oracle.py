@@ -174,18 +174,17 @@ class OracleTeacher:
     def _color(self, slots: dict[str, str], answer: str, truth: str, scene: Scene) -> tuple[int, str]:
         shape = slots["shape"]
         target = next((obj for obj in scene.objects if obj.shape == shape), None)
-        words = _words(answer)
-        said = next((word for word in words if word in self.colors), None)
+        named = list(dict.fromkeys(word for word in _words(answer) if word in self.colors))  # in order, once each
         if target is None:  # not a probe by its truth, but the scene has no such shape: compare texts
             return self._generic(answer, truth)
-        if said is None:
+        if not named:
             if _DENIAL.search(answer.casefold()):
                 return 1, f"There is a {shape} in the image; look again and name its colour."
             return 1, f"Your answer does not name a colour. Name the colour of the {shape}."
-        named = list(dict.fromkeys(word for word in words if word in self.colors))
         if len(named) > 1:  # "a red circle and a blue square": naming every colour must not pass as right
             return 2, (f"Your answer names several colours ({', '.join(named)}); say only the colour of the "
                        f"{shape}.")
+        said = named[0]
         if said == target.color:
             return 10, CORRECT
         return 2, (f"{said.capitalize()} is not the colour of the {shape}. The {shape} is in the "
@@ -197,16 +196,16 @@ class OracleTeacher:
         if target is None:
             return self._generic(answer, truth)
         words = _words(answer)
-        row = next((self.rows.index(w) for w in words if w in self.rows), None)
-        col = next((self.cols.index(w) for w in words if w in self.cols), None)
+        rows_named = list(dict.fromkeys(self.rows.index(w) for w in words if w in self.rows))  # in order, once each
+        cols_named = list(dict.fromkeys(self.cols.index(w) for w in words if w in self.cols))
+        row = rows_named[0] if rows_named else None
+        col = cols_named[0] if cols_named else None
         thing = f"{color} {shape}"
         if row is None and col is None:
             if _DENIAL.search(answer.casefold()):
                 return 1, f"The {thing} is in the image; look again and say where it is."
             return 1, (f"Say where the {thing} is: name its row ({', '.join(self.rows)}) and its column "
                        f"({', '.join(self.cols)}).")
-        rows_named = {w for w in words if w in self.rows}
-        cols_named = {w for w in words if w in self.cols}
         if len(rows_named) > 1 or len(cols_named) > 1:  # a hedge over several cells must not pass as right
             return 2, f"Your answer names several places; say only the one row and column of the {thing}."
         row_ok, col_ok = row == target.row, col == target.col

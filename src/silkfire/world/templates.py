@@ -124,7 +124,7 @@ def a_describe(phrases: Sequence[str]) -> str:
 # ---- rationales of yes/no answers -------------------------------------------------------------------------------
 # A short statement of the scene's truth behind a Yes or a No, written after it: "Yes, the triangle is red." /
 # "No, the triangle is blue.". A yes/no answer is one bit per question; its rationale names what the model had to
-# find in the image, which is the signal the tiny model needs to learn to look (see docs/experiments.md). The
+# find in the image, which is the signal the tiny model needs to learn to look (see docs/grounding.md). The
 # answer still opens the reply, so MME's parser (first 4 characters) reads it unchanged.
 def explained(answer: str, rationale: str) -> str:
     """'Yes, the triangle is red.' (the bare answer when there is no rationale)."""
