@@ -92,6 +92,12 @@ def bench_tasks(dialogues: Sequence[FireDialogue], scenes: Mapping[str, Any] | N
     return tasks_from_dialogues(unique, scenes)
 
 
+def _fill_empty(texts: Sequence[str | None], filler: str) -> tuple[list[str | None], int]:
+    """Blank texts replaced by ``filler`` (None -- a failed call -- stays None), and how many were blank."""
+    blank = [text is not None and not text.strip() for text in texts]
+    return [filler if is_blank else text for text, is_blank in zip(texts, blank)], sum(blank)
+
+
 class _AlwaysAnswers:
     """A student whose empty generations become :data:`EMPTY_RESPONSE` (counted): the dialogue loop drops a
     dialogue whose student gave no reply (an API failure), but a model that writes nothing has answered badly
@@ -104,12 +110,8 @@ class _AlwaysAnswers:
         return self.student.describe()
 
     def respond(self, items: Sequence[StudentInput], image_root: Path | None = None) -> list[str | None]:
-        replies = []
-        for text in self.student.respond(items, image_root):
-            if text is not None and not text.strip():
-                self.empty += 1
-                text = EMPTY_RESPONSE
-            replies.append(text)
+        replies, empty = _fill_empty(self.student.respond(items, image_root), EMPTY_RESPONSE)
+        self.empty += empty
         return replies
 
 
@@ -124,12 +126,8 @@ class _AlwaysJudges:
         return self.teacher.describe()
 
     def judge(self, items: Sequence[TeacherInput], image_root: Path | None = None) -> list[str | None]:
-        verdicts = []
-        for text in self.teacher.judge(items, image_root):
-            if text is not None and not text.strip():
-                self.empty += 1
-                text = EMPTY_FEEDBACK
-            verdicts.append(text)
+        verdicts, empty = _fill_empty(self.teacher.judge(items, image_root), EMPTY_FEEDBACK)
+        self.empty += empty
         return verdicts
 
 
