@@ -285,11 +285,13 @@ def styled_answers(records: Sequence[Mapping[str, Any]], style: str) -> list[Map
     """Records with their training target in ``style``: ``plain`` keeps ``answer``; ``explained`` writes
     ``"<answer>, <rationale>."`` for records that carry a ``rationale`` (the world's yes/no questions) -- the
     answer still opens the reply, so MME's parser reads it as before."""
+    from silkfire.train.sft import ANSWER_STYLES
+    from silkfire.world.templates import explained
+
+    if style not in ANSWER_STYLES:
+        raise ValueError(f"answer style must be one of {ANSWER_STYLES}, got {style!r}")
     if style == "plain":
         return list(records)
-    if style != "explained":
-        raise ValueError(f"answer style must be 'plain' or 'explained', got {style!r}")
-    from silkfire.world.templates import explained
 
     return [dict(record, answer=explained(str(record["answer"]), str(record["rationale"])))
             if record.get("rationale") else record for record in records]
