@@ -46,16 +46,21 @@ def push_outputs(root: str) -> int:
     return push(Path(root))
 
 
+def artifact_key(stage: str, suffix: str) -> str:
+    """Prefect artefact keys allow only lowercase letters, digits and dashes (stage names have underscores)."""
+    return f"silkfire-{stage.replace('_', '-')}-{suffix}"
+
+
 def publish_failure(root: Path, cfg: Any, stage: str) -> None:
     """A failed stage may leave a report for people (the gate does): show it in Prefect and MLflow."""
     import mlflow
 
     report = root / cfg.paths.reports / stage / "report.md"
     text = report.read_text(encoding="utf-8") if report.is_file() else f"Stage `{stage}` failed; see the run logs."
-    create_markdown_artifact(text, key=f"silkfire-{stage}-failure", description=f"Why stage {stage} failed")
+    create_markdown_artifact(text, key=artifact_key(stage, "failure"), description=f"Why stage {stage} failed")
     table = root / cfg.paths.reports / stage / "failures.json"
     if table.is_file() and (rows := json.loads(table.read_text(encoding="utf-8"))):
-        create_table_artifact(rows, key=f"silkfire-{stage}-failures", description=f"Failing checks of {stage}")
+        create_table_artifact(rows, key=artifact_key(stage, "failures"), description=f"Failing checks of {stage}")
     mlflow.set_tag("silkfire.failed_stage", stage)
     mlflow.log_text(text, f"failure/{stage}.md")
 
