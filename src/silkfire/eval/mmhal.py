@@ -70,8 +70,8 @@ def _what_at(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str
     empty = [(r, c) for r in range(config.rows) for c in range(config.cols) if (r, c) not in occupied]
     cell = rng.choice(occupied) if rng.random() < 0.5 or not empty else rng.choice(empty)
     obj = scene.at(*cell)
-    gt = f"A {object_text(obj, config, where=False)}." if obj else "Nothing; that part of the image is empty."
-    return f"What is in the {_position(config, *cell)} of the image?", gt
+    gt = t.a_thing(object_text(obj, config, where=False)) if obj else t.A_EMPTY_CELL
+    return t.q_what_at(_position(config, *cell)), gt
 
 
 def _attribute(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
@@ -79,11 +79,11 @@ def _attribute(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[s
     unique_shapes = [obj for obj in scene.objects if shapes[obj.shape] == 1]
     if unique_shapes:
         obj = rng.choice(unique_shapes)
-        return t.q_what_color(obj.shape), f"The {obj.shape} is {obj.color}."
+        return t.q_what_color(obj.shape), t.a_is(obj.shape, obj.color)
     unique_kinds = [obj for obj in scene.objects if kinds[(obj.color, obj.shape)] == 1]
     if unique_kinds:
         obj = rng.choice(unique_kinds)
-        return f"What size is the {obj.color} {obj.shape}?", f"The {obj.color} {obj.shape} is {obj.size}."
+        return t.q_what_size(obj.color, obj.shape), t.a_is(f"{obj.color} {obj.shape}", obj.size)
     return _what_at(scene, config, rng)
 
 
@@ -98,10 +98,6 @@ def _adversarial(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple
     return t.q_where(color, shape), t.a_absent(f"{color} {shape}")
 
 
-def _counted(kind: str, value: str, n: int) -> str:
-    return f"{n} {t.plural(value, n)}" if kind == "shape" else f"{n} {value} object{'' if n == 1 else 's'}"
-
-
 def _comparison(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
     shapes, colors = scene.shape_counts(), scene.color_counts()
     groups = [("shape", s, shapes[s]) for s in config.shapes] + [("color", c, colors[c]) for c in config.color_names]
@@ -111,20 +107,17 @@ def _comparison(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[
         question = t.q_more(t.group_phrase(kind_a, value_a), t.group_phrase(kind_b, value_b))
         verdict = "Yes" if count_a > count_b else "No"
         return (question.replace(t.MME_SUFFIX, ""),
-                f"{verdict}, there {'is' if count_a == 1 else 'are'} {_counted(kind_a, value_a, count_a)} and "
-                f"{_counted(kind_b, value_b, count_b)}.")
+                t.a_compare(verdict, count_a, t.counted(kind_a, value_a, count_a), t.counted(kind_b, value_b, count_b)))
     total = len(scene.objects)
     n = rng.choice([total - 1, total])
-    return (t.q_more_than_total(n).replace(t.MME_SUFFIX, ""),
-            f"{'Yes' if total > n else 'No'}, there {'is' if total == 1 else 'are'} {total} "
-            f"object{'' if total == 1 else 's'}.")
+    return t.q_more_than_total(n).replace(t.MME_SUFFIX, ""), t.a_total(t.YES if total > n else t.NO, total)
 
 
 def _counting(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
     counts = scene.shape_counts()
     shape = rng.choice(sorted(shape for shape in counts if counts[shape]))
     n = counts[shape]
-    return t.q_how_many(shape), f"There {'is' if n == 1 else 'are'} {n} {t.plural(shape, n)}."
+    return t.q_how_many(shape), t.a_there_are(n, t.plural(shape, n))
 
 
 def _relation(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
@@ -133,15 +126,16 @@ def _relation(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[st
     if len(unique) < 2:
         return _what_at(scene, config, rng)
     a, b = rng.sample(unique, 2)
-    vertical = "above" if a.row < b.row else "below" if a.row > b.row else "in the same row as"
-    horizontal = "to the left of" if a.col < b.col else "to the right of" if a.col > b.col else \
-        "in the same column as"
-    return (f"Where is the {a.color} {a.shape} relative to the {b.color} {b.shape}?",
-            f"The {a.color} {a.shape} is {vertical} and {horizontal} the {b.color} {b.shape}.")
+    up, down, same_row = t.VERTICAL_RELATIONS
+    left, right, same_col = t.HORIZONTAL_RELATIONS
+    vertical = up if a.row < b.row else down if a.row > b.row else same_row
+    horizontal = left if a.col < b.col else right if a.col > b.col else same_col
+    subject, other = f"{a.color} {a.shape}", f"{b.color} {b.shape}"
+    return t.q_relation(subject, other), t.a_relation(subject, vertical, horizontal, other)
 
 
 def _environment(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
-    return "What color is the background of the image?", f"The background is plain {background_name(config)}."
+    return t.Q_BACKGROUND, t.a_background(background_name(config))
 
 
 def _holistic(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
@@ -149,9 +143,7 @@ def _holistic(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[st
 
 
 def _other(scene: Scene, config: WorldConfig, rng: random.Random) -> tuple[str, str]:
-    present = [t.plural(shape) for shape in config.shapes if scene.shape_counts()[shape]]
-    listed = present[0] if len(present) == 1 else ", ".join(present[:-1]) + " and " + present[-1]
-    return "What shapes are in the image?", f"The image contains {listed}."
+    return t.Q_SHAPES, t.a_shapes([t.plural(shape) for shape in config.shapes if scene.shape_counts()[shape]])
 
 
 BUILDERS = {"attribute": _attribute, "adversarial": _adversarial, "comparison": _comparison,

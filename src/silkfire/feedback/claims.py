@@ -26,13 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from silkfire.world.config import WorldConfig
+from silkfire.world import templates as t
 from silkfire.world.scene import Scene, WorldObject
 
 NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
                 "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
 ABSENT_WORDS = ("none", "nothing", "no object", "no objects", "not in the image", "there is no", "there are no",
                 "there isn't", "there aren't", "is not present", "are not present", "empty")
-BACKGROUND_NAMES = {(255, 255, 255): "white", (0, 0, 0): "black", (128, 128, 128): "gray"}
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def object_text(obj: WorldObject, config: WorldConfig, where: bool = True) -> st
 
 
 def background_name(config: WorldConfig) -> str:
-    return BACKGROUND_NAMES.get(tuple(config.background), "plain")  # type: ignore[arg-type]
+    return t.background_name(config.background)
 
 
 # ---- reading text ----------------------------------------------------------------------------------------------

@@ -121,6 +121,73 @@ def a_describe(phrases: Sequence[str]) -> str:
     return f"{', '.join(phrases[:-1])} and {phrases[-1]}."
 
 
+# ---- MMHal-style questions and reference answers (eval/mmhal.py; policies/instructions.py on training scenes) --
+BACKGROUND_NAMES = {(255, 255, 255): "white", (0, 0, 0): "black", (128, 128, 128): "gray"}
+Q_BACKGROUND = "What color is the background of the image?"
+Q_SHAPES = "What shapes are in the image?"
+A_EMPTY_CELL = "Nothing; that part of the image is empty."
+VERTICAL_RELATIONS = ("above", "below", "in the same row as")
+HORIZONTAL_RELATIONS = ("to the left of", "to the right of", "in the same column as")
+
+
+def background_name(rgb: Sequence[int]) -> str:
+    return BACKGROUND_NAMES.get(tuple(rgb), "plain")  # type: ignore[arg-type]
+
+
+def q_what_size(color: str, shape: str) -> str:
+    return f"What size is the {color} {shape}?"
+
+
+def q_what_at(position: str) -> str:
+    return f"What is in the {position} of the image?"
+
+
+def q_relation(subject: str, other: str) -> str:
+    return f"Where is the {subject} relative to the {other}?"
+
+
+def a_is(subject: str, value: str) -> str:
+    """'The square is green.', 'The red circle is small.'"""
+    return f"The {subject} is {value}."
+
+
+def a_thing(phrase: str) -> str:
+    """'A small green triangle.'"""
+    return f"A {phrase}."
+
+
+def a_relation(subject: str, vertical: str, horizontal: str, other: str) -> str:
+    return f"The {subject} is {vertical} and {horizontal} the {other}."
+
+
+def a_background(name: str) -> str:
+    return f"The background is plain {name}."
+
+
+def a_shapes(plurals: Sequence[str]) -> str:
+    listed = plurals[0] if len(plurals) == 1 else ", ".join(plurals[:-1]) + " and " + plurals[-1]
+    return f"The image contains {listed}."
+
+
+def a_there_are(count: int, things: str) -> str:
+    """'There is 1 circle.' / 'There are 3 circles.' (``things`` already in the count's number)."""
+    return f"There {'is' if count == 1 else 'are'} {count} {things}."
+
+
+def counted(kind: str, value: str, count: int) -> str:
+    """'2 circles', '1 red object'."""
+    return f"{count} {plural(value, count)}" if kind == "shape" else f"{count} {value} {_objects(count)}"
+
+
+def a_compare(verdict: str, count_a: int, things_a: str, things_b: str) -> str:
+    """'Yes, there are 2 circles and 1 red object.' (``things_*`` from :func:`counted`)."""
+    return f"{verdict}, there {'is' if count_a == 1 else 'are'} {things_a} and {things_b}."
+
+
+def a_total(verdict: str, total: int) -> str:
+    return f"{verdict}, there {'is' if total == 1 else 'are'} {total} {_objects(total)}."
+
+
 # ---- rationales of yes/no answers -------------------------------------------------------------------------------
 # A short statement of the scene's truth behind a Yes or a No, written after it: "Yes, the triangle is red." /
 # "No, the triangle is blue.". A yes/no answer is one bit per question; its rationale names what the model had to
