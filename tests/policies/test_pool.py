@@ -81,6 +81,31 @@ def test_the_oracle_judge_ranks_correct_above_every_failure_profile(world: Path,
     assert all(mean["correct"] > mean[name] for name in ("hallucinate", "miscount", "wrong_color", "terse")), mean
 
 
+def test_mmhal_family_asks_the_benchmark_kinds_of_training_scenes_only(world: Path) -> None:
+    """Silkie's instructions of MMHal-Bench's kinds: training scenes, no question repeated, scripted failures hold."""
+    from silkfire.feedback.judges import make_judge
+    from silkfire.feedback.pairs import completion_score
+    from silkfire.io import read_records
+
+    mmhal = world_instructions(world, families=["mmhal"])
+    split = {(r["scene_id"], r["question"]) for r in read_records(world / "train.jsonl")}
+    assert mmhal and {i.family for i in mmhal} == {"mmhal"}
+    assert all(i.scene is not None and i.scene.split == "train" for i in mmhal)
+    assert not {(i.scene.scene_id, i.prompt) for i in mmhal if i.scene} & split  # nothing the split already asks
+    mixed = world_instructions(world, families=["open", "mmhal"])
+    assert {i.id for i in mmhal} <= {i.id for i in mixed}
+    correct, hallucinate = _answers("correct", mmhal), _answers("hallucinate", mmhal)
+    assert correct == [i.answer for i in mmhal]
+    assert all(h != c for h, c in zip(hallucinate, correct))  # an invented object added
+    pool = build_pool({"correct": {"kind": "scripted"}, "hallucinate": {"kind": "scripted"}}, world,
+                      SamplingDefaults(progress=False), WorldConfig())
+    records, _ = sample_responses(mmhal, pool, world, k=2, seed=0, progress=False)
+    annotated = make_judge({"kind": "oracle"}, world_dir=world).annotate(records, image_root=world)
+    for record in annotated:
+        score = {c["model"]: completion_score(c["annotations"]) for c in record["completions"]}
+        assert score["correct"] > score["hallucinate"], record["prompt"]
+
+
 def test_draws_are_seeded_per_instruction_and_follow_weights() -> None:
     pool = build_pool({**SCRIPTED, "correct": {"kind": "scripted", "weight": 6.0}}, Path("."),
                       SamplingDefaults(), WorldConfig())

@@ -10,18 +10,43 @@ from silkfire.io import read_records
 from silkfire.policies.base import Instruction
 from silkfire.world.scene import scene_from_record
 
+# Built on the fly (not a family of train.jsonl): MMHal-Bench's eight question kinds asked about training scenes.
+MMHAL_FAMILY = "mmhal"
+
+
+def mmhal_records(world_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
+    """One MMHal-style question per *training* scene, as world records of family ``mmhal``.
+
+    VLFeedback's instructions cover the kinds of questions MMHal-Bench asks (relations, background, holistic
+    descriptions, comparisons, ...); the world's train split asks only some of them, so these fill the gap.
+    Same builder as the benchmark set (eval/mmhal.py), but on training scenes: no evaluated image is seen."""
+    from silkfire.eval.mmhal import build_mmhal_items
+    from silkfire.feedback.oracle import load_world
+
+    config, scenes = load_world(world_dir)
+    train = sorted((scene for scene in scenes.values() if scene.split == "train"), key=lambda s: s.scene_id)
+    return [{"id": f"{item['image_id']}/{MMHAL_FAMILY}/{item['question_type']}", "scene_id": item["image_id"],
+             "image": item["image_path"], "family": MMHAL_FAMILY, "category": item["question_type"],
+             "question": item["question"], "answer": item["gt_answer"]}
+            for item in build_mmhal_items(train, config, seed)]
+
 
 def world_instructions(world_dir: Path, *, split_file: str = "train.jsonl", families: Sequence[str] | None = None,
                        max_instructions: int | None = None, family_weights: Mapping[str, float] | None = None,
                        seed: int = 0) -> list[Instruction]:
-    """World questions (open, probe and MME-style by default) with their scene graphs, capped with a seeded
-    draw (``family_weights`` sets each family's share of the cap), in a fixed order."""
+    """World questions (open, probe and MME-style by default; ``mmhal``: :func:`mmhal_records`) with their
+    scene graphs, capped with a seeded draw (``family_weights`` sets each family's share of the cap), in a
+    fixed order."""
     from silkfire.train.data import select_records
 
     world_dir = Path(world_dir)
     scenes = {record["scene_id"]: scene_from_record(record) for record in read_records(world_dir / "scenes.jsonl")}
-    records = select_records(read_records(world_dir / split_file), list(families) if families else None,
-                             max_instructions, seed, family_weights)
+    pool: list[dict[str, Any]] = read_records(world_dir / split_file)
+    if families and MMHAL_FAMILY in families:  # a question the split already asks of that scene is not repeated
+        asked = {(record.get("scene_id"), record.get("question")) for record in pool}
+        pool += [record for record in mmhal_records(world_dir, seed)
+                 if (record["scene_id"], record["question"]) not in asked]
+    records = select_records(pool, list(families) if families else None, max_instructions, seed, family_weights)
     instructions = []
     for index, record in enumerate(records):
         scene_id = record.get("scene_id")

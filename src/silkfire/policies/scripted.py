@@ -11,6 +11,9 @@ Because each profile's failure is known, a judge's ratings (and what DPO learns 
 - ``wrong_color``: a wrong colour in colour answers and in one object of a description; flipped colour questions.
 - ``terse``: right but minimal: uninformative descriptions ("Some shapes.") and probe answers ("None.").
 - ``verbose``: the right answer followed by the full scene description.
+
+MMHal-style questions (family ``mmhal``): descriptions ("holistic") as above; otherwise the reference answer,
+to which ``hallucinate`` adds an object that is not there.
 """
 
 from __future__ import annotations
@@ -54,6 +57,18 @@ def _random_cell_phrase(config: WorldConfig, rng: random.Random) -> str:
     return t.position_phrase(rng.choice(config.row_names), rng.choice(config.col_names))
 
 
+def _invented_object(scene: Scene, config: WorldConfig, rng: random.Random) -> WorldObject | None:
+    """An object the scene does not have (a colour+shape it lacks, in an empty cell), or None if none fits."""
+    present = {(obj.color, obj.shape) for obj in scene.objects}
+    absent = [(c, s) for c in config.color_names for s in config.shapes if (c, s) not in present]
+    cells = _empty_cells(scene, config)
+    if not absent or not cells:
+        return None
+    color, shape = rng.choice(absent)
+    row, col = rng.choice(cells)
+    return WorldObject(shape, color, rng.choice(config.size_names), row, col)
+
+
 class ScriptedPolicy:
     """One failure profile over world instructions (needs each instruction's scene graph)."""
 
@@ -83,11 +98,13 @@ class ScriptedPolicy:
             handler = self._yes_no
         elif instruction.family == "probe":
             handler = self._probe
+        elif instruction.family == "mmhal":
+            handler = self._describe if instruction.category == "holistic" else self._mmhal
         else:
             handler = {"count": self._count, "color": self._color, "describe": self._describe}.get(
                 instruction.category, self._plain)
         text = handler(instruction, scene, rng)
-        if self.profile == "verbose" and instruction.category != "describe":
+        if self.profile == "verbose" and handler != self._describe:  # a description already says it all
             text = f"{text}{'' if text.endswith('.') else '.'} {describe(scene, self.config)}"
         return text
 
@@ -125,18 +142,23 @@ class ScriptedPolicy:
     def _plain(self, instruction: Instruction, scene: Scene, rng: random.Random) -> str:
         return str(instruction.answer)
 
+    def _mmhal(self, instruction: Instruction, scene: Scene, rng: random.Random) -> str:
+        text = str(instruction.answer)
+        invented = _invented_object(scene, self.config, rng) if self.profile == "hallucinate" else None
+        if invented is None:
+            return text
+        phrase = t.object_phrase(invented.size, invented.color, invented.shape, position_of(self.config, invented),
+                                 first=False)
+        return f"{text} There is also {phrase}."
+
     def _describe(self, instruction: Instruction, scene: Scene, rng: random.Random) -> str:
         objects = list(scene.objects)
         if self.profile == "terse":
             return "Some shapes."
         if self.profile == "hallucinate":
-            present = {(obj.color, obj.shape) for obj in objects}
-            absent = [(c, s) for c in self.config.color_names for s in self.config.shapes if (c, s) not in present]
-            cells = _empty_cells(scene, self.config)
-            if absent and cells:
-                color, shape = rng.choice(absent)
-                row, col = rng.choice(cells)
-                objects.append(WorldObject(shape, color, rng.choice(self.config.size_names), row, col))
+            invented = _invented_object(scene, self.config, rng)
+            if invented is not None:
+                objects.append(invented)
         elif self.profile == "miscount":
             cells = _empty_cells(scene, self.config)
             if len(objects) > 1:

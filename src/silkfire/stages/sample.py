@@ -36,7 +36,7 @@ def image_root(cfg: DictConfig, root: Path) -> Path:
 
 
 def instructions_of(cfg: DictConfig, root: Path) -> list[Any]:
-    from silkfire.policies.instructions import feedback_instructions, world_instructions
+    from silkfire.policies.instructions import MMHAL_FAMILY, feedback_instructions, world_instructions
     from silkfire.stages.validate import gated_file
 
     sample = cfg.silkie.sample
@@ -50,8 +50,11 @@ def instructions_of(cfg: DictConfig, root: Path) -> list[Any]:
         if train != root / cfg.paths.world / "train.jsonl":  # the gate filtered rows: keep only what passed
             from silkfire.io import read_records
 
+            # mmhal questions are built from scenes, not read from train.jsonl: keep those whose scene passed
             passed = {record["id"] for record in read_records(train)}
-            instructions = [instruction for instruction in instructions if instruction.id in passed]
+            scenes = {record["scene_id"] for record in read_records(train)}
+            instructions = [instruction for instruction in instructions if instruction.id in passed
+                            or (instruction.family == MMHAL_FAMILY and instruction.id.split("/")[0] in scenes)]
         return instructions
     if sample.source == "vlfeedback":
         if not sample.prompts:
