@@ -77,6 +77,28 @@ def test_mix_records_takes_the_named_families(fire_world: Path) -> None:
         mix_records(fire_world / "train.jsonl", ["nope"], 3, seed=0)
 
 
+def test_mix_records_writes_dialogue_families_as_right_student_turns(fire_world: Path) -> None:
+    from silkfire.fire.text import student_answer, student_thought
+    from silkfire.io import read_records
+    from silkfire.train.data import record_turns
+
+    truth = {r["id"]: r for r in read_records(fire_world / "train.jsonl")}
+    mixed = mix_records(fire_world / "train.jsonl", ["mme", "open", "probe"], 8, seed=1,
+                        weights={"mme": 1, "open": 2, "probe": 1}, student_families=["open", "probe"])
+    families = [truth[r["id"]]["family"] for r in mixed]
+    assert families.count("open") == 4 and families.count("mme") == 2 and 1 <= families.count("probe") <= 2
+    for record in mixed:
+        source = truth[record["id"]]
+        ((user, reply, trained),) = record_turns(record)
+        if source["family"] == "mme":
+            assert (user, reply) == (source["question"], source["answer"])  # yes/no records stay as they are
+        else:
+            assert user == source["question"] and trained and record["kind"] == "student"
+            assert student_answer(reply) == str(source["answer"]) and student_thought(reply)
+    assert mixed == mix_records(fire_world / "train.jsonl", ["mme", "open", "probe"], 8, seed=1,
+                                weights={"mme": 1, "open": 2, "probe": 1}, student_families=["open", "probe"])
+
+
 def test_record_turns_reads_both_layouts() -> None:
     assert record_turns({"question": "Q", "answer": 3}) == [("Q", "3", True)]
     sample = {"turns": [["Q", "A1"], ["F", "A2"]], "train_turns": [False, True]}

@@ -191,16 +191,8 @@ class ScriptedStudent:
         return format_student(self._thought(belief, record, bool(item.responses), refined), answer)
 
     # ---- beliefs -------------------------------------------------------------------------------------------
-    def _kind(self, record: Mapping[str, Any]) -> str:
-        family, category = record.get("family"), record.get("category")
-        if family == "mme":
-            return "yes_no"
-        if family == "probe":
-            return "probe"
-        return str(category)
-
     def _first_belief(self, record: Mapping[str, Any], scene: Scene | None, rng: random.Random) -> _Belief:
-        kind = self._kind(record)
+        kind = question_kind(record)
         if rng.random() >= self.error_rate:
             return _Belief(kind, [])
         truth = str(record["answer"])
@@ -274,17 +266,37 @@ class ScriptedStudent:
         return "I am not sure."
 
     def _thought(self, belief: _Belief, record: Mapping[str, Any], later: bool, refined: bool) -> str:
-        looks = {"count": "I count the objects of that shape row by row.",
-                 "color": "I find the object and look at its colour.",
-                 "position": "I find the object and read its row and column.",
-                 "probe": "I look for the object the question names.",
-                 "describe": "I go through the grid row by row and name each object.",
-                 "yes_no": "I check the statement against the image."}.get(belief.kind, "I look at the image.")
+        looks = LOOKS.get(belief.kind, DEFAULT_LOOK)
         if not later:
             return looks
         if refined:
             return f"Following the feedback, I look at the image again. {looks}"
         return f"I look again, but I still see the same. {looks}"
+
+
+# How a scripted student says it looks, per kind of question (the Thought of its turns).
+LOOKS = {"count": "I count the objects of that shape row by row.",
+         "color": "I find the object and look at its colour.",
+         "position": "I find the object and read its row and column.",
+         "probe": "I look for the object the question names.",
+         "describe": "I go through the grid row by row and name each object.",
+         "yes_no": "I check the statement against the image."}
+DEFAULT_LOOK = "I look at the image."
+
+
+def question_kind(record: Mapping[str, Any]) -> str:
+    """yes_no (MME-style), probe (about something that may be absent), else the world category."""
+    family, category = record.get("family"), record.get("category")
+    if family == "mme":
+        return "yes_no"
+    if family == "probe":
+        return "probe"
+    return str(category)
+
+
+def correct_turn(record: Mapping[str, Any]) -> str:
+    """A world record's answer as a right first student turn: ``Thought: <how it looks>\nAnswer: <answer>``."""
+    return format_student(LOOKS.get(question_kind(record), DEFAULT_LOOK), str(record["answer"]))
 
 
 def build_student(cfg: Mapping[str, Any], *, root: Path | None = None, seed: int = 0,

@@ -7,7 +7,8 @@ dialogues by silkfire.fire.sft_data:
 - student: one multi-turn sample per dialogue -- question -> response, feedback -> refined response, ... With
   ``student_turns: improving`` the loss covers the turns that are correct or improve on the previous score; the
   scripted students' deliberate first mistakes and ignored feedback stay in the context only (``all``: every turn,
-  FIRE's recipe). A share of world SFT records (``mix_sft`` of ``mix_families``) keeps the student's QA skill.
+  FIRE's recipe). A share of world SFT records (``mix_sft`` of ``mix_families``, shares ``mix_family_weights``)
+  keeps the student's QA skill; questions of the dialogues' families come as right first turns in FIRE's form.
 - teacher: one sample per teacher turn (question + ground truth + the scoring instruction + the student's response
   -> "Score: N.\\nFeedback: ..."). ``teacher_instruction``: ``fire`` (upstream's text) or ``short`` (the tiny
   model's tokenizer spends ~420 tokens on upstream's; fire_bench prompts the teacher with the same one).
@@ -28,7 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 PARAMS = (
-    "fire.seed", "fire.sft", "fire.dialogues.stop_score", "model.dtype", "tracking",
+    "fire.seed", "fire.sft", "fire.dialogues.stop_score", "fire.dialogues.families", "model.dtype", "tracking",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
     "paths.metrics",
 )
@@ -73,17 +74,33 @@ def student_set(dialogues: Sequence[Any], policy: str, threshold: float) -> tupl
     return samples, left_out
 
 
-def mix_records(world_file: Path, families: Sequence[str] | None, count: int, seed: int) -> list[dict[str, Any]]:
-    """A seeded sample of ``count`` world SFT records of ``families`` (single-turn question/answer records)."""
+def mix_records(world_file: Path, families: Sequence[str] | None, count: int, seed: int,
+                weights: Mapping[str, float] | None = None,
+                student_families: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """A seeded sample of ``count`` world SFT records of ``families`` (``weights``: each family's share).
+
+    Records of ``student_families`` -- the families the dialogues ask, which the student answers in FIRE's
+    ``Thought/Answer`` form -- are written as right first student turns in that form, so the mix keeps the
+    student's first answers right instead of teaching a second format; others (MME yes/no) stay as they are."""
+    from silkfire.fire.students import correct_turn
     from silkfire.io import read_records
+    from silkfire.train.data import select_records
 
     if count <= 0:
         return []
     records = [r for r in read_records(world_file) if families is None or r.get("family") in families]
     if not records:
         raise ValueError(f"fire.sft.mix_families {list(families or [])}: no such records in {world_file}")
-    rng = random.Random(f"silkfire-fire-mix/{seed}")
-    return rng.sample(records, min(count, len(records)))
+    chosen = select_records(records, None, count, f"silkfire-fire-mix/{seed}", weights)
+    mixed = []
+    for record in chosen:
+        if record.get("family") in student_families:
+            turn = correct_turn(record)
+            record = {"id": record["id"], "image": record["image"], "kind": "student",
+                      "source": f"shapes-{record['family']}-{record.get('category')}",
+                      "turns": [[record["question"], turn]], "question": record["question"], "answer": turn}
+        mixed.append(dict(record))
+    return mixed
 
 
 def sample_length(processor: Any, record: Mapping[str, Any], image_tokens: int) -> int:
@@ -123,8 +140,11 @@ def build_sets(cfg: DictConfig, root: Path) -> dict[str, Any]:
     student_train, left_out = student_set(train, str(settings.student_turns), threshold)
     student_val, _ = student_set(val, str(settings.student_turns), threshold)  # eval loss on what is trained
     families = list(settings.mix_families) if settings.mix_families is not None else None
+    weights = settings.get("mix_family_weights")
     mixed = mix_records(gated_file(cfg, root, "train.jsonl"), families,
-                        round(float(settings.mix_sft) * len(student_train)), seed)
+                        round(float(settings.mix_sft) * len(student_train)), seed,
+                        OmegaConf.to_container(weights) if weights else None,  # type: ignore[arg-type]
+                        student_families=list(cfg.fire.dialogues.families))
     counts.update({"student_untrained_dialogues": left_out, "student_mixed_sft": len(mixed)})
     instruction = str(settings.teacher_instruction)
     teacher_train, skipped = teacher_samples(train, instruction)

@@ -298,7 +298,7 @@ def styled_answers(records: Sequence[Mapping[str, Any]], style: str) -> list[Map
 
 
 def select_records(records: Sequence[Mapping[str, Any]], families: Sequence[str] | None,
-                   max_samples: int | None, seed: int,
+                   max_samples: int | None, seed: int | str,
                    family_weights: Mapping[str, float] | None = None) -> list[Mapping[str, Any]]:
     """Keep the listed families, then cap at ``max_samples`` with a seeded shuffle (order then fixed).
 
