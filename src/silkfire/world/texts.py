@@ -68,7 +68,6 @@ def _all_texts(config: WorldConfig) -> Iterator[str]:
     for rationale in _rationales(config, positions):
         yield t.explained(t.YES, rationale)
         yield t.explained(t.NO, rationale)
-    yield from _mmhal_texts(config, positions, groups)
 
 
 def _rationales(config: WorldConfig, positions: list[str]) -> Iterator[str]:
@@ -93,46 +92,6 @@ def _rationales(config: WorldConfig, positions: list[str]) -> Iterator[str]:
         yield t.r_versus(count_a, count_b)
     for count in counts:
         yield t.r_total(count)
-
-
-def _mmhal_texts(config: WorldConfig, positions: list[str], groups: list[str]) -> Iterator[str]:
-    """MMHal-style questions and reference answers (eval/mmhal.py; also asked of training scenes by Silkie)."""
-    shapes, colors = config.shapes, config.color_names
-    kinds = [f"{color} {shape}" for color, shape in itertools.product(colors, shapes)]
-    yield t.Q_BACKGROUND
-    yield t.a_background(t.background_name(config.background))
-    yield t.Q_SHAPES
-    for size in range(1, len(shapes) + 1):
-        for chosen in itertools.combinations(shapes, size):
-            yield t.a_shapes([t.plural(shape) for shape in chosen])
-    yield t.A_EMPTY_CELL
-    for position in positions:
-        yield t.q_what_at(position)
-    for size, kind in itertools.product(config.size_names, kinds):
-        yield t.a_thing(f"{size} {kind}")
-    for shape, color in itertools.product(shapes, colors):
-        yield t.a_is(shape, color)
-    for kind in kinds:
-        yield t.q_what_size(*kind.split(" ", 1))
-        for size in config.size_names:
-            yield t.a_is(kind, size)
-    for subject, other in itertools.permutations(kinds, 2):
-        yield t.q_relation(subject, other)
-        for vertical, horizontal in itertools.product(t.VERTICAL_RELATIONS, t.HORIZONTAL_RELATIONS):
-            yield t.a_relation(subject, vertical, horizontal, other)
-    counts = range(config.max_objects + 1)
-    for shape in shapes:
-        for count in counts:
-            yield t.a_there_are(count, t.plural(shape, count))
-    for count in counts:
-        yield t.a_total(t.YES, count)
-        yield t.a_total(t.NO, count)
-    things = [t.counted("shape", shape, n) for shape in shapes for n in counts] + \
-             [t.counted("color", color, n) for color in colors for n in counts]
-    for verdict in (t.YES, t.NO):
-        for count_a, things_a in zip(itertools.cycle(counts), things):
-            for things_b in things[::3]:
-                yield t.a_compare(verdict, count_a, things_a, things_b)
 
 
 def _descriptions(config: WorldConfig, positions: list[str]) -> Iterator[str]:
