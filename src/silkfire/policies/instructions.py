@@ -14,12 +14,14 @@ from silkfire.world.scene import scene_from_record
 MMHAL_FAMILY = "mmhal"
 
 
-def mmhal_records(world_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
+def mmhal_records(world_dir: Path, seed: int = 0, kinds: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One MMHal-style question per *training* scene, as world records of family ``mmhal``.
 
     VLFeedback's instructions cover the kinds of questions MMHal-Bench asks (relations, background, holistic
     descriptions, comparisons, ...); the world's train split asks only some of them, so these fill the gap.
-    Same builder as the benchmark set (eval/mmhal.py), but on training scenes: no evaluated image is seen."""
+    Same builder as the benchmark set (eval/mmhal.py), but on training scenes: no evaluated image is seen.
+    ``kinds``: the question types kept (None = all eight); a question asked in another form (the builder's
+    fallback "What is in the <cell>?") keeps its type's label."""
     from silkfire.eval.mmhal import build_mmhal_items
     from silkfire.feedback.oracle import load_world
 
@@ -28,12 +30,13 @@ def mmhal_records(world_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
     return [{"id": f"{item['image_id']}/{MMHAL_FAMILY}/{item['question_type']}", "scene_id": item["image_id"],
              "image": item["image_path"], "family": MMHAL_FAMILY, "category": item["question_type"],
              "question": item["question"], "answer": item["gt_answer"]}
-            for item in build_mmhal_items(train, config, seed)]
+            for item in build_mmhal_items(train, config, seed)
+            if kinds is None or item["question_type"] in kinds]
 
 
 def world_instructions(world_dir: Path, *, split_file: str = "train.jsonl", families: Sequence[str] | None = None,
                        max_instructions: int | None = None, family_weights: Mapping[str, float] | None = None,
-                       seed: int = 0) -> list[Instruction]:
+                       seed: int = 0, mmhal_kinds: Sequence[str] | None = None) -> list[Instruction]:
     """World questions (open, probe and MME-style by default; ``mmhal``: :func:`mmhal_records`) with their
     scene graphs, capped with a seeded draw (``family_weights`` sets each family's share of the cap), in a
     fixed order."""
@@ -44,7 +47,7 @@ def world_instructions(world_dir: Path, *, split_file: str = "train.jsonl", fami
     pool: list[dict[str, Any]] = read_records(world_dir / split_file)
     if families and MMHAL_FAMILY in families:  # a question the split already asks of that scene is not repeated
         asked = {(record.get("scene_id"), record.get("question")) for record in pool}
-        pool += [record for record in mmhal_records(world_dir, seed)
+        pool += [record for record in mmhal_records(world_dir, seed, mmhal_kinds)
                  if (record["scene_id"], record["question"]) not in asked]
     records = select_records(pool, list(families) if families else None, max_instructions, seed, family_weights)
     instructions = []

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PARAMS = ("seed", "world", "model.dtype", "silkie.sample", "silkie.fanout", "paths.world", "paths.reports", "paths.base_model",
+PARAMS = ("silkie.seed", "world", "model.dtype", "silkie.sample", "silkie.fanout", "paths.world", "paths.reports", "paths.base_model",
           "paths.sft", "paths.feedback")
 OUTPUT = "samples.jsonl"
 
@@ -45,8 +45,10 @@ def instructions_of(cfg: DictConfig, root: Path) -> list[Any]:
         train = gated_file(cfg, root, "train.jsonl")
         weights = OmegaConf.to_container(sample.family_weights) if sample.family_weights else None
         families = list(sample.families) if sample.families else None
+        kinds = sample.get("mmhal_kinds")
         instructions = world_instructions(root / cfg.paths.world, families=families, max_instructions=limit,
-                                          family_weights=weights, seed=int(cfg.seed))
+                                          family_weights=weights, seed=int(cfg.silkie.seed),
+                                          mmhal_kinds=list(kinds) if kinds is not None else None)
         if train != root / cfg.paths.world / "train.jsonl":  # the gate filtered rows: keep only what passed
             from silkfire.io import read_records
 
@@ -59,7 +61,7 @@ def instructions_of(cfg: DictConfig, root: Path) -> list[Any]:
     if sample.source == "vlfeedback":
         if not sample.prompts:
             raise ValueError("silkie.sample.prompts: the VLFeedback file whose prompts are sampled is not set")
-        return feedback_instructions(root / str(sample.prompts), max_instructions=limit, seed=int(cfg.seed))
+        return feedback_instructions(root / str(sample.prompts), max_instructions=limit, seed=int(cfg.silkie.seed))
     raise ValueError(f"silkie.sample.source: expected 'world' or 'vlfeedback', got {sample.source!r}")
 
 
@@ -85,11 +87,11 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     world = OmegaConf.to_container(cfg.world, resolve=True) if sample.source == "world" else None
     pool_cfg = OmegaConf.to_container(sample.pool, resolve=True)
     pool = build_pool(pool_cfg, root, defaults, WorldConfig.from_mapping(world) if world else None)
-    draws, assigned = draw_all(instructions, pool, int(sample.responses), int(cfg.seed))
+    draws, assigned = draw_all(instructions, pool, int(sample.responses), int(cfg.silkie.seed))
     items = work_items(assigned, pool, defaults.batch_size)
     shards = fan_out_shards(sample_shard, items, fanout, describe=describe_work, pool=pool_cfg,
                             defaults=asdict(defaults), world=world, root=str(root),
-                            image_root=str(image_root(cfg, root)), seed=int(cfg.seed),
+                            image_root=str(image_root(cfg, root)), seed=int(cfg.silkie.seed),
                             num_threads=int(sample.num_threads))
     responses: dict[tuple[str, str], str] = {}
     for item, answers in zip(items, (answers for shard in shards for answers in shard.results)):
