@@ -150,6 +150,26 @@ def test_training_raises_preference_and_a_killed_run_resumes_to_the_same_end(
         train_dpo(base, pairs_file, world, _config(resume=True, beta=0.2), tmp_path / "other")
 
 
+def test_answer_logps_equal_the_full_sequence_computation(world: Path, base: Path, pairs_file: Path) -> None:
+    """sequence_logps keeps logits at answer positions only: same sums as log-softmax over every position."""
+    from silkfire.models.loading import load_vlm
+    from silkfire.train.dpo import collate_pairs, sequence_logps
+
+    model, processor = load_vlm(base)
+    model.eval()
+    data, _ = encode_pairs(read_records(pairs_file)[:6], processor, world, max_length=256, progress=False)
+    batch = collate_pairs(data, range(6), processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        sums, counts = sequence_logps(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    full = logits.log_softmax(-1).gather(2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    assert torch.equal(counts, mask.sum(-1)) and bool((counts > 0).all())
+    assert torch.allclose(sums, (full * mask).sum(-1), atol=1e-5)
+
+
 def test_a_fixed_batch_is_learned(world: Path, base: Path, pairs_file: Path, tmp_path: Path) -> None:
     """Every step sees the same 8 pairs: the DPO loss must fall and the chosen side must win."""
     small = tmp_path / "small.jsonl"
