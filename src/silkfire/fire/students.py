@@ -266,7 +266,7 @@ class ScriptedStudent:
         return "I am not sure."
 
     def _thought(self, belief: _Belief, record: Mapping[str, Any], later: bool, refined: bool) -> str:
-        looks = LOOKS.get(belief.kind, DEFAULT_LOOK)
+        looks = how_it_looks(belief.kind)
         if not later:
             return looks
         if refined:
@@ -284,6 +284,10 @@ LOOKS = {"count": "I count the objects of that shape row by row.",
 DEFAULT_LOOK = "I look at the image."
 
 
+def how_it_looks(kind: str) -> str:
+    return LOOKS.get(kind, DEFAULT_LOOK)
+
+
 def question_kind(record: Mapping[str, Any]) -> str:
     """yes_no (MME-style), probe (about something that may be absent), else the world category."""
     family, category = record.get("family"), record.get("category")
@@ -296,7 +300,7 @@ def question_kind(record: Mapping[str, Any]) -> str:
 
 def correct_turn(record: Mapping[str, Any]) -> str:
     """A world record's answer as a right first student turn: ``Thought: <how it looks>\nAnswer: <answer>``."""
-    return format_student(LOOKS.get(question_kind(record), DEFAULT_LOOK), str(record["answer"]))
+    return format_student(how_it_looks(question_kind(record)), str(record["answer"]))
 
 
 def build_student(cfg: Mapping[str, Any], *, root: Path | None = None, seed: int = 0,

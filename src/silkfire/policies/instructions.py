@@ -8,13 +8,15 @@ from typing import Any
 
 from silkfire.io import read_records
 from silkfire.policies.base import Instruction
-from silkfire.world.scene import scene_from_record
+from silkfire.world.config import WorldConfig
+from silkfire.world.scene import Scene, scene_from_record
 
 # Built on the fly (not a family of train.jsonl): MMHal-Bench's eight question kinds asked about training scenes.
 MMHAL_FAMILY = "mmhal"
 
 
-def mmhal_records(world_dir: Path, seed: int = 0, kinds: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def mmhal_records(config: WorldConfig, scenes: Mapping[str, Scene], seed: int = 0,
+                  kinds: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One MMHal-style question per *training* scene, as world records of family ``mmhal``.
 
     VLFeedback's instructions cover the kinds of questions MMHal-Bench asks (relations, background, holistic
@@ -23,9 +25,7 @@ def mmhal_records(world_dir: Path, seed: int = 0, kinds: Sequence[str] | None = 
     ``kinds``: the question types kept (None = all eight); a question asked in another form (the builder's
     fallback "What is in the <cell>?") keeps its type's label."""
     from silkfire.eval.mmhal import build_mmhal_items
-    from silkfire.feedback.oracle import load_world
 
-    config, scenes = load_world(world_dir)
     train = sorted((scene for scene in scenes.values() if scene.split == "train"), key=lambda s: s.scene_id)
     return [{"id": f"{item['image_id']}/{MMHAL_FAMILY}/{item['question_type']}", "scene_id": item["image_id"],
              "image": item["image_path"], "family": MMHAL_FAMILY, "category": item["question_type"],
@@ -43,12 +43,18 @@ def world_instructions(world_dir: Path, *, split_file: str = "train.jsonl", fami
     from silkfire.train.data import select_records
 
     world_dir = Path(world_dir)
-    scenes = {record["scene_id"]: scene_from_record(record) for record in read_records(world_dir / "scenes.jsonl")}
     pool: list[dict[str, Any]] = read_records(world_dir / split_file)
-    if families and MMHAL_FAMILY in families:  # a question the split already asks of that scene is not repeated
+    if families and MMHAL_FAMILY in families:  # needs the world's vocabulary (manifest) besides its scenes
+        from silkfire.feedback.oracle import load_world
+
+        config, scenes = load_world(world_dir)
         asked = {(record.get("scene_id"), record.get("question")) for record in pool}
-        pool += [record for record in mmhal_records(world_dir, seed, mmhal_kinds)
+        # a question the split already asks of that scene is not repeated
+        pool += [record for record in mmhal_records(config, scenes, seed, mmhal_kinds)
                  if (record["scene_id"], record["question"]) not in asked]
+    else:
+        scenes = {record["scene_id"]: scene_from_record(record)
+                  for record in read_records(world_dir / "scenes.jsonl")}
     records = select_records(pool, list(families) if families else None, max_instructions, seed, family_weights)
     instructions = []
     for index, record in enumerate(records):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from silkfire.policies.base import Instruction, PolicyError
+from silkfire.policies.instructions import MMHAL_FAMILY
 from silkfire.world import templates as t
 from silkfire.world.config import WorldConfig
 from silkfire.world.questions import describe, position_of
@@ -98,7 +99,7 @@ class ScriptedPolicy:
             handler = self._yes_no
         elif instruction.family == "probe":
             handler = self._probe
-        elif instruction.family == "mmhal":
+        elif instruction.family == MMHAL_FAMILY:
             handler = self._describe if instruction.category == "holistic" else self._mmhal
         else:
             handler = {"count": self._count, "color": self._color, "describe": self._describe}.get(

@@ -53,10 +53,12 @@ def instructions_of(cfg: DictConfig, root: Path) -> list[Any]:
             from silkfire.io import read_records
 
             # mmhal questions are built from scenes, not read from train.jsonl: keep those whose scene passed
-            passed = {record["id"] for record in read_records(train)}
-            scenes = {record["scene_id"] for record in read_records(train)}
+            kept = read_records(train)
+            passed = {record["id"] for record in kept}
+            scenes = {record["scene_id"] for record in kept}
             instructions = [instruction for instruction in instructions if instruction.id in passed
-                            or (instruction.family == MMHAL_FAMILY and instruction.id.split("/")[0] in scenes)]
+                            or (instruction.family == MMHAL_FAMILY and instruction.scene is not None
+                                and instruction.scene.scene_id in scenes)]
         return instructions
     if sample.source == "vlfeedback":
         if not sample.prompts:
