@@ -188,7 +188,7 @@ class ScriptedStudent:
             belief.defects.pop(0)
             refined = True
         answer = self._render(belief, record, scene)
-        return format_student(self._thought(belief, record, bool(item.responses), refined), answer)
+        return format_student(self._thought(bool(item.responses), refined), answer)
 
     # ---- beliefs -------------------------------------------------------------------------------------------
     def _first_belief(self, record: Mapping[str, Any], scene: Scene | None, rng: random.Random) -> _Belief:
@@ -265,27 +265,21 @@ class ScriptedStudent:
             return t.NO if truth == t.YES else t.YES
         return "I am not sure."
 
-    def _thought(self, belief: _Belief, record: Mapping[str, Any], later: bool, refined: bool) -> str:
-        looks = how_it_looks(belief.kind)
+    @staticmethod
+    def _thought(later: bool, refined: bool) -> str:
         if not later:
-            return looks
-        if refined:
-            return f"Following the feedback, I look at the image again. {looks}"
-        return f"I look again, but I still see the same. {looks}"
+            return FIRST_LOOK
+        return REFINED_LOOK if refined else STUBBORN_LOOK
 
 
-# How a scripted student says it looks, per kind of question (the Thought of its turns).
-LOOKS = {"count": "I count the objects of that shape row by row.",
-         "color": "I find the object and look at its colour.",
-         "position": "I find the object and read its row and column.",
-         "probe": "I look for the object the question names.",
-         "describe": "I go through the grid row by row and name each object.",
-         "yes_no": "I check the statement against the image."}
-DEFAULT_LOOK = "I look at the image."
-
-
-def how_it_looks(kind: str) -> str:
-    return LOOKS.get(kind, DEFAULT_LOOK)
+# How a scripted student says it looks (the Thought of its turns). Short on purpose: a world model's tokenizer
+# is learnt from the world's questions and answers, so any other word is spelt letter by letter -- the first
+# version ("I go through the grid row by row and name each object.", ~50 tokens before the answer) left the
+# FIRE-trained tiny student answering worse at turn 1 than the SFT model it started from (0.68 vs 0.88 right).
+# (A Thought per kind of question would only repeat what the question says.)
+FIRST_LOOK = "I look at the image."
+REFINED_LOOK = "I look at the image again."
+STUBBORN_LOOK = "I still see the same."
 
 
 def question_kind(record: Mapping[str, Any]) -> str:
@@ -300,7 +294,7 @@ def question_kind(record: Mapping[str, Any]) -> str:
 
 def correct_turn(record: Mapping[str, Any]) -> str:
     """A world record's answer as a right first student turn: ``Thought: <how it looks>\nAnswer: <answer>``."""
-    return format_student(how_it_looks(question_kind(record)), str(record["answer"]))
+    return format_student(FIRST_LOOK, str(record["answer"]))
 
 
 def build_student(cfg: Mapping[str, Any], *, root: Path | None = None, seed: int = 0,
