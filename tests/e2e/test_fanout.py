@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,5 +102,11 @@ def test_annotation_fans_out_over_threads_and_a_dask_cluster(prefect_server: Non
     dask_config = FanoutConfig(runner="dask", shards=3, workers=2)
     dask = fan_out(annotate_shard, records, dask_config, **kwargs)
     assert dask == single
-    pids = fan_out(_pids, list(range(6)), dask_config)
+    # the workers cannot import this test module: ship _pids by value, as a notebook's function would travel
+    cloudpickle = pytest.importorskip("cloudpickle")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        pids = fan_out(_pids, list(range(6)), dask_config)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert os.getpid() not in pids  # it really ran in the cluster's worker processes
