@@ -145,3 +145,22 @@ def test_tasks_from_fire_records_and_student_factory(tmp_path: Path) -> None:
                          ({"kind": "scripted", "temperature": 1}, "unknown key")]:
         with pytest.raises(ValueError, match=message):
             build_student(bad)
+
+
+def test_scripted_thoughts_cost_few_tokens_of_the_world_tokenizer() -> None:
+    # The world model's tokenizer spells words outside the world's texts letter by letter; a long Thought before
+    # every answer cost the FIRE-trained tiny student its first-turn accuracy (README, FIRE branch).
+    from silkfire.fire.students import FIRST_LOOK, REFINED_LOOK, STUBBORN_LOOK
+    from silkfire.models.tokenizer import train_tokenizer
+    from silkfire.world import WorldConfig, world_texts
+
+    tokenizer = train_tokenizer(world_texts(WorldConfig()), vocab_size=512)
+
+    def cost(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    answer = "A large green square in the top left and a small red circle in the bottom right."
+    assert cost(answer) <= 20  # world words are whole tokens ...
+    for thought in (FIRST_LOOK, REFINED_LOOK, STUBBORN_LOOK):
+        assert cost(thought) <= 16, thought  # ... the Thought stays short
+    assert cost("I go through the grid row by row and name each object.") > 30  # an old one the bound guards against

@@ -273,9 +273,9 @@ class ScriptedStudent:
 
 
 # How a scripted student says it looks (the Thought of its turns). Short on purpose: a world model's tokenizer
-# is learnt from the world's questions and answers, so any other word is spelt letter by letter -- the first
-# version ("I go through the grid row by row and name each object.", ~50 tokens before the answer) left the
-# FIRE-trained tiny student answering worse at turn 1 than the SFT model it started from (0.68 vs 0.88 right).
+# is learnt from the world's questions and answers, so any other word is spelt letter by letter. The first
+# version ("I go through the grid row by row and name each object.": 46 tokens before a first answer, 77 before a
+# refined one; now 23 and 25) cost the FIRE-trained tiny student first-turn accuracy (README, FIRE branch).
 # (A Thought per kind of question would only repeat what the question says.)
 FIRST_LOOK = "I look at the image."
 REFINED_LOOK = "I look at the image again."
