@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SILKFIRE = [str(Path(sys.executable).with_name("silkfire"))]
 
@@ -63,6 +66,18 @@ def test_scheduled_deployment_is_cron_with_one_run_at_a_time() -> None:
     assert deployment.schedules[0].schedule.cron == "0 2 * * *"
     assert deployment.parameters == {"overrides": ["experiment=smoke"]}
     assert deployment.concurrency_limit == 1
+
+
+def test_loading_the_flow_turns_off_prefect_server_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # offline, the temporary server's telemetry call fails and logs an ERROR line in every run
+    from silkfire.cli import load_flow_module
+
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    load_flow_module(Path(__file__).parents[1])
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")  # a user's own choice is kept
+    load_flow_module(Path(__file__).parents[1])
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
 
 
 def test_validate_command_fails_a_bad_file_with_its_line(tmp_path: Path) -> None:

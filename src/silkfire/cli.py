@@ -29,6 +29,9 @@ def load_flow_module(root: Path | None = None) -> ModuleType:
     spec = importlib.util.spec_from_file_location(FLOW_MODULE, path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load the pipeline flow from {path}")
+    # Offline by design: the temporary Prefect server would log a failed telemetry call in every run (Prefect reads
+    # its settings when it is first imported, which the flow module does).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     module = importlib.util.module_from_spec(spec)
     sys.modules[FLOW_MODULE] = module
     spec.loader.exec_module(module)
