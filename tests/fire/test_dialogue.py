@@ -151,10 +151,11 @@ def test_scripted_thoughts_cost_few_tokens_of_the_world_tokenizer() -> None:
     # The world model's tokenizer spells words outside the world's texts letter by letter; a long Thought before
     # every answer cost the FIRE-trained tiny student its first-turn accuracy (README, FIRE branch).
     from silkfire.fire.students import FIRST_LOOK, REFINED_LOOK, STUBBORN_LOOK
+    from silkfire.models.config import ModelConfig
     from silkfire.models.tokenizer import train_tokenizer
     from silkfire.world import WorldConfig, world_texts
 
-    tokenizer = train_tokenizer(world_texts(WorldConfig()), vocab_size=512)
+    tokenizer = train_tokenizer(world_texts(WorldConfig()), ModelConfig().vocab_size)  # the default world model's
 
     def cost(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
