@@ -19,8 +19,15 @@ published: ``{"Helpfulness": {"Rating": "4", "Rationale": "..."}, "Ethical Consi
   pays twice; the client (and its API key) is only created when some record is not cached. Calls that still
   fail after the client's retries: ``on_failure: raise`` (default) raises :class:`JudgeError` after every other
   reply is cached (re-run to resume); ``on_failure: na`` fills "N/A" ratings (pairs skip them).
+  Only replies that parse into every rating are cached as answers: an unparsable reply (a refusal, an
+  off-format or truncated text) gives this run's "N/A" ratings (their rationale says so), goes to the cache's
+  side record and is asked again on the next run, at most ``max_unparsable_attempts`` (default 3) replies per
+  record across runs; after that the record stays "N/A" without a call and the rationale names the bound. A
+  cached answer that does not parse (a cache written before this rule) is not a hit: it is asked again.
 
-Metrics (``judge_*``): records, completions, cache_hits, cache_misses, failed, na_ratings + the client's
+Metrics (``judge_*``): records, completions, cache_hits, cache_misses, failed, na_ratings, unparsable (replies
+this run that did not parse), retried (records asked again after an unparsable reply), unparsable_given_up
+(records left "N/A" without a call: the attempts bound is reached) + the client's
 ``judge_requests``, ``judge_calls``, ``judge_retries``, ``judge_prompt_tokens``, ``judge_completion_tokens``,
 ``judge_cost_usd``.
 """
@@ -38,7 +45,9 @@ from silkfire.feedback.cache import AnnotationCache, annotation_key, image_diges
 from silkfire.feedback.template import NA, TEMPLATE_VERSION, na_count, parse_annotation, render_prompt
 from silkfire.llm.client import ApiError, ChatClient, ClientConfig, user_message
 
-API_KEYS = ("kind", "cache_dir", "template_file", "template_version", "on_failure", "chunk_size")
+API_KEYS = ("kind", "cache_dir", "template_file", "template_version", "on_failure", "chunk_size",
+            "max_unparsable_attempts")
+MAX_UNPARSABLE_ATTEMPTS = 3
 ORACLE_KEYS = ("kind",)
 
 
@@ -60,6 +69,17 @@ class Judge(Protocol):
     def metrics(self) -> dict[str, float]: ...
 
 
+def readable(text: str, n_texts: int) -> bool:
+    """Whether a judge reply parses into a numeric rating for every text and aspect (an answer worth caching)."""
+    return na_count(parse_annotation(text, n_texts)) == 0
+
+
+def _noted(parsed: list[dict[str, dict[str, str]]], note: str) -> list[dict[str, dict[str, str]]]:
+    """``parsed`` with ``note`` in front of the rationale of every "N/A" rating."""
+    return [{aspect: ({"Rating": NA, "Rationale": f"{note} {value['Rationale']}".strip()}
+                      if value["Rating"] == NA else value) for aspect, value in item.items()} for item in parsed]
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -72,9 +92,15 @@ class ApiJudge:
 
     def __init__(self, client_config: ClientConfig, cache_dir: str | Path, *, template: str | None = None,
                  template_version: str = TEMPLATE_VERSION, on_failure: str = "raise", chunk_size: int = 256,
-                 progress: bool = False, client_factory: Callable[[ClientConfig], ChatClient] = ChatClient) -> None:
+                 progress: bool = False, client_factory: Callable[[ClientConfig], ChatClient] = ChatClient,
+                 max_unparsable_attempts: int = MAX_UNPARSABLE_ATTEMPTS) -> None:
         if on_failure not in ("raise", "na"):
             raise ValueError(f"api judge: on_failure must be 'raise' or 'na', got {on_failure!r}")
+        if isinstance(max_unparsable_attempts, bool) or not isinstance(max_unparsable_attempts, int) \
+                or max_unparsable_attempts < 1:
+            raise ValueError("api judge: max_unparsable_attempts must be an integer >= 1, got "
+                             f"{max_unparsable_attempts!r}")
+        self.max_unparsable_attempts = max_unparsable_attempts
         self.client_config = client_config
         self.cache = AnnotationCache(cache_dir)
         self.template = template
@@ -85,7 +111,7 @@ class ApiJudge:
         self._client_factory = client_factory
         self._client: ChatClient | None = None
         self._counts = {"records": 0, "completions": 0, "cache_hits": 0, "cache_misses": 0, "failed": 0,
-                        "na_ratings": 0}
+                        "na_ratings": 0, "unparsable": 0, "retried": 0, "unparsable_given_up": 0}
 
     def params(self) -> dict[str, Any]:
         return {"judge": self.name, "judge_template_version": self.template_version,
@@ -111,23 +137,42 @@ class ApiJudge:
         model = self.client_config.model
         keys: list[str] = []
         todo: dict[str, tuple[int, Path]] = {}  # key -> (first record index, image); duplicates share one call
+        given_up: dict[str, str] = {}  # key -> the last unparsable reply (the attempts bound is reached)
         for index, record in enumerate(records):
             image = self._image(record, image_root, index)
             responses = [completion["response"] for completion in record["completions"]]
             key = annotation_key(model, self.template_version, record["prompt"], image_digest(image), responses)
             keys.append(key)
-            if key in self.cache:
+            n = len(responses)
+            if self.cache.get(key, lambda entry, n=n: readable(str(entry.get("text", "")), n)) is not None:
                 self._counts["cache_hits"] += 1
-            elif key not in todo:
+            elif key in todo or key in given_up:
+                continue
+            elif self.cache.attempts(key) >= self.max_unparsable_attempts:
+                last = self.cache.last_unparsable(key)
+                given_up[key] = str(last.get("text", "")) if last else ""
+                self._counts["unparsable_given_up"] += 1
+            else:
                 todo[key] = (index, image)
+                if self.cache.attempts(key) or key in self.cache:  # an unparsable reply before (side record or
+                    self._counts["retried"] += 1                   # an old cache that held it as an answer)
         self._counts["cache_misses"] += len(todo)
-        failed = self._call(records, todo) if todo else {}
+        failed, unparsable = self._call(records, todo) if todo else ({}, {})
         out = []
         for index, (record, key) in enumerate(zip(records, keys)):
             n = len(record["completions"])
-            entry = self.cache.get(key)
+            entry = self.cache.get(key, lambda entry, n=n: readable(str(entry.get("text", "")), n))
             if entry is not None:
                 parsed = parse_annotation(entry["text"], n)
+            elif key in unparsable:
+                attempt = self.cache.attempts(key)
+                parsed = _noted(parse_annotation(unparsable[key], n),
+                                f"[judge reply unparsable (attempt {attempt} of {self.max_unparsable_attempts}): "
+                                "not cached, asked again on the next run]")
+            elif key in given_up:
+                parsed = _noted(parse_annotation(given_up[key], n),
+                                f"[judge reply unparsable in {self.cache.attempts(key)} attempts "
+                                f"(max_unparsable_attempts={self.max_unparsable_attempts}): not asked again]")
             else:
                 why = failed.get(key, "no reply")
                 parsed = [{aspect: {"Rating": NA, "Rationale": f"[judge call failed: {why}]"} for aspect in
@@ -145,11 +190,14 @@ class ApiJudge:
                              "re-run to resume (or set on_failure: na)")
         return out
 
-    def _call(self, records: Sequence[Mapping[str, Any]], todo: dict[str, tuple[int, Path]]) -> dict[str, str]:
-        """Ask the model for every uncached key; each reply is cached as it arrives. Returns key -> error."""
+    def _call(self, records: Sequence[Mapping[str, Any]], todo: dict[str, tuple[int, Path]]
+              ) -> tuple[dict[str, str], dict[str, str]]:
+        """Ask the model for every uncached key; each readable reply is cached as it arrives, each unparsable one
+        goes to the side record. Returns (key -> error, key -> unparsable reply text)."""
         if self._client is None:
             self._client = self._client_factory(self.client_config)
         failed: dict[str, str] = {}
+        unparsable: dict[str, str] = {}
         items = list(todo.items())
         bar = tqdm(total=len(items), desc="api judge", unit="record", disable=not self.progress)
         for chunk in _chunks(items, self.chunk_size):  # bounded memory: images are encoded per chunk
@@ -165,13 +213,18 @@ class ApiJudge:
                     self._counts["failed"] += 1
                     failed[key] = str(outcome)
                 else:
-                    self.cache.put({"key": key, "id": records[index].get("id"), "model": self.client_config.model,
-                                    "template": self.template_version, "text": outcome.text,
-                                    "prompt_tokens": outcome.prompt_tokens,
-                                    "completion_tokens": outcome.completion_tokens})
+                    entry = {"key": key, "id": records[index].get("id"), "model": self.client_config.model,
+                             "template": self.template_version, "text": outcome.text,
+                             "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens}
+                    if readable(outcome.text, len(records[index]["completions"])):
+                        self.cache.put(entry)
+                    else:  # not an answer: kept aside (counted toward the bound), asked again next run
+                        self._counts["unparsable"] += 1
+                        self.cache.put_unparsable(entry)
+                        unparsable[key] = outcome.text
                 bar.update(1)
         bar.close()
-        return failed
+        return failed, unparsable
 
 
 def make_judge(cfg: Mapping[str, Any], *, world_dir: str | Path | None = None, root: str | Path = ".",
@@ -198,8 +251,10 @@ def make_judge(cfg: Mapping[str, Any], *, world_dir: str | Path | None = None, r
                        else "file-" + hashlib.sha256(template.encode("utf-8")).hexdigest()[:16])
         on_failure = str(data.pop("on_failure", "raise"))
         chunk_size = int(data.pop("chunk_size", 256))
+        attempts = data.pop("max_unparsable_attempts", None)
         return ApiJudge(ClientConfig.from_mapping(data), root / cache_dir, template=template,
-                        template_version=str(version), on_failure=on_failure, chunk_size=chunk_size, progress=progress)
+                        template_version=str(version), on_failure=on_failure, chunk_size=chunk_size, progress=progress,
+                        max_unparsable_attempts=MAX_UNPARSABLE_ATTEMPTS if attempts is None else attempts)
     raise ValueError(f"judge: unknown kind {kind!r}; use 'oracle' or 'api' (conf/silkie/judge/)")
 
 
