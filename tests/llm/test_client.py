@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from silkfire.images import check_image
 from silkfire.llm.client import ApiError, ChatClient, ClientConfig, parse_retry_after, user_message
 from silkfire.llm.testing import FakeChatServer
 
@@ -21,8 +24,10 @@ def config(server: FakeChatServer, **overrides: object) -> ClientConfig:
 
 
 def test_reply_usage_cost_and_image_data_url(tmp_path: Path) -> None:
-    image = tmp_path / "x.png"
-    image.write_bytes(b"\x89PNG fake")
+    Image.new("RGB", (4, 4), "red").save(tmp_path / "x.png")
+    image = check_image(tmp_path, "x.png")
+    with pytest.raises(TypeError, match="check_image"):
+        user_message("a bare path is refused", images=[tmp_path / "x.png"])  # type: ignore[list-item]
     with FakeChatServer("four words in reply") as server:
         cfg = config(server, prompt_price_per_1m=1000.0, completion_price_per_1m=2000.0)
         with ChatClient(cfg) as client:
@@ -31,7 +36,8 @@ def test_reply_usage_cost_and_image_data_url(tmp_path: Path) -> None:
     assert result.text == "four words in reply" and result.attempts == 1
     assert (result.prompt_tokens, result.completion_tokens) == (2 + 85, 4)
     part = body["messages"][0]["content"][0]
-    assert part["type"] == "image_url" and part["image_url"]["url"].startswith("data:image/png;base64,")
+    assert part["type"] == "image_url" and part["image_url"]["url"] == (
+        "data:image/png;base64," + base64.b64encode((tmp_path / "x.png").read_bytes()).decode())
     assert body["model"] == "judge-1" and body["temperature"] == 0.0
     metrics = client.usage.metrics()
     assert metrics["llm_calls"] == 1 and metrics["llm_prompt_tokens"] == 87

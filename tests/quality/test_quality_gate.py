@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -69,13 +70,17 @@ def test_image_checker_rules_and_cache(tmp_path: Path, monkeypatch: pytest.Monke
     Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
     (root / "images" / "link.png").symlink_to(tmp_path / "outside.png")
     (root / "images" / "inner.png").symlink_to(root / "images" / "ok.png")  # a symlink inside the root is fine
+    os.mkfifo(root / "images" / "pipe.png")  # reading it would block forever
+    Image.new("RGB", (300, 200)).save(root / "images" / "big.png")
     checker = derive.ImageChecker(root, size=(8, 8), mode="RGB", workers=2)
-    decoded: list[Path] = []
-    real_decode = checker._decode
-    monkeypatch.setattr(checker, "_decode", lambda path: decoded.append(path) or real_decode(path))
+    checked: list[str] = []
+    real_check = checker._check
+    monkeypatch.setattr(checker, "_check", lambda path: checked.append(path) or real_check(path))
+    monkeypatch.setenv("SILKFIRE_MAX_IMAGE_PIXELS", "50000")
     paths = ["images/ok.png"] * 12 + [
         "images/gray.png", "images/small.png", "images/junk.png", "images/none.png", "../outside.png",
         str(root / "images" / "ok.png"), "images/link.png", "images/inner.png", "images/../images/ok.png", None,
+        "images/ok.png\x00.txt", "images/pipe.png", "images/big.png",
     ]
     status = checker.statuses(paths)
     assert status[:12] == ["ok"] * 12
@@ -90,11 +95,15 @@ def test_image_checker_rules_and_cache(tmp_path: Path, monkeypatch: pytest.Monke
         "ok",
         "ok",
         None,
+        "NUL byte in path",
+        "not a file",
+        status[24],
     ]
     assert status[14].startswith("cannot decode image")
-    assert sum(path.name == "ok.png" for path in decoded) == 3  # once per distinct path string, not 12 times
+    assert status[24].startswith("image too large: 300x200 = 60000 pixels (limit 50000")
+    assert sorted(checked) == sorted({path for path in paths if path is not None})  # once per distinct path
     checker.statuses(["images/ok.png"])
-    assert sum(path.name == "ok.png" for path in decoded) == 3  # cached
+    assert checked.count("images/ok.png") == 1  # cached
 
 
 # ---- validate_table ---------------------------------------------------------------------------------------------

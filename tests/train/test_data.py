@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from silkfire.images import UnsafeImage
 from silkfire.io import read_records
 from silkfire.models.loading import load_vlm
 from silkfire.models.testing import make_test_model, make_test_world
@@ -70,7 +71,7 @@ def test_collator_pads_right_with_ignored_labels(world: Path, processor):
 
 def test_missing_image_names_the_path(tmp_path: Path, processor):
     records = [{"image": "images/nope.png", "question": "Is there a red circle?", "answer": "No"}]
-    with pytest.raises(FileNotFoundError, match="nope.png"):
+    with pytest.raises(UnsafeImage, match="nope.png.*file not found"):
         encode_sft_records(records, processor, tmp_path, progress=False)
 
 

@@ -111,11 +111,12 @@ class ApiStudent:
         return {"kind": "api", "format_hint": self.format_hint, **self.config.params()}
 
     def messages(self, item: StudentInput, image_root: Path | None) -> list[dict[str, Any]]:
+        from silkfire.images import check_image
         from silkfire.llm.client import user_message
 
         messages: list[dict[str, Any]] = []
         for index, (user, assistant) in enumerate(item.turns(self.format_hint)):
-            images = [Path(image_root or ".") / item.image] if index == 0 else []
+            images = [check_image(image_root or ".", item.image)] if index == 0 else []
             messages.append(user_message(user, images=images))
             if assistant is not None:
                 messages.append({"role": "assistant", "content": assistant})

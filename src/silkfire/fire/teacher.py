@@ -76,10 +76,11 @@ class ApiTeacher:
         return {"kind": "api", "send_image": self.send_image, **self.config.params()}
 
     def messages(self, item: TeacherInput, image_root: Path | None) -> list[dict[str, Any]]:
+        from silkfire.images import check_image
         from silkfire.llm.client import user_message
 
         first, instruction, response = teacher_messages(item.question, item.groundtruth, item.response)
-        images = [Path(image_root or ".") / item.image] if self.send_image and item.image else []
+        images = [check_image(image_root or ".", item.image)] if self.send_image and item.image else []
         return [user_message(first, images=images), user_message(instruction), user_message(response)]
 
     def judge(self, items: Sequence[TeacherInput], image_root: Path | None = None) -> list[str | None]:

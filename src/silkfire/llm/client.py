@@ -6,13 +6,14 @@ Usage::
                                         "api_key_env": "OPENAI_API_KEY", "concurrency": 8,
                                         "prices": {"prompt_per_1m": 2.5, "completion_per_1m": 10.0}})
     with ChatClient(config) as client:
-        result = client.chat([user_message("Describe it.", images=["img.png"])])   # -> ChatResult
+        image = check_image(image_root, "img.png")                                  # the path policy
+        result = client.chat([user_message("Describe it.", images=[image])])         # -> ChatResult
         for index, outcome in client.chat_many([messages_a, messages_b]):           # as completed
             ...   # outcome is a ChatResult, or an ApiError once retries are exhausted
         client.usage.metrics()   # {"llm_requests", "llm_calls", "llm_retries", "llm_failures",
                                  #  "llm_prompt_tokens", "llm_completion_tokens", "llm_cost_usd"}
 
-- *Images* go as base64 data URLs (``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``).
+- *Images* pass the path policy (:mod:`silkfire.images`) before a byte is read, and go as base64 data URLs (``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``).
 - *Concurrency*: :meth:`ChatClient.chat_many` runs at most ``concurrency`` requests at once (threads; one
   pooled ``httpx.Client``, thread-safe) and yields results in the calling thread, so callers can write caches
   without locks.
@@ -34,7 +35,6 @@ from __future__ import annotations
 import base64
 import email.utils
 import json
-import mimetypes
 import os
 import random
 import threading
@@ -42,10 +42,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
+
+from silkfire.images import CheckedImage
 
 RETRY_STATUS = frozenset({408, 409, 429})
 
@@ -173,18 +174,21 @@ class ChatResult:
     model: str = ""
 
 
-def image_data_url(image: str | Path | bytes, mime: str | None = None) -> str:
-    """A ``data:<mime>;base64,...`` URL for an image file or its bytes (PNG assumed for bytes)."""
+def image_data_url(image: CheckedImage | bytes, mime: str | None = None) -> str:
+    """A ``data:<mime>;base64,...`` URL for an image that passed the path policy, or for bytes (PNG assumed).
+
+    Never a bare path: a record's path reaches a server only through :func:`silkfire.images.check_image`."""
     if isinstance(image, bytes):
         data, kind = image, mime or "image/png"
+    elif isinstance(image, CheckedImage):
+        data, kind = image.read_bytes(), mime or image.mime
     else:
-        path = Path(image)
-        data = path.read_bytes()
-        kind = mime or mimetypes.guess_type(path.name)[0] or "image/png"
+        raise TypeError(f"image_data_url takes bytes or a silkfire.images.CheckedImage, not {type(image).__name__} "
+                        "(check paths with silkfire.images.check_image first)")
     return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def user_message(text: str, images: Sequence[str | Path | bytes] = ()) -> dict[str, Any]:
+def user_message(text: str, images: Sequence[CheckedImage | bytes] = ()) -> dict[str, Any]:
     """A user message: plain text, or (with images) the content-parts form with images first."""
     if not images:
         return {"role": "user", "content": text}

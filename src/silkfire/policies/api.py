@@ -42,16 +42,19 @@ class APIPolicy:
         return dict(self._usage)
 
     def respond(self, instructions: Sequence[Instruction], image_root: Path, seed: int) -> list[str]:
+        from silkfire.images import UnsafeImage, check_image
         from silkfire.llm.client import ApiError, ChatClient, user_message
 
         if not instructions:
             return []
-        requests = []
-        for instruction in instructions:
-            image = Path(image_root) / instruction.image
-            if not image.is_file():
-                raise PolicyError(f"policy {self.name!r}: instruction {instruction.id!r}: image {image} not found")
-            requests.append([user_message(instruction.prompt, [image])])
+        images = []
+        for instruction in instructions:  # every image passes the path policy before the first request goes out
+            try:
+                images.append(check_image(image_root, instruction.image))
+            except UnsafeImage as error:
+                raise PolicyError(f"policy {self.name!r}: instruction {instruction.id!r}, field img_path: "
+                                  f"{error}") from None
+        requests = [[user_message(instruction.prompt, [image])] for instruction, image in zip(instructions, images)]
         answers: list[str | None] = [None] * len(requests)
         failures: list[str] = []
         with ChatClient(self.config) as client:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from silkfire.images import DEFAULT_MAX_PIXELS
+
 POLICIES = ("fail", "filter")  # fail: any failed expectation stops the pipeline; filter: quarantine bad rows
 KINDS = ("world", "vlfeedback", "pairs", "fire", "mme", "mmhal")
 
@@ -281,6 +283,8 @@ class QualityConfig:
     image_mode: str = "RGB"  # expected PIL mode of every world image
     max_text_length: int = 2000  # longest world question/answer accepted (characters)
     check_images: bool = True  # false skips every image check (benchmarks, text-only dry runs)
+    # The image policy's pixel limit (silkfire.images), for the gates and every stage that reads or sends an image.
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     data_docs: bool = True  # false: no Data Docs HTML (saves ~1 s a gate; the JSON/text reports stay)
     chunk_size: int = 50_000  # records parsed and derived at a time (bounds memory on large files)
     processes: int = 2  # processes parsing + deriving a large JSONL file (>= 64 MB) in blocks; 1: in-process
@@ -301,6 +305,8 @@ class QualityConfig:
                      "processes", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"quality.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_image_pixels < 0:
+            raise ValueError(f"quality.max_image_pixels must be >= 0 (0: no limit), got {self.max_image_pixels}")
         if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
             raise ValueError(f"quality.min_tokens must lie in [0, max_tokens], got {self.min_tokens}")
         if not 0.0 <= self.max_quarantine_fraction <= 1.0:

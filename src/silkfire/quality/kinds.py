@@ -140,7 +140,8 @@ def image_checks(frame: pd.DataFrame, spec: KindSpec, config: QualityConfig, roo
     if spec.image is None or not config.images_for(spec.kind) or spec.image not in frame.columns:
         return [], 0
     size, mode = config.image_shape_for(spec.kind)
-    checker = derive.ImageChecker(root, size=size, mode=mode, workers=config.workers, progress=progress)
+    checker = derive.ImageChecker(root, size=size, mode=mode, max_pixels=config.max_image_pixels or None,
+                                  workers=config.workers, progress=progress)
     column = f"{spec.image_field}__status"
     frame[column] = derived_column(column, checker.statuses(frame[spec.image].tolist()))
     shape = ""

@@ -80,7 +80,8 @@ def validate_world(
     report_dir = Path(report_dir)
     previous = load_profile(previous_profile) if previous_profile is not None else None  # before overwriting it
     size, mode = config.image_shape_for("world")
-    images = derive.ImageChecker(world_dir, size=size, mode=mode, workers=config.workers, progress=progress)
+    images = derive.ImageChecker(world_dir, size=size, mode=mode, max_pixels=config.max_image_pixels or None,
+                                 workers=config.workers, progress=progress)
     check_images = config.images_for("world")
 
     loaded = {name: load_records(world_dir / name) for name in WORLD_FILES}

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PARAMS = ("silkie.judge", "silkie.fanout", "silkie.sample.source", "silkie.sample.image_root", "paths.world", "paths.feedback")
+PARAMS = ("silkie.judge", "silkie.fanout", "quality.max_image_pixels", "silkie.sample.source", "silkie.sample.image_root", "paths.world", "paths.feedback")
 OUTPUT = "annotated.jsonl"
 
 

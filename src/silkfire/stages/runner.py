@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from silkfire.config import flatten, load_params, project_root
+from silkfire.images import DEFAULT_MAX_PIXELS, export_max_pixels
 from silkfire.io import write_json
 from silkfire.stages import ALL_STAGES
 from silkfire.tracking.runs import safe_params, stage_run
@@ -40,6 +41,8 @@ def run_stage(name: str, root: Path | None = None) -> dict[str, Any]:
     module = stage_module(name)
     root = root or project_root()
     cfg = load_params(root)
+    # The image policy's limit for this stage and every process it starts (DVC stage processes, fan-out workers).
+    export_max_pixels(int(OmegaConf.select(cfg, "quality.max_image_pixels", default=DEFAULT_MAX_PIXELS)))
     params = safe_params(stage_params(cfg, module.PARAMS))
     with stage_run(root, name, params, cfg.tracking.experiment_name) as run:
         started = time.perf_counter()

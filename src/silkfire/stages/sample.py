@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PARAMS = ("silkie.seed", "world", "model.dtype", "silkie.sample", "silkie.fanout", "paths.world", "paths.reports", "paths.base_model",
+PARAMS = ("silkie.seed", "world", "model.dtype", "silkie.sample", "quality.max_image_pixels", "silkie.fanout", "paths.world", "paths.reports", "paths.base_model",
           "paths.sft", "paths.feedback")
 OUTPUT = "samples.jsonl"
 
@@ -63,8 +63,25 @@ def instructions_of(cfg: DictConfig, root: Path) -> list[Any]:
     if sample.source == "vlfeedback":
         if not sample.prompts:
             raise ValueError("silkie.sample.prompts: the VLFeedback file whose prompts are sampled is not set")
-        return feedback_instructions(root / str(sample.prompts), max_instructions=limit, seed=int(cfg.silkie.seed))
+        prompts = root / str(sample.prompts)
+        instructions = feedback_instructions(prompts, max_instructions=limit, seed=int(cfg.silkie.seed))
+        refuse_unsafe_images(prompts, instructions, image_root(cfg, root))
+        return instructions
     raise ValueError(f"silkie.sample.source: expected 'world' or 'vlfeedback', got {sample.source!r}")
+
+
+def refuse_unsafe_images(prompts: Path, instructions: list[Any], images: Path) -> None:
+    """External prompts are data from elsewhere: every image they name passes the path policy (inside the image
+    root, a real image under the pixel limit) before any policy sees one, or the stage stops naming them all."""
+    from silkfire.images import refusals
+
+    refused = refusals(images, [instruction.image for instruction in instructions])
+    if refused:
+        bad = [f"{prompts}: id {instruction.id!r}, field img_path {instruction.image!r}: {refused[instruction.image]}"
+               for instruction in instructions if instruction.image in refused]
+        raise ValueError(f"sample: {len(bad)} prompt(s) name images the image policy refuses (image root {images}); "
+                         "nothing was sent. Fix or remove them:\n  " + "\n  ".join(bad[:20])
+                         + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:

@@ -37,11 +37,11 @@ def count_image_tokens(processor: Any, image: Image.Image) -> int:
 
 
 def load_image(image_root: Path, relative: str) -> Image.Image:
-    path = Path(image_root) / relative
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} not found (records' image paths are relative to {image_root})")
-    with Image.open(path) as handle:
-        return handle.convert("RGB")
+    """The RGB image a record names, through the image path policy (silkfire.images): refused, with the reason,
+    when it is outside `image_root`, not a regular file, not an image or over the pixel limit."""
+    from silkfire.images import check_image
+
+    return check_image(image_root, relative).load()
 
 
 def encode_images(processor: Any, image_root: Path, relatives: Sequence[str], batch_size: int = 256,
