@@ -163,10 +163,14 @@ def _read_regular_file(path: Path) -> bytes:
 
 def _decode(handle: Any, path: Path, pixels: int | None, *, full: bool) -> Any:
     """Open an image from a binary handle, refuse it past the pixel limit before decoding, optionally decode."""
+    import warnings
+
     from PIL import Image
 
     try:
-        image = Image.open(handle)  # reads the header only
+        with warnings.catch_warnings():  # PIL's own bomb warning: our limit, checked next, decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(handle)  # reads the header only
         if pixels is not None and image.width * image.height > pixels:
             raise UnsafeImage(str(path), path.parent,
                               f"image too large: {image.width}x{image.height} = {image.width * image.height} "
