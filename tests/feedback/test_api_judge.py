@@ -12,6 +12,7 @@ import pytest
 from silkfire.feedback.cache import AnnotationCache
 from silkfire.feedback.judges import ApiJudge, Judge, JudgeError, make_judge
 from silkfire.feedback.template import ASPECT_ORDER
+from silkfire.images import UnsafeImage
 from silkfire.io import read_records
 from silkfire.llm.client import ClientConfig
 from silkfire.llm.testing import FakeChatServer
@@ -125,7 +126,7 @@ def test_failed_calls_raise_after_caching_or_become_na(small_world: Path, tmp_pa
                          tmp_path / "c", on_failure="na")
         out = judge.annotate(records, image_root=small_world)
     assert sum(1 for r in out for c in r["completions"] if c["annotations"]["Helpfulness"]["Rating"] == "N/A") == 8
-    with pytest.raises(FileNotFoundError, match="record 0"):
+    with pytest.raises(UnsafeImage, match="record 0.*img_path: file not found"):
         judge.annotate([dict(records[0], img_path="images/none.png")], image_root=small_world)
 
 

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from silkfire.feedback.cache import AnnotationCache, annotation_key, image_digest
 from silkfire.feedback.template import NA, TEMPLATE_VERSION, na_count, parse_annotation, render_prompt
+from silkfire.images import CheckedImage, UnsafeImage, check_image
 from silkfire.llm.client import ApiError, ChatClient, ClientConfig, user_message
 
 API_KEYS = ("kind", "cache_dir", "template_file", "template_version", "on_failure", "chunk_size",
@@ -125,23 +126,27 @@ class ApiJudge:
         if self._client is not None:
             self._client.close()
 
-    def _image(self, record: Mapping[str, Any], image_root: str | Path | None, index: int) -> Path:
-        path = Path(record["img_path"])
-        path = path if image_root is None or path.is_absolute() else Path(image_root) / path
-        if not path.is_file():
-            raise FileNotFoundError(f"api judge: record {index} (id {record.get('id')!r}): image {path} not found")
-        return path
+    def _image(self, record: Mapping[str, Any], image_root: str | Path | None, index: int) -> CheckedImage:
+        """The record's image through the path policy (inside `image_root`, a real image under the pixel limit)."""
+        if image_root is None:
+            raise ValueError(f"api judge: record {index} (id {record.get('id')!r}): no image root given; image "
+                             "paths are read only relative to one")
+        try:
+            return check_image(image_root, record.get("img_path"))
+        except UnsafeImage as error:
+            raise UnsafeImage(error.relative, error.root, f"api judge: record {index} (id {record.get('id')!r}), "
+                              f"field img_path: {error.reason}") from None
 
     def annotate(self, records: Sequence[Mapping[str, Any]], image_root: str | Path | None = None
                  ) -> list[dict[str, Any]]:
         model = self.client_config.model
         keys: list[str] = []
-        todo: dict[str, tuple[int, Path]] = {}  # key -> (first record index, image); duplicates share one call
+        todo: dict[str, tuple[int, CheckedImage]] = {}  # key -> (first record index, image); duplicates share one call
         given_up: dict[str, str] = {}  # key -> the last unparsable reply (the attempts bound is reached)
         for index, record in enumerate(records):
             image = self._image(record, image_root, index)
             responses = [completion["response"] for completion in record["completions"]]
-            key = annotation_key(model, self.template_version, record["prompt"], image_digest(image), responses)
+            key = annotation_key(model, self.template_version, record["prompt"], image_digest(image.path), responses)
             keys.append(key)
             n = len(responses)
             if self.cache.get(key, lambda entry, n=n: readable(str(entry.get("text", "")), n)) is not None:
