@@ -25,13 +25,19 @@ from silkfire.reporting import StageRow, collect_row, markdown_table, print_tabl
 from silkfire.stages import pipeline_stages
 from silkfire.tracking.runs import PARENT_RUN_ENV, run_tags, safe_params
 from silkfire.versioning import has_default_remote, push, reproduce_stage
-from silkfire.workspace import workspace_lock
+from silkfire.workspace import crash_dead_flow_runs, note_holder, workspace_lock
 
 
 def flow_run_name() -> str:
     from prefect.runtime import flow_run
 
     return str(flow_run.name or flow_run.id or "outside Prefect")
+
+
+def flow_run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or "")
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
@@ -96,6 +102,9 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True,
     root = project_root()
     # Never two runs in one workspace: refuse (or wait) before touching params or outputs.
     with workspace_lock(root, what=f"flow run {flow_run_name()}", wait_seconds=wait_for_workspace):
+        note_holder(root, prefect_flow_run=flow_run_id())
+        if crashed := crash_dead_flow_runs(root):
+            logger.warning("%d flow run(s) of a dead earlier run marked Crashed", crashed)
         cfg, params_changed = write_params(overrides or [], root)
         logger.info("params.yaml %s", "updated" if params_changed else "unchanged")
         configure(root, cfg.tracking.experiment_name)

@@ -38,30 +38,41 @@ def load_flow_module(root: Path | None = None) -> ModuleType:
     return module
 
 
+def _holding_workspace(what: str):  # noqa: ANN202 -- a context manager
+    """The workspace lock, taken before anything heavy is imported or started (a refusal is one quick line)."""
+    from silkfire.config import project_root
+    from silkfire.workspace import workspace_lock
+
+    return workspace_lock(project_root(), what=what)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    flows = load_flow_module()
-    flows.pipeline(overrides=list(args.overrides), push_to_remote=not args.no_push)
+    with _holding_workspace("silkfire run"):  # the flow joins this lock
+        flows = load_flow_module()
+        flows.pipeline(overrides=list(args.overrides), push_to_remote=not args.no_push)
     return 0
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    from silkfire.stages.runner import run_stage
+    with _holding_workspace(f"silkfire stage {args.name}"):  # under `silkfire run` / a sweep: joins their lock
+        from silkfire.stages.runner import run_stage
 
-    try:
-        run_stage(args.name)
-    except Exception as error:
-        # A failed gate carries a readable report: print it, not a traceback.
-        if type(error).__name__ == "GateFailed":
-            print(str(error), file=sys.stderr)
-            return 1
-        raise
+        try:
+            run_stage(args.name)
+        except Exception as error:
+            # A failed gate carries a readable report: print it, not a traceback.
+            if type(error).__name__ == "GateFailed":
+                print(str(error), file=sys.stderr)
+                return 1
+            raise
     return 0
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    from silkfire.config import write_params
+    with _holding_workspace("silkfire params"):  # never rewrite params.yaml under a running stage
+        from silkfire.config import write_params
 
-    _, changed = write_params(list(args.overrides))
+        _, changed = write_params(list(args.overrides))
     print("params.yaml " + ("updated" if changed else "unchanged"))
     return 0
 
@@ -77,13 +88,20 @@ def _parse_groups(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    """Exit 0 with the scores as JSON; 2 with one ``error:`` message when the input is wrong (every bad record
+    named by file, line/record and field; an unreadable or empty file; a bad --group)."""
     from silkfire.io import RecordFileError
 
     try:
         if args.benchmark == "mme":
             from silkfire.eval.mme import score_mme_file
 
-            result = score_mme_file(args.file, extra_groups=_parse_groups(args.group))
+            try:
+                groups = _parse_groups(args.group)
+            except SystemExit as error:  # a usage error: exit 2 like the others
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            result = score_mme_file(args.file, extra_groups=groups)
         elif args.benchmark == "mmhal":
             from silkfire.eval.mmhal import score_mmhal_file
 
@@ -97,11 +115,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
     except (RecordFileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # unreadable (permissions, a folder, I/O)
+        print(f"error: {args.file}: cannot read: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
 
 def _cmd_pairs(args: argparse.Namespace) -> int:
+    """Exit 0 with the counts as JSON; 2 with one ``error:`` message listing every bad record (file, line/record,
+    field), an unreadable or empty input, or an output that cannot be written (nothing is written then)."""
     from silkfire.feedback.pairs import build_pairs_file
     from silkfire.feedback.records import FeedbackFormatError
 
@@ -109,6 +132,9 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
         counts = build_pairs_file(args.file, args.out, args.min_margin, args.max_pairs_per_prompt)
     except (FeedbackFormatError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {error.filename or args.file}: {error.strerror or error}", file=sys.stderr)
         return 2
     shown = ["records", "pairs", "ties", "skipped"]
     shown += ["below_margin"] if args.min_margin else []
@@ -171,7 +197,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from silkfire.sweeps import SweepError, markdown, run_sweep
 
     try:
-        result = run_sweep(args.overrides, args.metric, mode=args.mode, targets=args.target, name=args.name)
+        with _holding_workspace("silkfire sweep"):
+            result = run_sweep(args.overrides, args.metric, mode=args.mode, targets=args.target, name=args.name)
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -268,9 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BUSY = 3  # the workspace is held by another command (README: exit codes)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from silkfire.workspace import WorkspaceBusy
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except WorkspaceBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BUSY
 
 
 if __name__ == "__main__":

@@ -213,8 +213,6 @@ def run_sweep(overrides: Sequence[str], metric: str, *, mode: str = "dvc", targe
               name: str | None = None, root: Path | None = None,
               flow_runner: Callable[[list[str]], Any] | None = None) -> dict[str, Any]:
     """Run every point of the sweep; returns {"parent_run_id", "name", "points": table rows, "failed"}."""
-    from contextlib import nullcontext
-
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
@@ -250,11 +248,10 @@ def run_sweep(overrides: Sequence[str], metric: str, *, mode: str = "dvc", targe
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(parent_id, params=params[start:start + 100])
 
-    # dvc mode holds the workspace for the whole sweep (a flow run started meanwhile is refused); each flow run
-    # of flow mode takes the same lock itself.
-    holder = workspace_lock(root, what=f"sweep {sweep_name}") if mode == "dvc" else nullcontext()
+    # The sweep holds the workspace from its first point to its last (a run started meanwhile is refused); the
+    # stage commands of `dvc exp run` and the flow runs of flow mode join its lock.
     try:
-        with holder:
+        with workspace_lock(root, what=f"sweep {sweep_name}"):
             results = _run_points(client, experiment_id, parent_id, sweep_name, spec, configs, metric, mode,
                                   targets, root, flow_runner)
     except BaseException:

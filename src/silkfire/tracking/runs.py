@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from silkfire.config import flatten
+from silkfire.workspace import TOKEN_TAG, current_token
 
 PARENT_RUN_ENV = "SILKFIRE_PARENT_RUN_ID"
 STAGE_TAG = "silkfire.stage"
@@ -50,6 +51,8 @@ def safe_params(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[s
 
 def run_tags(root: Path, stage: str | None = None) -> dict[str, str]:
     tags = {"silkfire.project_root": str(root)}
+    if token := current_token():  # a crash leaves the run RUNNING: the next holder finds it by this tag
+        tags[TOKEN_TAG] = token
     if commit := git_commit(root):
         tags["mlflow.source.git.commit"] = commit
         tags["silkfire.git_commit"] = commit
