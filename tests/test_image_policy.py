@@ -200,3 +200,22 @@ def test_gates_report_every_unsafe_path_with_its_line(attack: dict, tmp_path: Pa
                    "not a file", "image too large", "file not found"):
         assert reason in text, reason
     assert "feedback.jsonl:2 " in text and "feedback.jsonl:11 " in text  # the file's lines, first and last attack
+
+
+def test_validate_command_reports_a_nul_byte_path_with_its_line(attack: dict, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`silkfire validate` used to stop with 'embedded null byte' (exit 2, no line, other rows unreported)."""
+    from silkfire.cli import main
+
+    aspects = ("Helpfulness", "Visual Faithfulness", "Ethical Considerations")
+    completion = {"model": "m", "response": "A square.",
+                  "annotations": {a: {"Rating": "4", "Rationale": "fine"} for a in aspects}}
+    rows = [{"id": str(i), "prompt": f"What {i}?", "models": ["m"] * 4, "img_path": path, "completions": [completion] * 4}
+            for i, path in enumerate(["images/good.png", attack["paths"]["nul"], attack["paths"]["dotdot"]])]
+    write_jsonl(tmp_path / "f.jsonl", rows)
+    code = main(["validate", "vlfeedback", str(tmp_path / "f.jsonl"), "--image-root", str(attack["root"]),
+                 "--report-dir", str(tmp_path / "report")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "f.jsonl:2  img_path -> 'NUL byte in path'" in out
+    assert "f.jsonl:3  img_path -> \"path escapes the data root through '..'\"" in out
