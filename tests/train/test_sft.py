@@ -56,7 +56,9 @@ def test_few_steps_lower_the_loss_and_write_outputs(world: Path, base: Path, tmp
     # no pickles next to the weights (a checkpoint's optimizer/scheduler/RNG states are torch-saved tensors)
     assert not list(out.rglob("*.bin")) and not list((out / "model").glob("*.pt*"))
     # checkpoints every 4 steps, only the last 2 kept
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-8"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-8",
+                                                                       "fingerprint.json"]  # what they train on
+    assert result.metrics["resumed_from_step"] == 0 and result.metrics["steps_run"] == 12
     # history.csv for DVC plots
     with (out / "history.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -32,6 +32,7 @@ from typing import Any
 
 from silkfire.io import read_records, write_json
 from silkfire.models.config import build_dataclass, to_plain_mapping
+from silkfire.train.resume import RESUME_FREE, complete_checkpoints, resume_mode  # noqa: F401 (RESUME_FREE: API)
 
 HISTORY_FIELDS = ("step", "epoch", "loss", "dpo_loss", "nll", "reward_accuracy", "reward_margin", "chosen_reward",
                   "rejected_reward", "chosen_logp", "rejected_logp", "learning_rate", "grad_norm",
@@ -39,7 +40,6 @@ HISTORY_FIELDS = ("step", "epoch", "loss", "dpo_loss", "nll", "reward_accuracy",
 WINDOW_KEYS = ("loss", "dpo_loss", "nll", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
                "chosen_logp", "rejected_logp", "grad_norm")
 REFERENCE_FILE = "reference_logps.safetensors"
-RESUME_FREE = ("resume", "progress", "num_threads")  # settings a resumed run may change
 LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -80,7 +80,7 @@ class DPOConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     num_threads: int = 2
     seed: int = 0
-    resume: bool = False
+    resume: bool | str = "auto"  # auto | true | false (silkfire.train.resume)
     progress: bool = True
     dtype: str = "float32"
 
@@ -95,6 +95,7 @@ class DPOConfig:
             raise ValueError("dpo: eval_fraction and warmup_ratio must be in [0, 1)")
         if self.logging_steps < 1 or self.save_steps < 0 or self.num_threads < 1:
             raise ValueError("dpo: logging_steps and num_threads must be >= 1, save_steps >= 0")
+        object.__setattr__(self, "resume", resume_mode(self.resume))
 
     @classmethod
     def from_mapping(cls, cfg: Any, **overrides: Any) -> DPOConfig:
@@ -436,9 +437,16 @@ def _tupled(value: Any) -> Any:
 
 
 def checkpoint_dirs(checkpoints: Path) -> list[Path]:
-    found = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()
-             and (p / "trainer_state.json").is_file()] if checkpoints.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+    """Complete checkpoints, oldest first (a save cut short leaves only a ``.tmp`` folder)."""
+    return complete_checkpoints(checkpoints)
+
+
+def pairs_digest(data: PairData) -> str:
+    """Digest of the encoded pairs: ids, token ids and labels of both sides, images and pixel values."""
+    from silkfire.train.resume import tensors_digest
+
+    return tensors_digest(data.ids, data.chosen_ids, data.chosen_labels, data.rejected_ids, data.rejected_labels,
+                          list(data.image_index), data.pixel_values)
 
 
 # ---- training ----------------------------------------------------------------------------------------------------
@@ -461,7 +469,10 @@ def train_dpo(
 
     Writes ``out_dir/model`` (final model + processor; LoRA adapters merged), ``out_dir/adapter`` (LoRA only),
     ``out_dir/checkpoints/checkpoint-<step>``, ``out_dir/reference_logps.safetensors`` (the reference pass,
-    reused on resume), ``out_dir/history.csv`` and ``out_dir/metrics.json``. Each callback is called as
+    reused on resume), ``out_dir/history.csv`` and ``out_dir/metrics.json``. It continues from the newest checkpoint
+    when that carries this run's fingerprint (``config.resume``: auto | true | false, see
+    :mod:`silkfire.train.resume`); the decision is printed, set as tags of the active MLflow run and returned in
+    the metrics (``resumed_from_step``, ``steps_run``). Each callback is called as
     ``callback(event, step, values)`` with event ``"log"`` (values: the logged metrics) or ``"step"`` (after every
     optimizer step; raise :class:`TrainingStopped` to stop, as a kill would).
     """
@@ -471,6 +482,7 @@ def train_dpo(
 
     from silkfire.io import file_digest
     from silkfire.models.loading import load_vlm
+    from silkfire.train import resume
     from silkfire.train.sft import freeze_parts
 
     torch.set_num_threads(config.num_threads)
@@ -478,10 +490,6 @@ def train_dpo(
     random.seed(config.seed)
     out_dir = Path(out_dir)
     checkpoints = out_dir / "checkpoints"
-    resume_from = checkpoint_dirs(checkpoints)[-1] if config.resume and checkpoint_dirs(checkpoints) else None
-    if not config.resume and out_dir.exists():
-        shutil.rmtree(out_dir)  # a fresh run never mixes with an old run's checkpoints
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     model, processor = load_vlm(start, dtype=config.dtype)
     pad_id = processor.tokenizer.pad_token_id
@@ -492,6 +500,15 @@ def train_dpo(
     encode_seconds = time.perf_counter() - started
     if len(data) == 0:
         raise ValueError(f"{pairs_path}: every pair is longer than dpo.max_length={config.max_length} tokens")
+
+    # Continue this run's own checkpoints, or start over: a new run never mixes with an old run's outputs (the
+    # reference pass is kept: it is keyed by its own inputs below).
+    current = resume.fingerprint(asdict(config), {"pairs": pairs_digest(data), "start_model": resume.model_digest(start)})
+    decision = resume.decide(checkpoints, current, config.resume, checkpoint_dirs(checkpoints))
+    stale = [path for path in out_dir.iterdir() if path.name not in ("checkpoints", REFERENCE_FILE)] \
+        if out_dir.is_dir() else []
+    resume.prepare(checkpoints, decision, current, clear=stale)
+    resume.record(decision, f"train_dpo {out_dir}")
 
     # The reference pass: once, before any adapter or update; reused when the pairs and start model are the same.
     key = _digest(file_digest(pairs_path), str(start), _model_digest(start), config.max_length, config.dtype)
@@ -531,15 +548,8 @@ def train_dpo(
     window: dict[str, float] = {}
     window_steps = 0
     first_step = 0
-    if resume_from is not None:
-        saved = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8")).get("config", {})
-        changed = {key: (saved.get(key), value) for key, value in json.loads(json.dumps(asdict(config))).items()
-                   if key not in RESUME_FREE and saved.get(key) != value}
-        if changed:
-            raise ValueError(f"cannot resume from {resume_from}: it was trained with other settings "
-                             f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }; remove {checkpoints} "
-                             "or set resume: false to start over")
-        state = _load_checkpoint(resume_from, model, optimizer, scheduler)
+    if decision.checkpoint is not None:
+        state = _load_checkpoint(decision.checkpoint, model, optimizer, scheduler)
         first_step, history, window, window_steps = (int(state["step"]), state["history"], state["window"],
                                                      int(state["window_steps"]))
 
@@ -613,7 +623,7 @@ def train_dpo(
         "train_seconds": train_seconds, "reference_seconds": reference_seconds, "encode_seconds": encode_seconds,
         "global_step": total_steps, "train_pairs": len(train_data), "eval_pairs": len(eval_data),
         "dropped_long_pairs": dropped, "trainable_parameters": sum(p.numel() for p in trainable),
-        "frozen_parameters": frozen, "resumed_from_step": first_step,
+        "frozen_parameters": frozen, "resumed_from_step": first_step, "steps_run": steps_run,
     }
     write_history_csv_fields(out_dir / "history.csv", history)
     write_json(out_dir / "metrics.json", metrics)

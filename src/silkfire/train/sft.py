@@ -8,6 +8,7 @@ encoded once (``silkfire.train.data``); the loss covers only the assistant's ans
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import time
@@ -53,7 +54,9 @@ class SFTConfig:
     turns_per_sample: int = 1  # > 1 packs questions about one image into multi-turn samples (train set only)
     freeze: tuple[str, ...] = ()  # parts kept fixed: "vision_tower", "projector", "language_model"
     seed: int = 0
-    resume: bool = False  # continue from the last checkpoint under out_dir/checkpoints when one exists
+    # auto: continue the newest checkpoint under out_dir/checkpoints when it carries this run's fingerprint (else
+    # start over, saying why) | true: continue it, fail if its fingerprint differs | false: always start over
+    resume: bool | str = "auto"
     progress: bool = True
     dtype: str = "float32"
     lora: Mapping[str, Any] | None = None  # PEFT LoRA (silkfire.train.lora.LoraOptions keys); None = full FT
@@ -74,6 +77,9 @@ class SFTConfig:
             raise ValueError("train.turns_per_sample must be >= 1")
         if self.answer_style not in ANSWER_STYLES:
             raise ValueError(f"train.answer_style must be one of {ANSWER_STYLES}, got {self.answer_style!r}")
+        from silkfire.train.resume import resume_mode
+
+        object.__setattr__(self, "resume", resume_mode(self.resume))  # "auto" | "true" | "false"
         if self.lora is not None:
             from silkfire.train.lora import LoraOptions
 
@@ -151,12 +157,18 @@ def freeze_parts(model: Any, parts: Sequence[str]) -> int:
 
 
 def last_checkpoint(checkpoints_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint (its trainer_state.json, written last, reads back), if any."""
+    from silkfire.train.resume import complete_checkpoints
 
-    if not checkpoints_dir.is_dir():
-        return None
-    found = get_last_checkpoint(str(checkpoints_dir))
-    return Path(found) if found else None
+    found = complete_checkpoints(Path(checkpoints_dir))
+    return found[-1] if found else None
+
+
+def data_digest(data: Any) -> str:
+    """Digest of encoded SFT data: token ids, labels, image of each sample and the pixel values."""
+    from silkfire.train.resume import tensors_digest
+
+    return tensors_digest(data.input_ids, data.labels, list(data.image_index), data.pixel_values)
 
 
 def train_sft(
@@ -172,12 +184,16 @@ def train_sft(
 
     Writes ``out_dir/checkpoints/checkpoint-<step>`` (every ``save_steps``, ``save_total_limit`` kept),
     ``out_dir/model`` (final model + processor, safetensors), ``out_dir/history.csv`` and
-    ``out_dir/metrics.json``. With ``config.resume`` it continues from the last checkpoint (if any).
+    ``out_dir/metrics.json``. It continues from the newest checkpoint when that carries this run's fingerprint
+    (settings, encoded data, start model, code; ``config.resume``: auto | true | false, see
+    :mod:`silkfire.train.resume`); the decision is printed, set as tags of the active MLflow run and returned
+    in the metrics (``resumed_from_step``, ``steps_run``).
     """
     import torch
     from transformers import TrainingArguments, set_seed
 
     from silkfire.models.loading import load_vlm
+    from silkfire.train import resume
     from silkfire.train.data import SFTCollator, encode_sft_records, select_records, styled_answers
 
     torch.set_num_threads(config.num_threads)
@@ -249,27 +265,47 @@ def train_sft(
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    resume_from = last_checkpoint(checkpoints_dir) if config.resume else None
+    model_dir = out_dir / "model"
+    current = resume.fingerprint(asdict(config), {
+        "train_data": data_digest(train_data), "eval_data": data_digest(val_data), "base_model": resume.model_digest(base),
+    })
+    with args.main_process_first(desc="resume decision"):  # every process decides after the main one acted
+        decision = resume.decide(checkpoints_dir, current, config.resume, resume.complete_checkpoints(checkpoints_dir))
+        if args.should_save:
+            resume.prepare(checkpoints_dir, decision, current, clear=[model_dir])
+    resume.record(decision, f"train_sft {out_dir}")
+    resume_from = decision.checkpoint
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if resume_from is not None and _finished(resume_from):
+        # The last checkpoint is the end of this very run (killed after training): nothing left to train. Trainer
+        # would still take one more step when resumed there, so load the checkpoint's weights and state instead.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(resume_from))
+        trainer.state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
+        training_loss = math.nan
+    else:
+        training_loss = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).training_loss
     train_seconds = time.perf_counter() - started
     history = history_from_logs(trainer.state.log_history)
     if not history or history[-1]["step"] != trainer.state.global_step or "eval_loss" not in history[-1]:
         trainer.evaluate()  # the final eval loss (unless the last step was just evaluated)
         history = history_from_logs(trainer.state.log_history)
 
-    model_dir = out_dir / "model"
     if lora_report is not None:  # adapters folded in: the saved model is a plain HF folder again
         from silkfire.train.lora import merge_lora
 
         trainer.model = merge_lora(trainer.model)
     trainer.save_model(str(model_dir))
-    steps_run = trainer.state.global_step - (_checkpoint_step(resume_from) if resume_from else 0)
+    steps_run = trainer.state.global_step - decision.step
     samples = steps_run * config.batch_size * config.grad_accum
     train_losses = [row["loss"] for row in history if "loss" in row]
+    if resume_from is not None and train_losses:
+        # Trainer's mean covers only the steps this process ran; the logged windows cover the whole run
+        training_loss = sum(train_losses) / len(train_losses)
     metrics = {
-        "train_loss": float(train_losses[-1]) if train_losses else float(train_output.training_loss),
-        "train_loss_mean": float(train_output.training_loss),
+        "train_loss": float(train_losses[-1]) if train_losses else float(training_loss),
+        "train_loss_mean": float(training_loss),
         "eval_loss": float(history[-1]["eval_loss"]),
         "samples_per_second": samples / train_seconds if train_seconds > 0 else math.nan,
         # questions (records) per second: samples/s times the mean number of turns per sample
@@ -282,6 +318,8 @@ def train_sft(
         "train_questions": len(train_records),
         "eval_samples": len(val_data),
         "frozen_parameters": frozen,
+        "resumed_from_step": decision.step,  # 0: started at step 0 (silkfire.resume tag: fresh or restarted)
+        "steps_run": steps_run,
     }
     if lora_report is not None:
         metrics["lora_trainable_parameters"] = lora_report.trainable_parameters
@@ -297,8 +335,10 @@ def _lora_options(config: SFTConfig) -> Any:
     return LoraOptions.from_mapping(config.lora)
 
 
-def _checkpoint_step(path: Path) -> int:
-    return int(path.name.rsplit("-", 1)[-1])
+def _finished(checkpoint: Path) -> bool:
+    """Whether the checkpoint was saved at its run's last step."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("global_step", 0)) >= int(state.get("max_steps", 0) or 0) > 0
 
 
 def _trainer_class() -> type:
