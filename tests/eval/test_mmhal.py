@@ -122,7 +122,7 @@ def test_cli_score_mmhal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     jsonl = tmp_path / "rated.jsonl"
     jsonl.write_text('{"review": "Rating: 2"}\n{"rating": "3"}\n')
     assert main(["score", "mmhal", str(jsonl)]) == 2
-    assert "rated.jsonl: item 1: 'rating'" in capsys.readouterr().err
+    assert "rated.jsonl:2: item 1: 'rating'" in capsys.readouterr().err  # file:line, then the item
 
 
 def test_api_rater_with_cache(world: Path, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from silkfire.io import read_records
+from silkfire.io import RecordErrors, RecordFileError, read_located
 
 PARSER_NAME = "mme-official"
 GROUPS = ("perception", "cognition")
@@ -154,10 +154,19 @@ def score_mme(
 
 def score_mme_file(path: str | Path, extra_groups: Mapping[str, str] | None = None) -> dict[str, Any]:
     """:func:`score_mme` of a JSONL file or a JSON list of records; ``extra_groups`` declares more categories
-    (added to ``WORLD_CATEGORY_GROUPS``; a name already there is regrouped)."""
-    groups = {**WORLD_CATEGORY_GROUPS, **dict(extra_groups or {})}
-    records = read_records(path)  # its errors already name the file and line
-    try:
-        return score_mme(records, groups)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
+    (added to ``WORLD_CATEGORY_GROUPS``; a name already there is regrouped).
+
+    Every bad record is reported at once (:class:`silkfire.io.RecordErrors`: file, line/record, field); an
+    empty file is an error (nothing to score)."""
+    groups = _checked_groups({**WORLD_CATEGORY_GROUPS, **dict(extra_groups or {})})
+    located, errors = read_located(path)  # unreadable lines: already named by file and line
+    for index, (where, record) in enumerate(located):
+        try:
+            _check_record(index, record, groups)
+        except Exception as error:  # noqa: BLE001 -- whatever one record does, it is that record's error
+            errors.append(f"{where}: {error}")
+    if errors:
+        raise RecordErrors(path, errors)
+    if not located:
+        raise RecordFileError(f"{path}: no MME records (an empty file?): nothing to score")
+    return score_mme([record for _, record in located], groups)

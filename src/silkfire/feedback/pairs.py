@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from silkfire.feedback.records import ASPECTS, iter_feedback, rating_value
+from silkfire.feedback.records import ASPECTS, FeedbackFormatError, rating_value, read_feedback
 from silkfire.io import write_jsonl
 
 COUNT_KEYS = ("records", "pairs", "ties", "skipped", "below_margin", "over_cap", "duplicates")
@@ -147,7 +147,13 @@ def build_pairs_file(
     min_margin: float = 0.0,
     max_pairs_per_prompt: int | None = None,
 ) -> dict[str, int]:
-    """Read a VLFeedback file (either layout; annotations required), write the pairs as JSONL, return counts."""
-    pairs, counts = build_pairs(iter_feedback(source, require_annotations=True), min_margin, max_pairs_per_prompt)
+    """Read a VLFeedback file (either layout; annotations required), write the pairs as JSONL, return counts.
+
+    Every bad record of the file is reported at once (:class:`silkfire.feedback.records.FeedbackErrors`, each
+    with file, line/record and field) and nothing is written; a file without records is an error too."""
+    records = read_feedback(source, require_annotations=True, all_errors=True)
+    if not records:
+        raise FeedbackFormatError(f"{source}: no records (an empty file?): nothing to build pairs from")
+    pairs, counts = build_pairs(records, min_margin, max_pairs_per_prompt)
     write_jsonl(out, pairs)
     return counts

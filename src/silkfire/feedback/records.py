@@ -18,7 +18,10 @@ skips them). Records not yet judged (the sampler's output) may have ``annotation
 pass ``require_annotations=True`` to insist on them. ``models`` missing -> taken from the completions.
 
 Bad input raises :class:`FeedbackFormatError` (a ``ValueError``) naming file, line (JSONL) or record index
-(JSON list) and the field path, e.g. ``data.jsonl:3: completions[2].annotations['Helpfulness'].Rating: ...``.
+(JSON list) and the field path, e.g. ``data.jsonl:3: completions[2].annotations['Helpfulness'].Rating: ...``;
+whatever goes wrong with one record (a line that is not UTF-8 or not JSON, a NUL character in an id, path or
+model name, a number too large) is that record's error, never a bare exception. :func:`read_feedback` with
+``all_errors=True`` reads on past bad records and raises one error listing every one of them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from silkfire.io import RecordFileError, iter_records, write_jsonl
+from silkfire.io import RecordErrors, RecordFileError, iter_located, write_jsonl
 
 ASPECTS = ("Helpfulness", "Visual Faithfulness", "Ethical Considerations")
 COMPLETION_KEYS = ("model", "response", "annotations")
@@ -36,6 +39,10 @@ STANDARD_KEYS = ("id", "prompt", "models", "completions", "img_path")
 
 class FeedbackFormatError(ValueError):
     """A VLFeedback record is malformed; the message names file, line/record and field."""
+
+
+class FeedbackErrors(FeedbackFormatError, RecordErrors):
+    """Several VLFeedback records are malformed: ``messages`` lists them all (file, line/record, field)."""
 
 
 def rating_value(rating: Any) -> float | None:
@@ -94,6 +101,9 @@ def _annotations(value: Any, where: str, required: bool) -> dict[str, dict[str, 
         rating = note["Rating"]
         if isinstance(rating, bool) or not isinstance(rating, (str, int, float)):
             raise FeedbackFormatError(f"{here}.Rating: expected a string, got {type(rating).__name__}")
+        if isinstance(rating, int) and abs(rating) > 10**15:  # would overflow a float (or lose digits)
+            raise FeedbackFormatError(f"{here}.Rating: expected a rating such as \"4\", got a {len(str(rating))}-digit "
+                                      "number")
         rationale = note.get("Rationale", "")
         if not isinstance(rationale, str):
             raise FeedbackFormatError(f"{here}.Rationale: expected a string, got {type(rationale).__name__}")
@@ -117,6 +127,8 @@ def normalise_record(record: Mapping[str, Any], where: str = "record",
         if not isinstance(value, str) or (key != "prompt" and not value.strip()):
             got = "missing" if value is None else f"{type(value).__name__} {value!r}"[:80]
             raise FeedbackFormatError(f"{where}: {key}: expected a non-empty string, got {got}")
+        if key != "prompt" and "\x00" in value:
+            raise FeedbackFormatError(f"{where}: {key}: holds a NUL character (\\u0000): {value!r}"[:200])
     if "completions" not in record:
         raise FeedbackFormatError(f"{where}: completions: missing")
     completions = []
@@ -125,8 +137,8 @@ def normalise_record(record: Mapping[str, Any], where: str = "record",
         if not isinstance(completion, Mapping):
             raise FeedbackFormatError(f"{here}: expected an object, got {type(completion).__name__}")
         model, response = completion.get("model"), completion.get("response")
-        if not isinstance(model, str) or not model.strip():
-            raise FeedbackFormatError(f"{here}.model: expected a non-empty string, got {model!r}"[:200])
+        if not isinstance(model, str) or not model.strip() or "\x00" in model:
+            raise FeedbackFormatError(f"{here}.model: expected a non-empty string without NUL, got {model!r}"[:200])
         if not isinstance(response, str):
             raise FeedbackFormatError(f"{here}.response: expected a string, got {type(response).__name__}")
         notes = _annotations(completion.get("annotations"), f"{here}.annotations", require_annotations)
@@ -142,43 +154,51 @@ def normalise_record(record: Mapping[str, Any], where: str = "record",
     return row
 
 
-def iter_feedback(path: str | Path, require_annotations: bool = False) -> Iterator[dict[str, Any]]:
-    """Yield the records of a VLFeedback file in row form (see the module docstring)."""
-    path = Path(path)
-    listed = _is_json_list(path)
-    try:
-        for index, record in enumerate(_numbered(path)):
-            number, raw = record
-            where = f"{path}: record {index}" if listed else f"{path}:{number}"
-            yield normalise_record(raw, where, require_annotations)
-    except RecordFileError as error:
-        raise FeedbackFormatError(str(error)) from error
+def iter_feedback(path: str | Path, require_annotations: bool = False,
+                  errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the records of a VLFeedback file in row form (see the module docstring).
+
+    A bad record raises :class:`FeedbackFormatError` naming file, line/record and field; with ``errors`` (a list)
+    its message goes there instead and reading goes on."""
+    located = iter_located(path, errors)
+    while True:
+        try:
+            where, raw = next(located)
+        except StopIteration:
+            return
+        except RecordFileError as error:
+            raise FeedbackFormatError(str(error)) from error
+        try:
+            row = normalise_record(raw, where, require_annotations)
+        except FeedbackFormatError as error:
+            if errors is None:
+                raise
+            errors.append(str(error))
+            continue
+        except Exception as error:  # noqa: BLE001 -- whatever one record does, it is that record's error
+            message = f"{where}: cannot read the record ({type(error).__name__}: {error})"[:500]
+            if errors is None:
+                raise FeedbackFormatError(message) from error
+            errors.append(message)
+            continue
+        yield row
 
 
-def read_feedback(path: str | Path, require_annotations: bool = False) -> list[dict[str, Any]]:
-    """All records of a VLFeedback file (JSONL or JSON list, either completions layout) in row form."""
-    return list(iter_feedback(path, require_annotations))
+def read_feedback(path: str | Path, require_annotations: bool = False, *,
+                  all_errors: bool = False) -> list[dict[str, Any]]:
+    """All records of a VLFeedback file (JSONL or JSON list, either completions layout) in row form.
+
+    ``all_errors``: read every record and raise one :class:`FeedbackErrors` naming all the bad ones (else the
+    first bad record raises)."""
+    if not all_errors:
+        return list(iter_feedback(path, require_annotations))
+    errors: list[str] = []
+    rows = list(iter_feedback(path, require_annotations, errors))
+    if errors:
+        raise FeedbackErrors(path, errors)
+    return rows
 
 
 def write_feedback(path: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
     """Write row-form records as JSONL (list-of-objects completions); returns the count."""
     return write_jsonl(path, records)
-
-
-def _is_json_list(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with path.open("r", encoding="utf-8") as handle:
-        return handle.read(4096).lstrip().startswith("[")
-
-
-def _numbered(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based line number for JSONL / 0-based index for a JSON list, record)."""
-    if _is_json_list(path):
-        yield from enumerate(iter_records(path))
-        return
-    if not path.is_file():
-        raise RecordFileError(f"{path}: no such file")
-    # line numbers as iter_records counts them (blank lines skipped but counted)
-    lines = [number for number, line in enumerate(path.open("r", encoding="utf-8"), start=1) if line.strip()]
-    yield from zip(lines, iter_records(path))

@@ -273,16 +273,55 @@ def fixed_dialogue_metrics(generated: Sequence[str], items: Sequence[FixedItem],
     return scores
 
 
+MAX_SCORE = 10**6  # a teacher score beyond this is not a score (and would overflow the float metrics)
+
+
+def read_scored_dialogues(path: Any) -> list[FireDialogue]:
+    """The dialogues of a FIRE record file, every bad record reported at once.
+
+    A record that is not a well-formed FIRE dialogue, or whose teacher scores cannot be read (a score of
+    thousands of digits, one beyond ``MAX_SCORE``), is that record's error -- named ``FILE: record N`` (1-based,
+    blank lines not counted, as :mod:`silkfire.fire.records`) with its field -- and unreadable lines (not UTF-8,
+    not JSON) are named ``FILE:LINE``; all of them go in one :class:`silkfire.io.RecordErrors`. No record at
+    all is an error too.
+    """
+    from silkfire.fire.records import dialogue_from_record
+    from silkfire.io import RecordErrors, RecordFileError, iter_located
+
+    errors: list[str] = []
+    dialogues: list[FireDialogue] = []
+    for count, (_, record) in enumerate(iter_located(path, errors)):
+        where = f"{path}: record {count + len(errors) + 1}"  # its position, bad lines before it included
+        try:
+            dialogue = dialogue_from_record(record, where=where)
+            for turn, score in enumerate(dialogue.scores, start=1):
+                if score is not None and abs(score) > MAX_SCORE:
+                    raise ValueError(f"{where}: teacher turn {turn}: the score {str(score)[:20]}... is not a "
+                                     f"score (beyond {MAX_SCORE})")
+        except RecordFileError as error:
+            errors.append(str(error))
+            continue
+        except Exception as error:  # noqa: BLE001 -- whatever one record does, it is that record's error
+            message = str(error) if str(error).startswith(where) else f"{where}: {type(error).__name__}: {error}"
+            errors.append(message[:500])
+            continue
+        dialogues.append(dialogue)
+    if errors:
+        raise RecordErrors(path, errors)
+    if not dialogues:
+        raise RecordFileError(f"{path}: no FIRE dialogues (an empty file?): nothing to score")
+    return dialogues
+
+
 def score_fire_file(path: Any, threshold: float = DEFAULT_THRESHOLD, baseline: Any = None) -> dict[str, Any]:
     """``silkfire score fire FILE``: ``{"AT", "ADR", "ATR", "RR", "dialogues"}`` of a FIRE record file (free
     dialogue); with ``baseline`` (another such file, the baseline model's dialogues) also ``AT_norm``.
-    Malformed records raise :class:`silkfire.fire.records.FireRecordError` (file, record, field)."""
-    from silkfire.fire.records import read_dialogues
-
-    dialogues, _ = read_dialogues(path)
+    Malformed records raise :class:`silkfire.io.RecordErrors` naming every bad one (file, record, field);
+    see :func:`read_scored_dialogues`."""
+    dialogues = read_scored_dialogues(path)
     metrics = free_dialogue_metrics(dialogues, threshold)
     result = {key: metrics[key] for key in FREE_KEYS}
     if baseline is not None:
-        base, _ = read_dialogues(baseline)
+        base = read_scored_dialogues(baseline)
         result["AT_norm"] = normalise_at(metrics["AT"], free_dialogue_metrics(base, threshold)["AT"])
     return result

@@ -76,8 +76,10 @@ def validate_command(
     Image paths resolve against ``image_root`` (default: the file's folder). Reports (``report.txt``,
     ``validation.json``, ``data_docs/``, ``profile.json``, under policy filter ``quarantine.jsonl`` and
     ``clean/``) go to ``report_dir`` (default ``reports/validate/<kind>/<file stem>``). Returns 0 when the
-    gate passes, 1 when it fails, 2 when the command itself is wrong (unknown kind, bad override, missing
-    previous profile). A truncated or undecodable line is a failure with its line number, never a crash.
+    gate passes, 1 when it fails, 2 when the command itself is wrong (unknown kind, bad override, missing or
+    malformed previous profile). A truncated or undecodable line is a failure with its line number, never a
+    crash; should the gate itself still raise on some input, that is exit 1 (the file did not pass) with one
+    ``error:`` line naming the file, not a traceback and not 2 (the command was right).
     """
     out = out or sys.stdout
     err = err or sys.stderr
@@ -88,16 +90,25 @@ def validate_command(
     except (ValueError, ImportError) as error:
         print(f"error: {error}", file=err)
         return 2
-    if previous_profile is not None and not Path(previous_profile).is_file():
-        print(f"error: previous profile {previous_profile} not found (omit it on a first run)", file=err)
-        return 2
+    if previous_profile is not None:
+        if not Path(previous_profile).is_file():
+            print(f"error: previous profile {previous_profile} not found (omit it on a first run)", file=err)
+            return 2
+        from silkfire.quality.profile import load_profile
+
+        try:
+            load_profile(previous_profile)  # a malformed one is a usage error, found before the gate runs
+        except (ValueError, OSError) as error:
+            print(f"error: {error}", file=err)
+            return 2
     report_dir = Path(report_dir) if report_dir else DEFAULT_REPORTS / kind / (path.stem or "data")
     try:
         result = validate(kind, path, config, report_dir, image_root, previous_profile=previous_profile,
                           progress=progress)
-    except ValueError as error:  # a malformed previous profile
-        print(f"error: {error}", file=err)
-        return 2
+    except Exception as error:  # noqa: BLE001 -- the file could not be checked: it did not pass
+        print(f"error: {kind} gate: {path}: could not check the file ({type(error).__name__}: {error})"[:1000],
+              file=err)
+        return 1
     print(result.to_text(), file=out)
     summary = result.summary()
     print(

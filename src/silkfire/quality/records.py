@@ -104,14 +104,33 @@ def parse_json(raw: bytes | str) -> tuple[Any, str]:
     try:
         return _loads(raw), OK
     except _DecodeError as error:
-        msg, pos = getattr(error, "msg", None), getattr(error, "pos", None)
-        if msg is None or pos is None:  # UnicodeDecodeError from the json module
-            return None, f"not valid JSON ({error})"
-        colno = pos + 1  # not error.colno: a JSONL line ends with its newline, which starts a "line 2"
-        if pos >= len(raw.rstrip()):  # the parser ran off the end: the usual sign of a write cut short
-            return None, f"not valid JSON (the line ends before the record does: truncated? {msg} at column {colno})"
-        where = f"column {colno}" if msg.endswith(" at") else f"at column {colno}"
-        return None, f"not valid JSON ({msg} {where})"
+        return None, _why_not_json(raw, error)
+    except (ValueError, RecursionError) as error:  # the json fallback: a 4300+ digit integer, deep nesting
+        return None, f"not valid JSON ({type(error).__name__}: {error})"[:300]
+
+
+def _why_not_json(raw: bytes | str, error: Exception) -> str:
+    """Why a line is not JSON, with its column and (when it can be seen) the field it is in."""
+    from silkfire.io import field_near
+
+    data = raw.encode("utf-8", errors="surrogatepass") if isinstance(raw, str) else raw
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:  # say so, where, and in which field (orjson says "column 1" here)
+        near = field_near(data[:bad.start].decode("utf-8", errors="replace"), 10**9)
+        return f"not valid UTF-8 (byte 0x{data[bad.start]:02x} at column {bad.start + 1}){near}"
+    msg, pos = getattr(error, "msg", None), getattr(error, "pos", None)
+    if msg is None or pos is None:
+        return f"not valid JSON ({error})"
+    text = data.decode("utf-8")
+    near = field_near(text, min(pos, len(text)))
+    if "surrogates not allowed" in msg:
+        return f"not valid JSON (an unpaired surrogate escape such as \\ud800: not valid Unicode text){near}"
+    colno = pos + 1  # not error.colno: a JSONL line ends with its newline, which starts a "line 2"
+    if pos >= len(raw.rstrip()):  # the parser ran off the end: the usual sign of a write cut short
+        return f"not valid JSON (the line ends before the record does: truncated? {msg} at column {colno}){near}"
+    where = f"column {colno}" if msg.endswith(" at") else f"at column {colno}"
+    return f"not valid JSON ({msg} {where}){near}"
 
 
 def _record_status(raw: bytes) -> tuple[dict[str, Any], str]:
@@ -200,11 +219,8 @@ def _json_list_chunks(path: Path, chunk_size: int) -> Iterator[LoadedRecords]:
         data = data[len(_BOM):]
     try:
         items = _loads(data)
-    except _DecodeError as error:
-        lineno, colno = getattr(error, "lineno", "?"), getattr(error, "colno", "?")
-        msg = getattr(error, "msg", str(error))
-        why = f"{path}:{lineno}: not valid JSON ({msg} at column {colno}); fix the file or write it as JSONL"
-        yield LoadedRecords(path, (), (), (), line_label="record", error=why)
+    except (*_DecodeError, ValueError, RecursionError) as error:
+        yield LoadedRecords(path, (), (), (), line_label="record", error=_list_error(path, data, error))
         return
     del data
     if not isinstance(items, list):
@@ -220,6 +236,28 @@ def _json_list_chunks(path: Path, chunk_size: int) -> Iterator[LoadedRecords]:
         records = tuple(item if isinstance(item, dict) else {} for item in part)
         numbers = tuple(range(start + 1, start + len(part) + 1))
         yield LoadedRecords(path, records, numbers, status, line_label="record")
+
+
+def _list_error(path: Path, data: bytes, error: Exception) -> str:
+    """``FILE:LINE: why`` for a JSON-list file that cannot be parsed (the line of the bad byte or position)."""
+    from silkfire.io import field_near
+
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        line = data.count(b"\n", 0, bad.start) + 1
+        column = bad.start - (data.rfind(b"\n", 0, bad.start) + 1) + 1
+        near = field_near(data[:bad.start].decode("utf-8", errors="replace"), 10**9)
+        return (f"{path}:{line}: not valid UTF-8 (byte 0x{data[bad.start]:02x} at column {column}){near}; "
+                "the file must be UTF-8 encoded")
+    lineno, colno = getattr(error, "lineno", "?"), getattr(error, "colno", "?")
+    msg = str(getattr(error, "msg", None) or error)
+    if "surrogates not allowed" in msg:
+        msg = "an unpaired surrogate escape such as \\ud800: not valid Unicode text"
+    pos = getattr(error, "pos", None)
+    near = field_near(data[:pos].decode("utf-8", errors="replace"), 10**9) if isinstance(pos, int) else ""
+    msg = msg[:-3] if msg.endswith(" at") else msg
+    return f"{path}:{lineno}: not valid JSON ({msg} at column {colno}){near}; fix the file or write it as JSONL"
 
 
 def iter_raw_records(path: str | Path) -> Iterator[tuple[int, bytes | None, Any]]:
