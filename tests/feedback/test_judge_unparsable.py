@@ -198,3 +198,34 @@ def test_readable() -> None:
     reply = "\n".join(f"#### {a}\n##### Output for Text 1\nRating: 4\nRationale: ok"
                       for a in ("Helpfulness", "Ethical Considerations", "Visual Faithfulness"))
     assert readable(reply, 1) and not readable(reply, 2)
+
+
+def test_mmhal_rater_refusals_are_not_cached_as_a_zero(tmp_path: Path) -> None:
+    """The MMHal API rater shares the cache and the rule: an unreadable reply (the official parser's 0) is
+    re-asked next run, bounded."""
+    from silkfire.eval.mmhal import ApiMMHalRater
+
+    items = [{"image_id": f"img{k}", "question": f"What is shape {k}?", "gt_answer": "A circle.",
+              "image_content": ["circle"], "model_answer": f"A circle {k}."} for k in range(5)]
+    asked: Counter[str] = Counter()
+
+    def judge(body: dict) -> str:
+        answer = body["messages"][0]["content"].split("LMM Response to Evaluate:")[-1].strip()
+        asked[answer] += 1
+        if answer == "A circle 1." and asked[answer] == 1:
+            return REFUSAL  # once
+        if answer == "A circle 3.":
+            return "Rating: 4 or maybe Rating: 5"  # always ambiguous: two ratings
+        return "Fine. Rating: 5"
+
+    with FakeChatServer(judge) as server:
+        config = ClientConfig(base_url=server.url, model="m", api_key_env=None, max_retries=0)
+        runs = []
+        for _ in range(4):
+            rater = ApiMMHalRater(config, tmp_path / "cache")
+            runs.append(([item["rating"] for item in rater.rate(items)], rater.metrics(), server.served))
+    assert runs[0][0] == [5, 0, 5, 0, 5] and runs[0][1]["mmhal_judge_unparsable"] == 2
+    assert runs[1][0] == [5, 5, 5, 0, 5] and runs[1][2] == 5 + 2  # both re-asked; item 1 heals
+    assert runs[1][1]["mmhal_judge_retried"] == 2 and runs[1][1]["mmhal_judge_cache_hits"] == 3
+    assert runs[2][2] == 8 and asked["A circle 3."] == 3  # the third and last attempt
+    assert runs[3][2] == 8 and runs[3][1]["mmhal_judge_unparsable_given_up"] == 1 and runs[3][0][3] == 0

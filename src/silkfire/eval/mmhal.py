@@ -300,17 +300,32 @@ def parse_mmhal_rating(text: str) -> int:
     return found[0] if len(found) == 1 else 0
 
 
-class ApiMMHalRater:
-    """MMHal's judge through an OpenAI-compatible model (text only, as the benchmark), with the disk cache."""
+def mmhal_readable(text: str) -> bool:
+    """Whether a judge reply holds exactly one "rating: N" (else the official rule's 0 is a parse failure, not a
+    verdict: a refusal or an off-format reply)."""
+    lowered = text.lower()
+    return sum(f"rating: {score}" in lowered for score in range(7)) == 1
 
-    def __init__(self, client_config: Any, cache_dir: str | Path, progress: bool = False) -> None:
+
+class ApiMMHalRater:
+    """MMHal's judge through an OpenAI-compatible model (text only, as the benchmark), with the disk cache.
+
+    As the VLFeedback judge (:class:`silkfire.feedback.judges.ApiJudge`), only readable replies (exactly one
+    "rating: N") are cached; an unreadable one is rated by the official rule this run (0), kept in the cache's
+    side record and asked again on the next run, at most ``max_unparsable_attempts`` replies per item; metrics
+    ``mmhal_judge_unparsable``, ``_retried``, ``_unparsable_given_up``."""
+
+    def __init__(self, client_config: Any, cache_dir: str | Path, progress: bool = False,
+                 max_unparsable_attempts: int = 3) -> None:
         from silkfire.feedback.cache import AnnotationCache
 
         self.client_config = client_config
         self.cache = AnnotationCache(cache_dir)
         self.progress = progress
+        self.max_unparsable_attempts = max(1, int(max_unparsable_attempts))
         self._client: Any = None
-        self._counts = {"items": 0, "cache_hits": 0, "failed": 0}
+        self._counts = {"items": 0, "cache_hits": 0, "failed": 0, "unparsable": 0, "retried": 0,
+                        "unparsable_given_up": 0}
 
     def metrics(self) -> dict[str, float]:
         usage = self._client.usage.metrics("mmhal_judge_") if self._client is not None else {}
@@ -328,6 +343,11 @@ class ApiMMHalRater:
 
         model = self.client_config.model
         keys, todo = [], {}
+        replies: dict[str, str] = {}  # key -> an unreadable reply (this run's, or the last one past the bound)
+
+        def readable(entry: Mapping[str, Any]) -> bool:
+            return mmhal_readable(str(entry.get("text", "")))
+
         for index, item in enumerate(items):
             answer = item.get(answer_key)
             if not isinstance(answer, str):
@@ -335,10 +355,17 @@ class ApiMMHalRater:
             context = "|".join(map(str, item.get("image_content") or [])) + "|" + str(item["gt_answer"])
             key = annotation_key(model, MMHAL_PROMPT_VERSION, str(item["question"]), context, [answer])
             keys.append(key)
-            if key in self.cache:
+            if self.cache.get(key, readable) is not None:
                 self._counts["cache_hits"] += 1
-            elif key not in todo:
+            elif key in todo or key in replies:
+                continue
+            elif self.cache.attempts(key) >= self.max_unparsable_attempts:  # the bound: the last reply stands
+                replies[key] = str((self.cache.last_unparsable(key) or {}).get("text", ""))
+                self._counts["unparsable_given_up"] += 1
+            else:
                 todo[key] = index
+                if self.cache.attempts(key) or key in self.cache:
+                    self._counts["retried"] += 1
         failures: list[str] = []
         if todo:
             if self._client is None:
@@ -351,14 +378,21 @@ class ApiMMHalRater:
                     self._counts["failed"] += 1
                     failures.append(f"item {index}: {outcome}")
                 else:
-                    self.cache.put({"key": key, "id": items[index].get("image_id"), "model": model,
-                                    "template": MMHAL_PROMPT_VERSION, "text": outcome.text})
+                    entry = {"key": key, "id": items[index].get("image_id"), "model": model,
+                             "template": MMHAL_PROMPT_VERSION, "text": outcome.text}
+                    if mmhal_readable(outcome.text):
+                        self.cache.put(entry)
+                    else:  # not a verdict: kept aside, asked again next run (bounded)
+                        self.cache.put_unparsable(entry)
+                        replies[key] = outcome.text
+                        self._counts["unparsable"] += 1
         if failures:
             raise ApiError(f"mmhal api rater: {len(failures)} item(s) not rated ({failures[0]}); the rest is "
                            "cached, re-run to resume")
         out = []
         for item, key in zip(items, keys):
-            text = self.cache.get(key)["text"]  # type: ignore[index]
+            entry = self.cache.get(key, readable)
+            text = entry["text"] if entry is not None else replies[key]
             out.append({**item, "review": text, "rating": parse_mmhal_rating(text)})
             self._counts["items"] += 1
         return out
