@@ -222,6 +222,8 @@ def summary(metrics: dict[str, Any]) -> str:
     for role in ROLES:
         data = metrics.get(role, {})
         text = f"{role} eval_loss={data.get('eval_loss', float('nan')):.3g}"
+        if data.get("resumed_from_step"):
+            text += f" resumed from step {data['resumed_from_step']}"
         if "registered_version" in data:
             text += f" v{data['registered_version']}"
         parts.append(text)

@@ -63,6 +63,8 @@ def summary(metrics: dict[str, Any]) -> str:
     for key in ("train_loss", "eval_loss", "samples_per_second"):
         if isinstance(metrics.get(key), (int, float)):
             parts.append(f"{key}={metrics[key]:.3g}")
+    if metrics.get("resumed_from_step"):
+        parts.append(f"resumed from step {metrics['resumed_from_step']} ({metrics.get('steps_run')} steps run)")
     if "registered_version" in metrics:
         parts.append(f"registered v{metrics['registered_version']}")
     return " ".join(parts)

@@ -503,7 +503,8 @@ def train_dpo(
 
     # Continue this run's own checkpoints, or start over: a new run never mixes with an old run's outputs (the
     # reference pass is kept: it is keyed by its own inputs below).
-    current = resume.fingerprint(asdict(config), {"pairs": pairs_digest(data), "start_model": resume.model_digest(start)})
+    current = resume.fingerprint(asdict(config), {"pairs": pairs_digest(data),
+                                                  "start_model": resume.model_digest(start)})
     decision = resume.decide(checkpoints, current, config.resume, checkpoint_dirs(checkpoints))
     stale = [path for path in out_dir.iterdir() if path.name not in ("checkpoints", REFERENCE_FILE)] \
         if out_dir.is_dir() else []

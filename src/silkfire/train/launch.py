@@ -11,7 +11,9 @@ curve as 1 process x N*B samples (tests/train/test_launch.py measures it). ``tra
 
 The world data and the base model are the ones the pipeline's ``validate`` and ``base`` stages left (or any
 paths given by overrides). Only the main process writes the model, prints the summary and, with ``--track``,
-logs to MLflow (run ``sft (accelerate)`` in the project's store or $MLFLOW_TRACKING_URI).
+logs to MLflow (run ``sft (accelerate)`` in the project's store or $MLFLOW_TRACKING_URI). A killed job launched
+again with the same overrides continues from its newest checkpoint under ``<out>/checkpoints`` (``train.resume:
+auto``, :mod:`silkfire.train.resume`; every process takes the decision after the main one acted on it).
 """
 
 from __future__ import annotations

@@ -266,9 +266,9 @@ def train_sft(
 
         trainer.remove_callback(PrinterCallback)
     model_dir = out_dir / "model"
-    current = resume.fingerprint(asdict(config), {
-        "train_data": data_digest(train_data), "eval_data": data_digest(val_data), "base_model": resume.model_digest(base),
-    })
+    current = resume.fingerprint(asdict(config), {"train_data": data_digest(train_data),
+                                                  "eval_data": data_digest(val_data),
+                                                  "base_model": resume.model_digest(base)})
     with args.main_process_first(desc="resume decision"):  # every process decides after the main one acted
         decision = resume.decide(checkpoints_dir, current, config.resume, resume.complete_checkpoints(checkpoints_dir))
         if args.should_save:
