@@ -77,6 +77,14 @@ def generate_answers(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for index, record in enumerate(records):
+        if not isinstance(record.get("image"), str):
+            kind = type(record.get("image")).__name__
+            raise ValueError(
+                f"record {index} (question_id/id {record.get('question_id', record.get('id'))!r}): field 'image' is "
+                f"{kind}, expected a path relative to the image root"
+                + (" -- image bytes from a parquet row: read the file with silkfire.data.published, which extracts "
+                   "them safely (silkfire eval / validate do)" if kind in ("dict", "bytes") else ""))
     answers: list[str] = []
     with generation_mode(model, processor):
         starts = range(0, len(records), batch_size)

@@ -28,7 +28,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from silkfire.io import RecordErrors, RecordFileError, read_located
+from silkfire.data.published import read_located
+from silkfire.io import RecordErrors, RecordFileError
 
 PARSER_NAME = "mme-official"
 GROUPS = ("perception", "cognition")
@@ -159,6 +160,7 @@ def score_mme_file(path: str | Path, extra_groups: Mapping[str, str] | None = No
     Every bad record is reported at once (:class:`silkfire.io.RecordErrors`: file, line/record, field); an
     empty file is an error (nothing to score)."""
     groups = _checked_groups({**WORLD_CATEGORY_GROUPS, **dict(extra_groups or {})})
+    # JSONL, a JSON list or parquet (rows named 'FILE: row N'; image bytes are not read)
     located, errors = read_located(path)  # unreadable lines: already named by file and line
     for index, (where, record) in enumerate(located):
         try:

@@ -46,9 +46,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from silkfire.data.published import read_located
 from silkfire.feedback.claims import Claim, QuestionReader, background_name, object_text
 from silkfire.feedback.oracle import load_world
-from silkfire.io import RecordErrors, RecordFileError, read_located, write_jsonl
+from silkfire.io import RecordErrors, RecordFileError, write_jsonl
 from silkfire.quality.config import MMHAL_TYPES
 from silkfire.world import templates as t
 from silkfire.world.config import WorldConfig
@@ -430,6 +431,7 @@ def score_mmhal(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def score_mmhal_file(path: str | Path) -> dict[str, Any]:
     """Score a JSONL / JSON-list file of rated (or judge-reviewed) items; every bad item is reported at once
     (:class:`silkfire.io.RecordErrors`: file, line/record, field); an empty file is an error."""
+    # JSONL, a JSON list or parquet (rows named 'FILE: row N'; image bytes are not read)
     located, errors = read_located(path)  # unreadable lines: already named by file and line
     for index, (where, item) in enumerate(located):
         try:

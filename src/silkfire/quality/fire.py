@@ -26,7 +26,7 @@ from silkfire.fire.text import feedback_text, parse_score  # noqa: F401  (re-exp
 from silkfire.quality.config import FireConfig, QualityConfig
 from silkfire.quality.derive import OK
 from silkfire.quality.gate import Check, between, is_ok
-from silkfire.quality.kinds import Derived, KindSpec, validate_file
+from silkfire.quality.kinds import Derived, KindSpec
 from silkfire.quality.records import OK as JSON_OK
 from silkfire.quality.report import GateResult
 
@@ -322,6 +322,9 @@ def validate_fire(
     previous_profile: str | Path | None = None,
     progress: bool = False,
 ) -> GateResult:
-    """Validate a FIRE dialogue file (JSONL or a JSON list) against the FIRE rules; see :func:`validate_file`."""
-    return validate_file(SPEC, path, config, report_dir, image_root, previous_profile=previous_profile,
-                         progress=progress)
+    """Validate a FIRE dialogue file (FIRE-100K / FIRE-Bench JSON lists, JSONL or parquet) against the FIRE rules;
+    see :func:`silkfire.data.published.validate_published`."""
+    from silkfire.data.published import validate_published  # parquet: converted, images extracted safely
+
+    return validate_published(SPEC, path, config, report_dir, image_root, previous_profile=previous_profile,
+                              progress=progress)

@@ -16,7 +16,7 @@ import pandas as pd
 from silkfire.quality import derive
 from silkfire.quality.config import MMEConfig, QualityConfig
 from silkfire.quality.gate import Check, between, in_set, is_ok, matches
-from silkfire.quality.kinds import KindSpec, derived_column, validate_file
+from silkfire.quality.kinds import KindSpec, derived_column
 from silkfire.quality.report import GateResult
 
 HINT = "fix the benchmark export (or the file by hand) and validate again"
@@ -75,7 +75,10 @@ def validate_mme(
     previous_profile: str | Path | None = None,
     progress: bool = False,
 ) -> GateResult:
-    """Validate an MME-format file (JSONL or a JSON list); see :func:`validate_file`."""
-    return validate_file(SPEC, path, config, report_dir, image_root, previous_profile=previous_profile,
-                         progress=progress)
+    """Validate an MME-format file (JSONL, a JSON list, or lmms-lab/MME parquet with image bytes); see
+    :func:`silkfire.data.published.validate_published`."""
+    from silkfire.data.published import validate_published  # parquet: converted, images extracted safely
+
+    return validate_published(SPEC, path, config, report_dir, image_root, previous_profile=previous_profile,
+                              progress=progress)
 

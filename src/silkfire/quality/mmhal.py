@@ -19,7 +19,7 @@ import pandas as pd
 from silkfire.quality.config import MMHalConfig, QualityConfig
 from silkfire.quality.derive import OK
 from silkfire.quality.gate import Check, in_set, is_ok
-from silkfire.quality.kinds import Derived, KindSpec, derived_column, validate_file
+from silkfire.quality.kinds import Derived, KindSpec, derived_column
 from silkfire.quality.records import OK as JSON_OK
 from silkfire.quality.report import GateResult
 
@@ -100,6 +100,9 @@ def validate_mmhal(
     previous_profile: str | Path | None = None,
     progress: bool = False,
 ) -> GateResult:
-    """Validate an MMHal-Bench file (JSONL or a JSON list); see :func:`validate_file`."""
-    return validate_file(SPEC, path, config, report_dir, image_root, previous_profile=previous_profile,
-                         progress=progress)
+    """Validate an MMHal-Bench file (response_template.json, JSONL or parquet); see
+    :func:`silkfire.data.published.validate_published`."""
+    from silkfire.data.published import validate_published  # parquet: converted, images extracted safely
+
+    return validate_published(SPEC, path, config, report_dir, image_root, previous_profile=previous_profile,
+                              progress=progress)

@@ -19,7 +19,7 @@ from typing import Any
 from silkfire.quality.config import QualityConfig, VLFeedbackConfig
 from silkfire.quality.derive import OK
 from silkfire.quality.gate import Check, between, is_ok
-from silkfire.quality.kinds import Derived, KindSpec, validate_file
+from silkfire.quality.kinds import Derived, KindSpec
 from silkfire.quality.records import OK as JSON_OK
 from silkfire.quality.report import GateResult
 
@@ -191,6 +191,9 @@ def validate_vlfeedback(
     previous_profile: str | Path | None = None,
     progress: bool = False,
 ) -> GateResult:
-    """Validate a VLFeedback file (JSONL or a JSON list, either completions layout); see :func:`validate_file`."""
-    return validate_file(SPEC, path, config, report_dir, image_root, previous_profile=previous_profile,
-                         progress=progress)
+    """Validate a VLFeedback file (the JSONL export, a JSON list, or parquet with or without image bytes; either
+    completions layout); see :func:`silkfire.data.published.validate_published`."""
+    from silkfire.data.published import validate_published  # parquet: converted, images extracted safely
+
+    return validate_published(SPEC, path, config, report_dir, image_root, previous_profile=previous_profile,
+                              progress=progress)

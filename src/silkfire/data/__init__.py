@@ -1,0 +1,1 @@
+"""Data sets as published: readers of the released files (``published``)."""
