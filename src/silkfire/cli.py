@@ -122,6 +122,42 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """A checkpoint on a published benchmark file (silkfire.eval.benchmark): exit 0 with the scores as JSON; 1 when
+    the file fails its gate (the report on stderr); 2 when the input, the model or an option is wrong."""
+    from silkfire.eval.benchmark import EvalGateFailed, EvalOptions, run_eval
+    from silkfire.io import RecordFileError
+    from silkfire.models.loading import ModelLoadError
+
+    try:
+        judge = None
+        if args.judge_url or args.judge_model:
+            from silkfire.llm.client import ClientConfig
+
+            if not (args.judge_url and args.judge_model):
+                raise ValueError("--judge-url and --judge-model go together")
+            key = None if args.judge_key_env.lower() == "none" else args.judge_key_env
+            judge = ClientConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=key)
+        options = EvalOptions(
+            model=args.model, out=args.out, image_root=args.image_root, max_items=args.max_items,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device,
+            groups=_parse_groups(args.group), judge=judge, role=args.role, teacher=args.teacher,
+            teacher_instruction=args.teacher_instruction, max_turns=args.max_turns, stop_score=args.stop_score,
+            seed=args.seed, overrides=list(args.overrides), progress=not args.quiet)
+        result = run_eval(args.benchmark, args.file, options)
+    except EvalGateFailed as error:
+        print(str(error), file=sys.stderr)
+        return 1
+    except SystemExit as error:  # a bad --group
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (RecordFileError, ModelLoadError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0
+
+
 def _cmd_pairs(args: argparse.Namespace) -> int:
     """Exit 0 with the counts as JSON; 2 with one ``error:`` message listing every bad record (file, line/record,
     field), an unreadable or empty input, or an output that cannot be written (nothing is written then)."""
@@ -252,6 +288,42 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--baseline", type=Path, default=None,
                        help="fire: the baseline model's dialogues; adds AT_norm = AT / baseline AT")
     score.set_defaults(func=_cmd_score)
+
+    evaluate = sub.add_parser("eval", help="answer and score a published benchmark file with any local checkpoint")
+    evaluate.add_argument("benchmark", choices=["mme", "mmhal", "fire"])
+    evaluate.add_argument("file", type=Path, help="mme: lmms-lab/MME parquet (file or folder of shards) or JSONL; "
+                          "mmhal: response_template.json; fire: FIRE-test.json (FIRE-Bench)")
+    evaluate.add_argument("--model", type=Path, required=True, help="a local model folder (save_pretrained)")
+    evaluate.add_argument("--image-root", type=Path, default=None,
+                          help="folder image paths resolve against; parquet images are extracted under it "
+                               "(default: the file's folder)")
+    evaluate.add_argument("--out", type=Path, default=None, help="default: reports/eval/<benchmark>/<file stem>")
+    evaluate.add_argument("--max-items", type=int, default=None,
+                          help="evaluate only this many (MME: questions, both of an image kept; FIRE: items)")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--max-new-tokens", type=int, default=None,
+                          help="default: the benchmark's (MME 16, MMHal 1024, FIRE 160)")
+    evaluate.add_argument("--dtype", default="float32")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--group", action="append", default=[], metavar="CATEGORY=GROUP",
+                          help="mme: the group (perception|cognition) of a category MME does not have")
+    evaluate.add_argument("--judge-url", default=None, help="mmhal: OpenAI-compatible endpoint of the 0-6 judge")
+    evaluate.add_argument("--judge-model", default=None, help="mmhal: the judge model's name")
+    evaluate.add_argument("--judge-key-env", default="OPENAI_API_KEY",
+                          help="mmhal: environment variable holding the judge's key ('none': no key)")
+    evaluate.add_argument("--role", choices=["student", "teacher"], default="student",
+                          help="fire: the model writes the student's (refined answers) or the teacher's turns")
+    evaluate.add_argument("--teacher", type=Path, default=None,
+                          help="fire: a trained teacher folder; adds free dialogue (AT, ADR, ATR, RR)")
+    evaluate.add_argument("--teacher-instruction", choices=["fire", "short"], default="fire",
+                          help="fire: the scoring instruction a model teacher is prompted with")
+    evaluate.add_argument("--max-turns", type=int, default=5, help="fire free dialogue: student turns at most")
+    evaluate.add_argument("--stop-score", type=float, default=8.0, help="fire: a score >= this is correct")
+    evaluate.add_argument("--seed", type=int, default=0, help="fire: the draw of --max-items items")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="a quality gate override, e.g. --set mme.policy=filter")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=_cmd_eval)
 
     pairs = sub.add_parser("pairs", help="build VLFeedback preference pairs from an annotated file")
     pairs.add_argument("file", type=Path, help="VLFeedback records (JSONL or JSON list, either layout)")
