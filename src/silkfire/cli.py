@@ -60,8 +60,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         try:
             run_stage(args.name)
         except Exception as error:
-            # A failed gate carries a readable report: print it, not a traceback.
-            if type(error).__name__ == "GateFailed":
+            # A failed gate carries a readable report, a training stage refusing unvetted data says why: no traceback.
+            if type(error).__name__ in ("GateFailed", "GateNotPassed"):
                 print(str(error), file=sys.stderr)
                 return 1
             raise

@@ -57,6 +57,7 @@ def test_fire_branch_stages_end_to_end(project: Path) -> None:
     from silkfire.fire.records import read_dialogues
     from silkfire.stages.runner import run_stage
 
+    run_stage("validate", project)  # the world gate: fire_sft mixes world records and checks its verdict
     dialogues = run_stage("dialogues", project)
     for split, count in (("train", 40), ("test", 12)):
         path = project / "data" / "fire" / "dialogues" / f"{split}.jsonl"

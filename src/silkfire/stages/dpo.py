@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from silkfire.stages.gated import require_passed
+
 PARAMS = ("silkie.dpo", "silkie.registered_model", "silkie.sample.source", "silkie.sample.image_root",
           "tracking", "paths.world", "paths.feedback", "paths.reports", "paths.sft", "paths.dpo", "paths.metrics")
 CURVES = (("loss", "dpo_loss", "nll"), ("reward_accuracy", "eval_reward_accuracy"),
@@ -59,6 +61,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.tracking.registry import log_and_register
     from silkfire.train.dpo import DPOConfig, train_dpo
 
+    require_passed(cfg, root, "dpo")  # the feedback and pairs gates' verdicts vouch for these pairs
     pairs = gated_pairs(cfg, root)
     log_dvc_dataset(root, f"{cfg.paths.feedback}/pairs.jsonl", pairs, "silkie-pairs", context="train")
     out_dir = root / cfg.paths.dpo

@@ -28,6 +28,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from silkfire.stages.gated import require_passed
+
 PARAMS = (
     "fire.seed", "fire.sft", "fire.dialogues.stop_score", "fire.dialogues.families", "model.dtype", "tracking",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
@@ -209,6 +211,7 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
+    require_passed(cfg, root, "fire_sft")  # the FIRE (and world) gates' verdicts vouch for the dialogues
     counts = build_sets(cfg, root)
     mlflow.log_artifacts(str(sets_dir(cfg, root)), artifact_path="sft_sets")
     metrics: dict[str, Any] = {"sets": counts}

@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from silkfire.stages.gated import require_passed
+
 PARAMS = (
     "seed", "train", "model", "tracking",
     "paths.world", "paths.reports", "paths.base_model", "paths.sft", "paths.metrics",
@@ -29,6 +31,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.tracking.registry import log_and_register
     from silkfire.train.sft import SFTConfig, train_sft
 
+    require_passed(cfg, root, "sft")  # the world gate's verdict vouches for the files read below
     world = root / cfg.paths.world
     out_dir = root / cfg.paths.sft
     # What passed the gate: the world files, or their clean copies when the gate's policy filtered rows.

@@ -34,6 +34,7 @@ def gated_file(cfg: DictConfig, root: Path, name: str) -> Path:
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.io import write_json
     from silkfire.quality import GateFailed, QualityConfig, validate_world
+    from silkfire.stages.gated import record_verdict
     from silkfire.tracking.gates import log_gate_reports, tag_gate
 
     reports = report_dir(cfg, root)
@@ -44,11 +45,13 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     )
     (reports / FAILURE_REPORT).write_text(result.to_markdown(), encoding="utf-8")
     write_json(reports / FAILURE_TABLE, result.failure_rows())
+    record_verdict(reports, [result], root, "validate")  # what training stages check (silkfire.stages.gated)
     log_gate_reports(reports)
     tag_gate(result.success, str(result.summary().get("policy", "")))
     if not result.success:
         raise GateFailed(result)
     if (reports / "profile.json").is_file():
+        profile.parent.mkdir(parents=True, exist_ok=True)  # a first run by hand, before any metrics file
         shutil.copyfile(reports / "profile.json", profile)
     return {k: v for k, v in result.summary().items() if not isinstance(v, str)}
 

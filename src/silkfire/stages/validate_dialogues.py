@@ -50,6 +50,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
     from silkfire.quality import GateFailed, validate_fire
+    from silkfire.stages.gated import record_verdict
     from silkfire.tracking.gates import log_gate_reports, tag_gate
 
     config = quality_config(cfg)
@@ -65,6 +66,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     (reports / FAILURE_REPORT).write_text(markdown, encoding="utf-8")
     failures = [row | {"split": split} for split, result in results.items() for row in result.failure_rows()]
     (reports / FAILURE_TABLE).write_text(json.dumps(failures, indent=1), encoding="utf-8")
+    record_verdict(reports, results.values(), root, "validate_dialogues")  # what `fire_sft` checks (stages.gated)
     for split in SPLITS:
         log_gate_reports(reports / split, artifact_path=f"validation/{split}")
     mlflow.log_artifact(str(reports / FAILURE_REPORT), artifact_path="validation")

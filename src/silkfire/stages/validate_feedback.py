@@ -37,11 +37,13 @@ def run_gate(kind: str, path: Path, cfg: DictConfig, root: Path, reports: Path, 
     from silkfire.io import write_json
     from silkfire.quality import GateFailed, QualityConfig
     from silkfire.quality.cli import validate
+    from silkfire.stages.gated import record_verdict
     from silkfire.tracking.gates import log_gate_reports, tag_gate
 
     result = validate(kind, path, QualityConfig.from_mapping(cfg.quality), reports, image_root)
     (reports / "report.md").write_text(result.to_markdown(), encoding="utf-8")
     write_json(reports / "failures.json", result.failure_rows())
+    record_verdict(reports, [result], root, reports.name)  # what `dpo` checks (silkfire.stages.gated)
     log_gate_reports(reports)
     tag_gate(result.success, str(result.summary().get("policy", "")), kind)
     if not result.success:

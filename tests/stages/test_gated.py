@@ -1,0 +1,93 @@
+"""A training stage never trains on data whose gate did not pass, however it is run: `sft`, `dpo` and `fire_sft`
+refuse (GateNotPassed, before loading anything) when their gate's verdict is missing, failed, or does not vouch for
+the exact bytes they would read; under policy filter they read the clean copy the verdict vouches for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from silkfire.config import compose
+from silkfire.io import read_records, write_jsonl
+from silkfire.models.testing import make_test_world
+from silkfire.stages.gated import VERDICT, GateNotPassed, require_passed
+from silkfire.stages.runner import run_stage
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["experiment=smoke", "world.train_scenes=3", "world.val_scenes=1", "world.test_scenes=1",
+        "quality.data_docs=false", "tracking.log_model=false"]
+
+
+@pytest.fixture()
+def project(mlflow_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SILKFIRE_ROOT", str(mlflow_root))
+    cfg = compose(TINY, ROOT)
+    OmegaConf.save(cfg, mlflow_root / "params.yaml")
+    make_test_world(mlflow_root / cfg.paths.world, train_scenes=3, val_scenes=1, test_scenes=1)
+    return mlflow_root
+
+
+def params(root: Path):  # noqa: ANN201 -- a DictConfig
+    return OmegaConf.load(root / "params.yaml")
+
+
+def test_sft_refuses_until_the_world_gate_passed_on_the_bytes_it_reads(project: Path) -> None:
+    from silkfire.quality import GateFailed
+
+    with pytest.raises(GateNotPassed, match=r"(?s)sft: refusing.*no verdict of the validate gate.*silkfire stage validate"):
+        run_stage("sft", project)  # refused before any model is loaded (there is none here)
+
+    run_stage("validate", project)
+    verdict = json.loads((project / "reports/validate" / VERDICT).read_text())
+    assert verdict["success"] is True and verdict["policy"] == "fail"
+    assert {"data/world/train.jsonl", "data/world/val.jsonl"} <= set(verdict["files"])
+    require_passed(params(project), project, "sft")
+
+    train = project / "data/world/train.jsonl"
+    records = read_records(train)
+    records[0]["answer"] = ""  # blank: the world gate's text check fails on it
+    write_jsonl(train, records)
+    with pytest.raises(GateNotPassed, match=r"train\.jsonl changed after the validate gate checked it"):
+        require_passed(params(project), project, "sft")
+    with pytest.raises(GateFailed):
+        run_stage("validate", project)
+    with pytest.raises(GateNotPassed, match=r"the validate gate failed \(policy fail"):
+        run_stage("sft", project)
+
+    cfg = params(project)  # policy filter: the bad row is quarantined, the clean copy is what sft reads
+    cfg.quality.world.policy = "filter"
+    cfg.quality.max_quarantine_fraction = 0.5
+    OmegaConf.save(cfg, project / "params.yaml")
+    run_stage("validate", project)
+    clean = project / "reports/validate/clean/train.jsonl"
+    assert clean.is_file() and len(read_records(clean)) == len(records) - 1
+    assert "reports/validate/clean/train.jsonl" in json.loads((project / "reports/validate" / VERDICT).read_text())[
+        "files"]
+    require_passed(params(project), project, "sft")
+    write_jsonl(clean, records)  # the bad row slipped back in by hand
+    with pytest.raises(GateNotPassed, match=r"clean/train\.jsonl changed after the validate gate"):
+        require_passed(params(project), project, "sft")
+
+
+def test_dpo_and_fire_sft_name_every_gate_they_miss(project: Path) -> None:
+    with pytest.raises(GateNotPassed) as refused:
+        run_stage("dpo", project)
+    assert "validate_feedback gate" in str(refused.value) and "pairs gate" in str(refused.value)
+    with pytest.raises(GateNotPassed) as refused:
+        run_stage("fire_sft", project)
+    assert "validate_dialogues gate" in str(refused.value) and "no verdict of the validate gate" in str(refused.value)
+    cfg = params(project)
+    cfg.fire.sft.mix_sft = 0.0  # no world records mixed in: the world gate is not asked for
+    with pytest.raises(GateNotPassed) as refused:
+        require_passed(cfg, project, "fire_sft")
+    assert "validate gate" not in str(refused.value).replace("validate_dialogues gate", "")
+
+
+def test_an_unreadable_verdict_is_a_refusal(project: Path) -> None:
+    (project / "reports/validate").mkdir(parents=True)
+    (project / "reports/validate" / VERDICT).write_text("{not json")
+    with pytest.raises(GateNotPassed, match=r"cannot be read"):
+        require_passed(params(project), project, "sft")
