@@ -196,5 +196,5 @@ def test_feedback_prompts_are_instructions(tmp_path: Path) -> None:
     assert [(i.id, i.image, i.scene) for i in found] == [("lrv-2", "merged_images/lrv-2.jpg", None),
                                                           ("svit-1", "merged_images/svit-1.jpg", None)]
     write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "prompt": "p", "img_path": ""}])
-    with pytest.raises(ValueError, match=r"bad\.jsonl: record 0: field 'img_path'"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: field 'img_path'"):
         feedback_instructions(tmp_path / "bad.jsonl")

@@ -70,18 +70,39 @@ def world_instructions(world_dir: Path, *, split_file: str = "train.jsonl", fami
     return sorted(instructions, key=lambda instruction: instruction.id)
 
 
-def feedback_instructions(path: Path, *, max_instructions: int | None = None, seed: int = 0) -> list[Instruction]:
-    """Prompts of a VLFeedback file (``id``, ``prompt``, ``img_path``; completions, if any, are ignored)."""
+def feedback_instructions(path: Path, *, max_instructions: int | None = None, seed: int = 0,
+                          image_root: Path | None = None) -> list[Instruction]:
+    """Prompts of a VLFeedback file as published (``id``, ``prompt``, ``img_path``; completions, if any, are
+    ignored): the JSONL export, a JSON list, or parquet (a file or a folder of shards, read with pyarrow).
+
+    A seeded sample of ``max_instructions`` (the same draw whatever the layout). Parquet that embeds the images
+    as bytes: the sampled rows' images are extracted under ``image_root`` by content hash
+    (:mod:`silkfire.data.published`) and ``img_path`` names the extracted file; either way every image is then
+    read through the image path policy. A bad record is named with its file and line/row and field."""
     import random
 
-    records: list[dict[str, Any]] = read_records(path)
-    instructions = []
-    for index, record in enumerate(records):
+    from silkfire.data.published import extract_row_images, has_embedded_images, vlfeedback_prompts
+
+    rows = vlfeedback_prompts(path)
+    instructions, numbers = [], []
+    for number, where, record in rows:
         for key in ("id", "prompt", "img_path"):
             if not isinstance(record.get(key), str) or not record[key].strip():
-                raise ValueError(f"{path}: record {index}: field {key!r} must be a non-empty string, "
-                                 f"got {record.get(key)!r}"[:300])
+                raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {record.get(key)!r}"[:300])
         instructions.append(Instruction(id=record["id"], prompt=record["prompt"], image=record["img_path"]))
+        numbers.append(number)
     if max_instructions is not None and len(instructions) > max_instructions:
-        instructions = random.Random(seed).sample(instructions, max_instructions)
+        chosen = random.Random(seed).sample(range(len(instructions)), max_instructions)
+        instructions, numbers = [instructions[i] for i in chosen], [numbers[i] for i in chosen]
+    if has_embedded_images(path, "vlfeedback"):
+        if image_root is None:
+            raise ValueError(f"{path}: the images are embedded as bytes: an image root to extract them under is "
+                             "needed (silkie.sample.image_root)")
+        extracted = extract_row_images(path, "vlfeedback", [n for n in numbers if n is not None], image_root)
+        for index, number in enumerate(numbers):
+            relative, why = extracted.get(number, (None, "row not found"))
+            if relative is None:
+                raise ValueError(f"{path}: row {number} (id {instructions[index].id!r}): field 'image': {why}")
+            instructions[index] = Instruction(id=instructions[index].id, prompt=instructions[index].prompt,
+                                              image=relative)
     return sorted(instructions, key=lambda instruction: instruction.id)

@@ -8,6 +8,14 @@
 
 The teacher is ``fire.teacher`` (the oracle by default). Both files are FIRE records (``split``: train|test) plus
 the world's ``id``/``family``/``category``; the `validate_dialogues` gate checks them next.
+
+``fire.dialogues.source: published`` reads the dialogues as released instead of simulating them: FIRE-100K
+(``fire.dialogues.published.train_file``, FIRE-train-100K.json) becomes the training dialogues and FIRE-Bench
+(``test_file``, FIRE-test.json) the test dialogues, each a seeded sample of ``train_questions`` /
+``test_questions`` records (null: all), copied as they are (any extra keys kept) in file order; their image
+paths resolve against ``fire.dialogues.published.image_root`` (:func:`image_root`), which the FIRE gate reads
+through the image path policy. Read with :mod:`silkfire.data.published` (JSON list, JSONL or parquet); a file
+that cannot be read stops the stage naming file and record; bad records are the gate's to report.
 """
 
 from __future__ import annotations
@@ -22,8 +30,31 @@ PARAMS = ("fire.seed", "fire.dialogues", "fire.teacher", "world", "paths.world",
 SPLIT_FILES = {"train": "train.jsonl", "test": "open.jsonl"}  # world file of each dialogue split
 
 
+SOURCES = ("simulate", "published")
+
+
 def out_dir(cfg: DictConfig, root: Path) -> Path:
     return root / cfg.paths.fire / "dialogues"
+
+
+def source_of(cfg: DictConfig) -> str:
+    source = str(cfg.fire.dialogues.get("source") or "simulate")
+    if source not in SOURCES:
+        raise ValueError(f"fire.dialogues.source: expected one of {list(SOURCES)}, got {source!r}")
+    return source
+
+
+def image_root(cfg: DictConfig, root: Path) -> Path:
+    """The folder the dialogues' image paths resolve against: the world, or ``fire.dialogues.published.image_root``
+    for published dialogues (FIRE ships no images: they come from its ~27 source sets)."""
+    if source_of(cfg) == "simulate":
+        return root / cfg.paths.world
+    folder = (cfg.fire.dialogues.get("published") or {}).get("image_root")
+    if not folder:
+        raise ValueError("fire.dialogues.published.image_root: set it to the folder FIRE's image paths "
+                         "(e.g. mathvista/images/530.jpg) are relative to (needed when fire.dialogues.source is "
+                         "published)")
+    return root / str(folder)
 
 
 def student_shares(students: Any, seed: int) -> list[tuple[dict[str, Any], float]]:
@@ -67,6 +98,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 
     settings = cfg.fire.dialogues
     seed = int(cfg.fire.seed)
+    if source_of(cfg) == "published":
+        return published_dialogues(cfg, root)
     world_cfg = OmegaConf.to_container(cfg.world, resolve=True)
     world_dir = root / cfg.paths.world
     teacher = build_teacher(OmegaConf.to_container(cfg.fire.teacher, resolve=True), root=root, world=world_cfg)
@@ -109,6 +142,45 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     return metrics
 
 
+def published_dialogues(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    """``source: published``: the released files' records, a seeded sample per split (module docstring)."""
+    import mlflow
+
+    from silkfire.data.published import read_records_any
+    from silkfire.io import write_jsonl
+
+    settings = cfg.fire.dialogues
+    published = settings.get("published") or {}
+    seed = int(cfg.fire.seed)
+    folder = image_root(cfg, root)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"fire.dialogues.published.image_root: {folder} is not a folder")
+    target = out_dir(cfg, root)
+    target.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, Any] = {"source": "published", "image_root": str(folder)}
+    for split, key in (("train", "train_file"), ("test", "test_file")):
+        name = published.get(key)
+        if not name:
+            raise ValueError(f"fire.dialogues.published.{key}: the FIRE file of the {split} split is not set "
+                             "(FIRE-train-100K.json / FIRE-test.json)")
+        path = root / str(name)
+        records = read_records_any(path, kind="fire")
+        limit = settings.get(f"{split}_questions")
+        if limit is not None and len(records) > int(limit):
+            keep = sorted(random.Random(f"silkfire-fire-{split}/{seed}").sample(range(len(records)), int(limit)))
+            records = [records[index] for index in keep]
+        if not records:
+            raise ValueError(f"fire.dialogues.published.{key}: {path} holds no dialogues")
+        write_jsonl(target / f"{split}.jsonl", records)
+        rounds: dict[str, int] = {}
+        for record in records:
+            rounds[str(record.get("round"))] = rounds.get(str(record.get("round")), 0) + 1
+        metrics[split] = {"file": str(path), "dialogues": len(records), "rounds": dict(sorted(rounds.items()))}
+    mlflow.log_params({"dialogue_source": "published", "train_file": str(published.get("train_file")),
+                       "test_file": str(published.get("test_file"))})
+    return metrics
+
+
 def _with_world_keys(dialogues: list[Any], tasks: list[Any]) -> list[Any]:
     """Dialogues (in task order, dropped ones missing) with the world's id/family/category as extra keys."""
     by_key = {(task.image, task.question): task for task in tasks}
@@ -147,6 +219,9 @@ def _free_summary(dialogues: list[Any], threshold: float) -> dict[str, Any]:
 
 
 def summary(metrics: dict[str, Any]) -> str:
+    if metrics.get("source") == "published":
+        return "; ".join(f"{split} {metrics.get(split, {}).get('dialogues', '?')} published dialogues"
+                         for split in SPLIT_FILES)
     parts = []
     for split in SPLIT_FILES:
         data = metrics.get(split, {})

@@ -63,9 +63,11 @@ def instructions_of(cfg: DictConfig, root: Path) -> list[Any]:
     if sample.source == "vlfeedback":
         if not sample.prompts:
             raise ValueError("silkie.sample.prompts: the VLFeedback file whose prompts are sampled is not set")
-        prompts = root / str(sample.prompts)
-        instructions = feedback_instructions(prompts, max_instructions=limit, seed=int(cfg.silkie.seed))
-        refuse_unsafe_images(prompts, instructions, image_root(cfg, root))
+        prompts = root / str(sample.prompts)  # as published: parquet (images embedded or not), JSONL, JSON list
+        images = image_root(cfg, root)  # parquet image bytes are extracted under it (silkfire.data.published)
+        instructions = feedback_instructions(prompts, max_instructions=limit, seed=int(cfg.silkie.seed),
+                                             image_root=images)
+        refuse_unsafe_images(prompts, instructions, images)
         return instructions
     raise ValueError(f"silkie.sample.source: expected 'world' or 'vlfeedback', got {sample.source!r}")
 

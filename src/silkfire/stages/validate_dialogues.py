@@ -13,7 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PARAMS = ("quality", "fire.validate", "paths.world", "paths.fire", "paths.reports")
+PARAMS = ("quality", "fire.validate", "fire.dialogues.source", "fire.dialogues.published", "paths.world", "paths.fire",
+          "paths.reports")
 SPLITS = ("train", "test")
 FAILURE_REPORT = "report.md"  # the flow publishes <reports>/<stage>/report.md when the stage fails
 FAILURE_TABLE = "failures.json"
@@ -50,10 +51,12 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
     from silkfire.quality import GateFailed, validate_fire
+    from silkfire.stages.dialogues import image_root
     from silkfire.stages.gated import record_verdict
     from silkfire.tracking.gates import log_gate_reports, tag_gate
 
     config = quality_config(cfg)
+    images = image_root(cfg, root)  # the world, or fire.dialogues.published.image_root
     reports = report_dir(cfg, root)
     reports.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -61,7 +64,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         path = dialogue_file(cfg, root, split)
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run the dialogues stage first")
-        results[split] = validate_fire(path, config, reports / split, image_root=root / cfg.paths.world)
+        results[split] = validate_fire(path, config, reports / split, image_root=images)
     markdown = "\n\n".join(f"## {split} dialogues\n\n{result.to_markdown()}" for split, result in results.items())
     (reports / FAILURE_REPORT).write_text(markdown, encoding="utf-8")
     failures = [row | {"split": split} for split, result in results.items() for row in result.failure_rows()]
