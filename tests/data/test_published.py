@@ -143,7 +143,8 @@ def test_mmhal_template_items_find_their_images_and_pass_the_gate(tmp_path: Path
     bad = make.mmhal_items()
     bad[1]["question_type"] = "counting"
     code, text = gate("mmhal", make.make_mmhal(tmp_path / "bad", bad), tmp_path)
-    assert code == 1 and "response_template.json:2  question_type -> \"item 1 is 'counting', expected 'adversarial'" in text
+    assert code == 1
+    assert "response_template.json:2  question_type -> \"item 1 is 'counting', expected 'adversarial'" in text
 
 
 def test_score_reads_mme_parquet_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

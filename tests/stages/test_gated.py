@@ -37,7 +37,8 @@ def params(root: Path):  # noqa: ANN201 -- a DictConfig
 def test_sft_refuses_until_the_world_gate_passed_on_the_bytes_it_reads(project: Path) -> None:
     from silkfire.quality import GateFailed
 
-    with pytest.raises(GateNotPassed, match=r"(?s)sft: refusing.*no verdict of the validate gate.*silkfire stage validate"):
+    refusal = r"(?s)sft: refusing.*no verdict of the validate gate.*silkfire stage validate"
+    with pytest.raises(GateNotPassed, match=refusal):
         run_stage("sft", project)  # refused before any model is loaded (there is none here)
 
     run_stage("validate", project)

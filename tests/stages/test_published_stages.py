@@ -62,12 +62,14 @@ def test_vlfeedback_parquet_through_sample_annotate_gates_pairs_and_dpo(mlflow_r
         pool = [f"+silkie.sample.pool.p{n}={{kind: api, base_url: '{policies.url}', model: m{n}, api_key_env: null}}"
                 for n in range(1, 5)]
         cfg = compose([
-            "experiment=silkie", "silkie.sample.source=vlfeedback", f"silkie.sample.prompts={prompts.relative_to(root)}",
+            "experiment=silkie", "silkie.sample.source=vlfeedback",
+            f"silkie.sample.prompts={prompts.relative_to(root)}",
             "silkie.sample.image_root=vlf", "silkie.sample.max_instructions=2", "silkie.sample.progress=false",
             "~silkie.sample.pool", *pool,
             "silkie/judge=api", f"silkie.judge.base_url={judge.url}", "silkie.judge.api_key_env=null",
             "silkie.judge.backoff_base_s=0.0",
-            "silkie.dpo.max_steps=2", "silkie.dpo.batch_size=2", "silkie.dpo.num_threads=1", "silkie.dpo.progress=false",
+            "silkie.dpo.max_steps=2", "silkie.dpo.batch_size=2", "silkie.dpo.num_threads=1",
+            "silkie.dpo.progress=false",
             "silkie.dpo.eval_fraction=0.0", "silkie.dpo.ref_batch_size=4", "silkie.dpo.save_steps=2",
             "quality.data_docs=false", "tracking.log_model=false",
         ], ROOT)

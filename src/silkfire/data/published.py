@@ -1,11 +1,14 @@
 """The published data sets in their released layouts, read by real loaders, with embedded images made safe.
 
-| data set | published file(s) | read with |
-|---|---|---|
-| lmms-eval MME (``lmms-lab/MME``) | ``data/test-*-of-*.parquet``: ``question_id``, ``image`` {bytes, path}, ``question``, ``answer``, ``category`` | pyarrow |
-| VLFeedback (``MMInstruction/VLFeedback``) | parquet: ``id``, ``prompt``, ``models``, ``completions``, ``img_path`` (+ ``image`` {bytes, path} when the images are embedded); or the JSONL export (``vlfeedback_80k.jsonl``) + ``merged_images/`` | pyarrow / :mod:`silkfire.io` |
-| FIRE-100K / FIRE-Bench (``PengxiangLi/FIRE``) | ``FIRE-train-100K.json`` / ``FIRE-test.json``: JSON lists of dialogues; images (from ~27 source sets) not shipped | :mod:`silkfire.io` |
-| MMHal-Bench (``Shengcao1006/MMHal-Bench``) | ``response_template.json`` (a JSON list) + ``images/`` (file name = last part of ``image_src``) | :mod:`silkfire.io` |
+- lmms-eval MME (``lmms-lab/MME``): ``data/test-*-of-*.parquet`` with ``question_id``, ``image`` {bytes, path},
+  ``question``, ``answer``, ``category`` -- pyarrow;
+- VLFeedback (``MMInstruction/VLFeedback``): parquet with ``id``, ``prompt``, ``models``, ``completions``,
+  ``img_path`` (+ ``image`` {bytes, path} when the images are embedded) -- pyarrow; or the JSONL export
+  (``vlfeedback_80k.jsonl``) + ``merged_images/`` -- :mod:`silkfire.io`;
+- FIRE-100K / FIRE-Bench (``PengxiangLi/FIRE``): ``FIRE-train-100K.json`` / ``FIRE-test.json``, JSON lists of
+  dialogues; the images (from ~27 source sets) are not shipped -- :mod:`silkfire.io`;
+- MMHal-Bench (``Shengcao1006/MMHal-Bench``): ``response_template.json`` (a JSON list) + ``images/`` (file name =
+  the last part of ``image_src``) -- :mod:`silkfire.io`.
 
 A parquet file (or a folder of parquet shards, read in name order) becomes records one row each, numbered from 1
 ("row N" in messages; several shards are numbered on, in name order). **Embedded images are data from elsewhere**:
@@ -119,7 +122,8 @@ def image_bytes(value: Any) -> tuple[bytes | None, str]:
     elif isinstance(value, Mapping):
         raw = value.get("bytes")
         if raw is None:
-            where = f" (it names path {str(value.get('path'))[:80]!r}, which is not followed)" if value.get("path") else ""
+            named = value.get("path")
+            where = f" (it names path {str(named)[:80]!r}, which is not followed)" if named else ""
             return None, f"no image bytes{where}"
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             return None, f"image bytes are {type(raw).__name__}, expected binary"

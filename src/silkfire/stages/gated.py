@@ -123,7 +123,8 @@ def requirements(cfg: DictConfig, root: Path, stage: str) -> list[Requirement]:
         from silkfire.stages.validate_dialogues import gated_dialogues
         from silkfire.stages.validate_dialogues import report_dir as dialogue_reports
 
-        needed = [Requirement("validate_dialogues", dialogue_reports(cfg, root), (gated_dialogues(cfg, root, "train"),))]
+        needed = [Requirement("validate_dialogues", dialogue_reports(cfg, root),
+                              (gated_dialogues(cfg, root, "train"),))]
         if float(cfg.fire.sft.mix_sft) > 0:  # world records are mixed into the student's set
             needed.append(Requirement("validate", world_reports(cfg, root), (gated_file(cfg, root, "train.jsonl"),)))
         return needed
