@@ -74,13 +74,16 @@ def test_model_config_from_mapping_nested_and_errors():
         ModelConfig.from_mapping({"vision": {"image_size": 60, "patch_size": 8}})
 
 
-@pytest.mark.parametrize("name", ["tiny_llava", "llava_1_5_7b"])
+@pytest.mark.parametrize("name", ["tiny_llava", "llava_1_5_7b", "qwen2_vl_7b", "llava_next_8b"])
 def test_conf_model_files_parse(name: str):
     from omegaconf import OmegaConf
 
     cfg = ModelConfig.from_mapping(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"))
     if name == "tiny_llava":
         assert cfg.source == "build" and cfg.vision.num_image_tokens == 9
+        assert cfg.checkpoint_files == "src/silkfire/models"
     else:
-        assert cfg.source == "pretrained" and cfg.name_or_path == "llava-hf/llava-1.5-7b-hf"
+        hub = {"llava_1_5_7b": "llava-hf/llava-1.5-7b-hf", "qwen2_vl_7b": "Qwen/Qwen2-VL-7B-Instruct",
+               "llava_next_8b": "llava-hf/llama3-llava-next-8b-hf"}[name]
+        assert cfg.source == "pretrained" and cfg.name_or_path == hub == cfg.checkpoint_files
         assert cfg.dtype == "bfloat16"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -78,6 +79,9 @@ class ModelConfig:
 
     source: Literal["build", "pretrained"] = "build"
     name_or_path: str | None = None
+    # What DVC hashes as the starting checkpoint (a dependency of the `base` stage): a local checkpoint folder, so a
+    # checkpoint changed in place re-runs `base` and everything after it (see resolve_checkpoint_files)
+    checkpoint_files: str | None = None
     dtype: str = "float32"
     vocab_size: int = 512  # upper bound for the BPE tokenizer (build only)
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
@@ -103,3 +107,26 @@ class ModelConfig:
         if "text" in values:
             values["text"] = build_dataclass(TextModelConfig, values["text"], "model.text")
         return build_dataclass(cls, values, "model config")
+
+
+def resolve_checkpoint_files(cfg: Any) -> None:
+    """Point ``model.checkpoint_files`` (DVC's dependency on the checkpoint) at files that exist, in place.
+
+    A local folder given as ``model.name_or_path`` is its own; a hub name (``llava-hf/llava-1.5-7b-hf``) is not a
+    path, so it is replaced by the checkpoint's folder in the local Hugging Face cache when it is there (offline,
+    it must be). A checkpoint found nowhere stays as it is: DVC then stops at `base` naming the missing path.
+    Called when `silkfire run` / `silkfire params` compose params.yaml.
+    """
+    model = cfg.get("model") if hasattr(cfg, "get") else None
+    if model is None or model.get("source") != "pretrained":
+        return
+    files, name = model.get("checkpoint_files"), model.get("name_or_path")
+    if not files or Path(str(files)).expanduser().exists() or files != name or not name or name.count("/") != 1:
+        return
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:  # pragma: no cover - a transformers dependency
+        return
+    cached = Path(HF_HUB_CACHE) / f"models--{name.replace('/', '--')}"
+    if cached.is_dir():
+        model["checkpoint_files"] = str(cached)

@@ -34,7 +34,9 @@ def load_vlm(source: str | Path, *, dtype: str = "float32", device: str = "cpu")
     ``llava-hf/llava-1.5-7b-hf`` (resolved from the local Hugging Face cache when ``HF_HUB_OFFLINE=1``).
     Weights are read from safetensors only. The model is returned in eval mode on ``device``.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from silkfire.models.families import load_processor
 
     import torch
 
@@ -59,7 +61,8 @@ def load_vlm(source: str | Path, *, dtype: str = "float32", device: str = "cpu")
         model = AutoModelForImageTextToText.from_pretrained(
             source_str, dtype=getattr(torch, dtype), local_files_only=offline, use_safetensors=True
         )
-        processor = AutoProcessor.from_pretrained(source_str, local_files_only=offline)
+        # AutoProcessor, or for Qwen2-VL without torchvision the same processor minus its video part
+        processor = load_processor(source_str, local_files_only=offline)
     except OSError as error:
         if is_local:
             raise ModelLoadError(f"could not load a VLM from the directory {source_str}: {error}") from error

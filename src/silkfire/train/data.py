@@ -2,14 +2,20 @@
 
 Running the processor per batch costs more than the tiny model's forward pass, so texts are tokenised and
 images turned into pixel tensors once, up front. Each example keeps its token ids, its labels (-100 everywhere
-except the assistant's answer tokens and the closing </s>) and the index of its image in a shared pixel tensor.
+except the assistant's answer tokens and the token that ends its turn) and the index of its image in a shared
+store of per-image model inputs.
+
+Every family goes through the same code, driven by what its processor produces: prompts are rendered by the
+processor's chat template; images by its image processor at its resolution -- one [C, H, W] tensor per image
+(LLaVA-1.5), a stack of anyres tiles plus ``image_sizes`` (LLaVA-NeXT), or flattened patches plus
+``image_grid_thw`` (Qwen2-VL); the number of image tokens is asked from the processor per image size.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,36 +50,108 @@ def load_image(image_root: Path, relative: str) -> Image.Image:
     return check_image(image_root, relative).load()
 
 
+def image_inputs(processor: Any, images: Sequence[Image.Image]) -> list[dict[str, torch.Tensor]]:
+    """The model inputs of each image from the processor's image processor, one dict per image: ``pixel_values``
+    ([C, H, W]; LLaVA-NeXT: [tiles, C, H, W]; Qwen2-VL: [patches, dim]) and the family's per-image extras
+    (``image_sizes`` [2], ``image_grid_thw`` [3]). Floats are float32."""
+    if not images:
+        return []
+    output = processor.image_processor(images=list(images), return_tensors="pt")
+    keys = set(output.keys())
+    if keys == {"pixel_values"}:  # one fixed-size tensor per image (LLaVA-1.5)
+        return [{"pixel_values": row.float()} for row in output["pixel_values"]]
+    if "image_grid_thw" in keys:  # Qwen2-VL: every image's patches concatenated, its grid says how many
+        grids = output["image_grid_thw"]
+        chunks = output["pixel_values"].float().split(grids.prod(-1).tolist())
+        return [{"pixel_values": chunk, "image_grid_thw": grid} for chunk, grid in zip(chunks, grids)]
+    # anyres (LLaVA-NeXT): a batch pads every image to the most tiles; one image at a time keeps its own count
+    per_image = []
+    for image in images:
+        single = output if len(images) == 1 else processor.image_processor(images=[image], return_tensors="pt")
+        per_image.append({key: (value[0].float() if value.is_floating_point() else value[0])
+                          for key, value in single.items()})
+    return per_image
+
+
+def stack_images(items: Sequence[Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor | list[torch.Tensor],
+                                                                        dict[str, torch.Tensor]]:
+    """Per-image inputs stored once: ``pixel_values`` stacked into one tensor when every image has the same shape
+    (else kept as a list), extras (``image_sizes``, ``image_grid_thw``) stacked per image."""
+    pixels = [item["pixel_values"] for item in items]
+    stacked: torch.Tensor | list[torch.Tensor] = (torch.stack(pixels) if len({p.shape for p in pixels}) == 1
+                                                  else pixels)
+    extras = {key: torch.stack([item[key] for item in items]) for key in items[0] if key != "pixel_values"}
+    return stacked, extras
+
+
+def collate_images(items: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A batch of per-image inputs as the model takes them: Qwen2-VL's patches concatenated (with their grids),
+    otherwise stacked, anyres tiles zero-padded to the most tiles in the batch (the model reads ``image_sizes``)."""
+    if "image_grid_thw" in items[0]:
+        batch = {"pixel_values": torch.cat([item["pixel_values"] for item in items])}
+    else:
+        pixels = [item["pixel_values"] for item in items]
+        most = max(p.shape[0] for p in pixels)
+        if len({p.shape for p in pixels}) > 1:
+            pixels = [torch.cat([p, p.new_zeros((most - p.shape[0], *p.shape[1:]))]) for p in pixels]
+        batch = {"pixel_values": torch.stack(pixels)}
+    for key in items[0]:
+        if key != "pixel_values":
+            batch[key] = torch.stack([item[key] for item in items])
+    return batch
+
+
+def image_batch(pixel_values: torch.Tensor | Sequence[torch.Tensor], extras: Mapping[str, torch.Tensor] | None,
+                indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The image inputs of the images at ``indices`` of a store made by :func:`stack_images`."""
+    if isinstance(pixel_values, torch.Tensor) and not extras:
+        return {"pixel_values": pixel_values[list(indices)]}
+    return collate_images([{"pixel_values": pixel_values[i], **{k: v[i] for k, v in (extras or {}).items()}}
+                           for i in indices])
+
+
+def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """1 where an image token stands, 0 elsewhere: what Qwen2-VL's M-RoPE needs next to ``image_grid_thw``."""
+    return (input_ids == image_token_id).long()
+
+
 def encode_images(processor: Any, image_root: Path, relatives: Sequence[str], batch_size: int = 256,
-                  progress: bool = True) -> torch.Tensor:
-    """Pixel tensor [n, C, H, W] (float32) of the given images, in order."""
-    chunks = []
+                  progress: bool = True) -> tuple[torch.Tensor | list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-image model inputs of the given images, in order (see :func:`image_inputs`, :func:`stack_images`):
+    ``pixel_values`` ([n, C, H, W] for same-size inputs) and the extras of the family (``{}`` for LLaVA-1.5)."""
+    items: list[dict[str, torch.Tensor]] = []
     for start in tqdm(range(0, len(relatives), batch_size), desc="encode images", disable=not progress,
                       unit="batch"):
         images = [load_image(image_root, rel) for rel in relatives[start:start + batch_size]]
-        chunks.append(processor.image_processor(images=images, return_tensors="pt")["pixel_values"].float())
-    if not chunks:
+        items.extend(image_inputs(processor, images))
+    if not items:
         raise ValueError("no images to encode")
-    return torch.cat(chunks)
+    return stack_images(items)
 
 
 @dataclass
 class EncodedSFTData(torch.utils.data.Dataset):
-    """Pre-encoded examples: per-example ids/labels plus one pixel tensor shared by examples of an image."""
+    """Pre-encoded examples: per-example ids/labels plus the inputs of each image, shared by examples of an image.
+
+    ``pixel_values`` is one tensor [n_images, ...] when every image's input has the same shape, else a list;
+    ``image_extras`` holds the family's per-image tensors (``image_sizes``, ``image_grid_thw``), stacked."""
 
     input_ids: list[torch.Tensor]
     labels: list[torch.Tensor]
     image_index: list[int]
-    pixel_values: torch.Tensor
+    pixel_values: torch.Tensor | list[torch.Tensor]
+    image_extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        image = self.image_index[index]
         return {
             "input_ids": self.input_ids[index],
             "labels": self.labels[index],
-            "pixel_values": self.pixel_values[self.image_index[index]],
+            "pixel_values": self.pixel_values[image],
+            **{key: value[image] for key, value in self.image_extras.items()},
         }
 
     @property
@@ -200,14 +278,63 @@ def group_conversations(records: Sequence[Mapping[str, Any]], turns_per_sample: 
     return conversations
 
 
+def end_markers(tokenizer: Any) -> list[str]:
+    """Texts that close an assistant turn when a chat template writes them after the answer: the tokenizer's eos and
+    its other special tokens (<|im_end|>, <|eot_id|>, ...), never pad or the image placeholder."""
+    skip = {tokenizer.pad_token, getattr(tokenizer, "image_token", None), getattr(tokenizer, "bos_token", None)}
+    specials = [tokenizer.eos_token, *getattr(tokenizer, "all_special_tokens", [])]
+    return [token for token in dict.fromkeys(specials) if token and token not in skip]
+
+
+def split_answer(piece: str, answer: str, markers: Sequence[str]) -> tuple[str, bool, str]:
+    """An answer piece of a rendered conversation cut into ``(trained text, append eos, untrained rest)``.
+
+    The trained text runs from the piece's start through the answer and the first end-of-turn marker the template
+    writes after it (tiny model ``" Yes</s>"``, Qwen2-VL ``"Yes<|im_end|>"``, Llama-3 ``"\nYes<|eot_id|>"``); what
+    follows (ChatML's newline) is context, not target. A template that writes no marker (llava-hf: ``"Yes "``, a
+    separator space) gets the tokenizer's eos appended right after the answer -- the model must learn to stop --
+    and its trailing whitespace becomes context (never the target ``▁Yes ▁ </s>``)."""
+    found = piece.find(answer) if answer else -1
+    after = found + len(answer) if found >= 0 else 0
+    hits = [(index, marker) for marker in markers if (index := piece.find(marker, after)) >= 0]
+    if hits:
+        index, marker = min(hits)
+        cut = index + len(marker)
+        return piece[:cut], False, piece[cut:]
+    body = piece[:after] if found >= 0 and not piece[after:].strip() else piece.rstrip()
+    return body, True, piece[len(body):]
+
+
+def _trained_pieces(pieces: Sequence[tuple[str, bool]], answers: Sequence[str],
+                    markers: Sequence[str]) -> list[tuple[str, bool, bool]]:
+    """``(text, is_answer, append_eos)`` with each answer cut by :func:`split_answer`; an answer's untrained rest
+    opens the next prompt piece (the last one's trailing rest, whitespace after the final turn, is dropped)."""
+    out: list[tuple[str, bool, bool]] = []
+    carry = ""
+    answer_iter = iter(answers)
+    for text, is_answer in pieces:
+        if not is_answer:
+            out.append((carry + text, False, False))
+            carry = ""
+            continue
+        trained, add_eos, rest = split_answer(text, next(answer_iter), markers)
+        out.append((trained, True, add_eos))
+        carry = rest
+    if carry.strip():  # non-blank template text after the last answer stays in the sequence, untrained
+        out.append((carry, False, False))
+    return out
+
+
 def encode_sft_records(records: Sequence[Mapping[str, Any]], processor: Any, image_root: Path,
                        progress: bool = True, turns_per_sample: int = 1, seed: int = 0) -> EncodedSFTData:
     """Tokenise question/answer records and their images once.
 
-    A sample is ``<s>`` + the rendered conversation with the image placeholder expanded (9 tokens for the
-    tiny model); labels copy the answer pieces (each answer and its ``</s>``) and are -100 on everything
-    else: prompt text, image tokens, and (later, in the collator) padding. ``turns_per_sample`` > 1 packs
-    several questions about one image into a multi-turn conversation (see :func:`group_conversations`).
+    A sample is the tokenizer's prefix (``<s>``; none for Qwen2) + the conversation rendered by the processor's chat
+    template, each image placeholder expanded to that image's token count (9 for the tiny model, 576 for
+    LLaVA-1.5 at 336 px, per image for anyres / dynamic resolution); labels copy the answers and the token that ends
+    each (:func:`split_answer`) and are -100 on everything else: prompt text, image tokens, template separators
+    and (later, in the collator) padding. ``turns_per_sample`` > 1 packs several questions about one image into a
+    multi-turn conversation (see :func:`group_conversations`).
     """
     if not records:
         raise ValueError("no records to encode")
@@ -217,30 +344,37 @@ def encode_sft_records(records: Sequence[Mapping[str, Any]], processor: Any, ima
     for conversation in conversations:
         image_ids.setdefault(conversation[0]["image"], len(image_ids))
     relatives = list(image_ids)
-    pixel_values = encode_images(processor, image_root, relatives, progress=progress)
-    num_image_tokens = count_image_tokens(processor, load_image(image_root, relatives[0]))
+    pixel_values, extras = encode_images(processor, image_root, relatives, progress=progress)
+    image_tokens = _image_token_counts(processor, image_root, relatives, pixel_values, extras)
     image_token_id = processor.image_token_id
     eos_id = tokenizer.eos_token_id
+    markers = end_markers(tokenizer)
 
     renderer = _PieceRenderer(processor)
     turn_lists = [[turn for record in conversation for turn in record_turns(record)] for conversation in conversations]
-    all_pieces = [renderer([(user, answer) for user, answer, _ in turns])
+    all_pieces = [_trained_pieces(renderer([(user, answer) for user, answer, _ in turns]),
+                                  [answer for _, answer, _ in turns], markers)
                   for turns in tqdm(turn_lists, desc="encode texts", disable=not progress, unit="sample")]
-    flat = [text for pieces in all_pieces for text, _ in pieces]
+    flat = [text for pieces in all_pieces for text, _, _ in pieces[1:]]
     # Only the very first piece of a sample gets the tokenizer's special prefix (<s>).
     firsts = tokenizer([pieces[0][0] for pieces in all_pieces], add_special_tokens=True)["input_ids"]
     rest = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
     all_ids, all_labels = [], []
     cursor = 0
+    image_index = [image_ids[conversation[0]["image"]] for conversation in conversations]
     for sample, pieces in enumerate(all_pieces):
         ids: list[int] = []
         labels: list[int] = []
+        num_image_tokens = image_tokens[image_index[sample]]
         trained = iter([flag for _, _, flag in turn_lists[sample]])  # one flag per answer piece, in order
-        for position, (_, is_answer) in enumerate(pieces):
-            tokens = list(firsts[sample] if position == 0 else rest[cursor])
-            cursor += 1
+        for position, (_, is_answer, add_eos) in enumerate(pieces):
+            if position == 0:
+                tokens = list(firsts[sample])
+            else:
+                tokens = list(rest[cursor])
+                cursor += 1
             if is_answer:
-                if not tokens or tokens[-1] != eos_id:
+                if add_eos:
                     tokens.append(eos_id)  # the model must learn to stop
                 ids.extend(tokens)
                 labels.extend(tokens if next(trained) else [IGNORE_INDEX] * len(tokens))
@@ -252,15 +386,33 @@ def encode_sft_records(records: Sequence[Mapping[str, Any]], processor: Any, ima
                 labels.extend([IGNORE_INDEX] * len(expanded))
         all_ids.append(torch.tensor(ids, dtype=torch.long))
         all_labels.append(torch.tensor(labels, dtype=torch.long))
-    image_index = [image_ids[conversation[0]["image"]] for conversation in conversations]
-    return EncodedSFTData(all_ids, all_labels, image_index, pixel_values)
+    return EncodedSFTData(all_ids, all_labels, image_index, pixel_values, extras)
+
+
+def _image_token_counts(processor: Any, image_root: Path, relatives: Sequence[str],
+                        pixel_values: torch.Tensor | list[torch.Tensor], extras: Mapping[str, torch.Tensor]
+                        ) -> list[int]:
+    """Image tokens of each image, asked from the processor once per distinct image size (every family's count is a
+    function of the image's size): one question when all images share a size, as the world's do."""
+    if isinstance(pixel_values, torch.Tensor) and not extras:  # fixed-size inputs: one count for all (LLaVA-1.5)
+        return [count_image_tokens(processor, load_image(image_root, relatives[0]))] * len(relatives)
+    by_size: dict[tuple[int, int], int] = {}
+    counts = []
+    for relative in relatives:
+        image = load_image(image_root, relative)
+        if image.size not in by_size:
+            by_size[image.size] = count_image_tokens(processor, image)
+        counts.append(by_size[image.size])
+    return counts
 
 
 class SFTCollator:
-    """Right-pads ids (pad id), labels (-100), builds the attention mask and stacks the pixel tensors."""
+    """Right-pads ids (pad id), labels (-100), builds the attention mask and batches the image inputs
+    (:func:`collate_images`); with ``image_token_id`` and Qwen2-VL inputs also ``mm_token_type_ids``."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, image_token_id: int | None = None):
         self.pad_token_id = pad_token_id
+        self.image_token_id = image_token_id
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         length = max(len(f["input_ids"]) for f in features)
@@ -273,12 +425,12 @@ class SFTCollator:
             input_ids[row, :n] = feature["input_ids"]
             labels[row, :n] = feature["labels"]
             attention_mask[row, :n] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "pixel_values": torch.stack([f["pixel_values"] for f in features]),
-        }
+        images = collate_images([{key: value for key, value in f.items() if key not in ("input_ids", "labels")}
+                                 for f in features])
+        out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **images}
+        if "image_grid_thw" in images and self.image_token_id is not None:
+            out["mm_token_type_ids"] = mm_token_type_ids(input_ids, self.image_token_id)
+        return out
 
 
 def styled_answers(records: Sequence[Mapping[str, Any]], style: str) -> list[Mapping[str, Any]]:

@@ -14,13 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+AUTO = "auto"  # lora.target_modules: auto -> the model family's default layers
+
 
 @dataclass(frozen=True)
 class LoraOptions:
     """Which layers get adapters and how big (conf: ``lora: {r, alpha, dropout, target_modules, ...}``).
 
-    ``target_modules``: module names (last path component, e.g. ``q_proj``); ``within``: only modules whose
-    path contains this component (``language_model`` keeps the CLIP tower's own q/k/v_proj out); None = any.
+    ``target_modules``: module names (last path component, e.g. ``q_proj``), or ``auto``: the family's default
+    (:mod:`silkfire.models.families`: every attention and MLP projection of the language model -- what Silkie's
+    LoRA covered in Qwen-VL); ``within``: only modules whose path contains this component (``language_model``
+    keeps the vision tower's own projections out); None = any.
     ``modules_to_save``: modules trained in full next to the adapters (FIRE: the projector).
     """
 
@@ -55,7 +59,8 @@ class LoraOptions:
         data = dict(values)
         for key in ("target_modules", "modules_to_save"):
             if key in data:
-                data[key] = tuple(data[key] or ())
+                value = data[key] or ()
+                data[key] = (value,) if isinstance(value, str) else tuple(value)
         options = cls(**data)
         return options if options.enabled else None
 
@@ -81,8 +86,17 @@ def apply_lora(model: Any, options: LoraOptions) -> tuple[Any, LoraReport]:
     Raises when the pattern matches no module, naming the available leaf names, so a typo never trains the
     full model or nothing silently.
     """
+    from dataclasses import replace
+
     from peft import LoraConfig, get_peft_model
 
+    if AUTO in options.target_modules:
+        from silkfire.models.families import lora_defaults
+
+        targets, within = lora_defaults(model)
+        named = tuple(name for name in options.target_modules if name != AUTO)
+        options = replace(options, target_modules=tuple(dict.fromkeys(targets + named)),
+                          within=options.within if options.within is not None else within)
     pattern = options.target_pattern()
     matched = [name for name, _ in model.named_modules() if re.fullmatch(pattern, name)]
     if not matched:

@@ -20,7 +20,8 @@ from typing import Any
 from silkfire.io import read_records, write_json
 from silkfire.models.config import build_dataclass, to_plain_mapping
 
-# Model parts that can be frozen, by their attribute on LlavaModel (model.model.<name>).
+# Model parts that can be frozen, the same three names in every family (silkfire.models.families says where each
+# part lives: LLaVA's vision_tower / multi_modal_projector, Qwen2-VL's visual blocks / merger, ...).
 FREEZABLE = ("vision_tower", "projector", "language_model")
 # How a yes/no record's target is written (silkfire.train.data.styled_answers).
 ANSWER_STYLES = ("plain", "explained")
@@ -144,12 +145,12 @@ def freeze_parts(model: Any, parts: Sequence[str]) -> int:
     one large constant vector (their spread across images fell from ~25% to ~4% of their norm in our runs)
     and then ignores the image; a frozen random tower keeps the patch features distinct.
     """
-    inner = model.model
-    modules = {"vision_tower": inner.vision_tower, "projector": inner.multi_modal_projector,
-               "language_model": inner.language_model}
+    from silkfire.models.families import family_of, part_parameters
+
+    family_of(model)  # an unsupported architecture is refused here, naming the supported ones (also with parts=[])
     frozen = 0
     for part in parts:
-        for parameter in modules[part].parameters():
+        for parameter in part_parameters(model, part):
             if parameter.requires_grad:
                 parameter.requires_grad_(False)
                 frozen += parameter.numel()
@@ -165,10 +166,11 @@ def last_checkpoint(checkpoints_dir: Path) -> Path | None:
 
 
 def data_digest(data: Any) -> str:
-    """Digest of encoded SFT data: token ids, labels, image of each sample and the pixel values."""
+    """Digest of encoded SFT data: token ids, labels, image of each sample and the image inputs."""
     from silkfire.train.resume import tensors_digest
 
-    return tensors_digest(data.input_ids, data.labels, list(data.image_index), data.pixel_values)
+    extras = [data.image_extras[key] for key in sorted(data.image_extras)]  # none for LLaVA-1.5 (digest unchanged)
+    return tensors_digest(data.input_ids, data.labels, list(data.image_index), data.pixel_values, *extras)
 
 
 def train_sft(
@@ -257,7 +259,7 @@ def train_sft(
         args=args,
         train_dataset=train_data,
         eval_dataset=val_data,
-        data_collator=SFTCollator(processor.tokenizer.pad_token_id),
+        data_collator=SFTCollator(processor.tokenizer.pad_token_id, processor.image_token_id),
         processing_class=processor,  # saved next to every checkpoint: each one is a loadable model folder
         callbacks=list(callbacks),
     )
