@@ -69,7 +69,7 @@ class DPOConfig:
     weight_decay: float = 0.05
     adam_beta2: float = 0.98
     max_grad_norm: float = 1.0
-    max_length: int = 256
+    max_length: int | None = None  # None: the model's context length (silkfire.models.families.context_length)
     eval_fraction: float = 0.05
     logging_steps: int = 5
     save_steps: int = 50
@@ -132,6 +132,7 @@ class PairData:
     pixel_values: Any
     ref_chosen: Any = None
     ref_rejected: Any = None
+    image_extras: Any = None  # per-image image_sizes / image_grid_thw (LLaVA-NeXT, Qwen2-VL; train.data)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -142,7 +143,7 @@ class PairData:
         return PairData([self.ids[i] for i in take], [self.chosen_ids[i] for i in take],
                         [self.chosen_labels[i] for i in take], [self.rejected_ids[i] for i in take],
                         [self.rejected_labels[i] for i in take], [self.image_index[i] for i in take],
-                        self.pixel_values, pick(self.ref_chosen), pick(self.ref_rejected))
+                        self.pixel_values, pick(self.ref_chosen), pick(self.ref_rejected), self.image_extras)
 
 
 def pair_fields(pair: Mapping[str, Any], index: int, source: str) -> tuple[str, str, str, str, str]:
@@ -158,10 +159,10 @@ def pair_fields(pair: Mapping[str, Any], index: int, source: str) -> tuple[str, 
     return values["id"], values["image"], values["prompt"], values["chosen"], values["rejected"]
 
 
-def encode_pairs(pairs: Sequence[Mapping[str, Any]], processor: Any, image_root: Path, *, max_length: int,
+def encode_pairs(pairs: Sequence[Mapping[str, Any]], processor: Any, image_root: Path, *, max_length: int | None,
                  progress: bool = True, source: str = "pairs") -> tuple[PairData, list[int]]:
     """Tokenise each pair's prompt + chosen and prompt + rejected once (train.data's encoding: labels only on
-    the answer and its </s>); drop pairs with a sequence longer than ``max_length``.
+    the answer and its </s>); drop pairs with a sequence longer than ``max_length`` (None: keep all).
 
     Returns the data and the indices (into ``pairs``) of the pairs kept."""
     from silkfire.train.data import encode_sft_records
@@ -174,12 +175,14 @@ def encode_pairs(pairs: Sequence[Mapping[str, Any]], processor: Any, image_root:
     records += [{"image": f[1], "question": f[2], "answer": f[4]} for f in fields]
     encoded = encode_sft_records(records, processor, image_root, progress=progress, turns_per_sample=1)
     n = len(fields)
-    keep = [i for i in range(n) if max(len(encoded.input_ids[i]), len(encoded.input_ids[n + i])) <= max_length]
+    keep = [i for i in range(n) if max_length is None
+            or max(len(encoded.input_ids[i]), len(encoded.input_ids[n + i])) <= max_length]
     data = PairData(
         ids=[fields[i][0] for i in keep],
         chosen_ids=[encoded.input_ids[i] for i in keep], chosen_labels=[encoded.labels[i] for i in keep],
         rejected_ids=[encoded.input_ids[n + i] for i in keep], rejected_labels=[encoded.labels[n + i] for i in keep],
         image_index=[encoded.image_index[i] for i in keep], pixel_values=encoded.pixel_values,
+        image_extras=encoded.image_extras,
     )
     return data, keep
 
@@ -217,9 +220,11 @@ def collate_pairs(data: PairData, indices: Sequence[int], pad_token_id: int) -> 
         input_ids[row, :len(tokens)] = tokens
         label_ids[row, :len(targets)] = targets
         mask[row, :len(tokens)] = 1
+    from silkfire.train.data import image_batch
+
     images = [data.image_index[i] for i in indices]
-    pixel_values = data.pixel_values[images + images]
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": label_ids, "pixel_values": pixel_values}
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": label_ids,
+            **image_batch(data.pixel_values, data.image_extras, images + images)}
 
 
 def sequence_logps(model: Any, batch: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -236,12 +241,25 @@ def sequence_logps(model: Any, batch: Mapping[str, Any]) -> tuple[Any, Any]:
     keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
     keep[:, :-1] = mask
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   pixel_values=batch["pixel_values"].to(dtype), logits_to_keep=keep).logits.float()
+                   pixel_values=batch["pixel_values"].to(dtype), logits_to_keep=keep,
+                   **_image_extras(model, batch)).logits.float()
     logits = logits.reshape(-1, logits.shape[-1])
     token_logps = logits.log_softmax(-1).gather(1, labels[mask].unsqueeze(-1)).squeeze(-1)
     rows = torch.arange(labels.shape[0]).unsqueeze(-1).expand_as(labels)[mask]
     sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype).index_add(0, rows, token_logps)
     return sums, mask.sum(-1)
+
+
+def _image_extras(model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The family's image inputs beside pixel_values: LLaVA-NeXT's image_sizes, Qwen2-VL's image_grid_thw (with the
+    mm_token_type_ids its M-RoPE needs)."""
+    from silkfire.train.data import mm_token_type_ids
+
+    extras = {key: batch[key] for key in ("image_sizes", "image_grid_thw") if key in batch}
+    if "image_grid_thw" in extras:
+        config = model.config if hasattr(model, "config") else model.get_base_model().config
+        extras["mm_token_type_ids"] = mm_token_type_ids(batch["input_ids"], config.image_token_id)
+    return extras
 
 
 def dpo_loss(policy_chosen: Any, policy_rejected: Any, ref_chosen: Any, ref_rejected: Any, beta: float) -> tuple[Any, Any, Any]:
@@ -445,8 +463,9 @@ def pairs_digest(data: PairData) -> str:
     """Digest of the encoded pairs: ids, token ids and labels of both sides, images and pixel values."""
     from silkfire.train.resume import tensors_digest
 
+    extras = [data.image_extras[key] for key in sorted(data.image_extras or {})]  # none for LLaVA-1.5
     return tensors_digest(data.ids, data.chosen_ids, data.chosen_labels, data.rejected_ids, data.rejected_labels,
-                          list(data.image_index), data.pixel_values)
+                          list(data.image_index), data.pixel_values, *extras)
 
 
 # ---- training ----------------------------------------------------------------------------------------------------
@@ -495,11 +514,16 @@ def train_dpo(
     pad_id = processor.tokenizer.pad_token_id
     pairs = read_records(pairs_path)
     started = time.perf_counter()
-    data, kept = encode_pairs(pairs, processor, image_root, max_length=config.max_length,
-                                 progress=config.progress, source=str(pairs_path))
+    from silkfire.models.families import context_length
+
+    # null: as long as the model reads (its context length), whatever its family's image token count
+    max_length = config.max_length if config.max_length is not None else context_length(model)
+    data, kept = encode_pairs(pairs, processor, image_root, max_length=max_length,
+                              progress=config.progress, source=str(pairs_path))
     encode_seconds = time.perf_counter() - started
     if len(data) == 0:
-        raise ValueError(f"{pairs_path}: every pair is longer than dpo.max_length={config.max_length} tokens")
+        raise ValueError(f"{pairs_path}: every pair is longer than dpo.max_length={max_length} tokens"
+                         f"{'' if config.max_length is not None else ' (the model context length)'}")
 
     # Continue this run's own checkpoints, or start over: a new run never mixes with an old run's outputs (the
     # reference pass is kept: it is keyed by its own inputs below).
@@ -512,7 +536,7 @@ def train_dpo(
     resume.record(decision, f"train_dpo {out_dir}")
 
     # The reference pass: once, before any adapter or update; reused when the pairs and start model are the same.
-    key = _digest(file_digest(pairs_path), str(start), _model_digest(start), config.max_length, config.dtype)
+    key = _digest(file_digest(pairs_path), str(start), _model_digest(start), max_length, config.dtype)
     reference_path = out_dir / REFERENCE_FILE
     started = time.perf_counter()
     cached = load_file(str(reference_path)) if reference_path.is_file() else {}
