@@ -58,6 +58,9 @@ def make_project(root: Path, overrides: list[str]) -> Path:
     OmegaConf.save(cfg, root / "params.yaml")
     make_test_world(root / cfg.paths.world, train_scenes=3, val_scenes=1, test_scenes=1)
     make_test_model(root / cfg.paths.base_model)
+    from silkfire.stages.runner import run_stage
+
+    run_stage("validate", root)  # the gate's verdict: training refuses data without one
     return root
 
 
@@ -183,8 +186,6 @@ def test_dvc_repro_killed_with_sigkill_resumes_on_the_next_repro(copy_project, t
     root = copy_project(tmp_path / "project")
     overrides = [o for o in TINY_SFT if not o.startswith("train.max_steps")] + ["train.max_steps=40"]
     make_project(root, overrides)
-    (root / "reports" / "validate").mkdir(parents=True)
-    (root / "reports" / "validate" / "report.md").write_text("passed (test stand-in)\n")
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project"]):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True,
                        capture_output=True)
