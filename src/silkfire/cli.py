@@ -371,6 +371,7 @@ EXIT_BUSY = 3  # the workspace is held by another command (README: exit codes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from silkfire.runtime import RuntimeConfigError
     from silkfire.workspace import WorkspaceBusy
 
     args = build_parser().parse_args(argv)
@@ -379,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkspaceBusy as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BUSY
+    except RuntimeConfigError as error:  # e.g. runtime.device=cuda on a machine without a GPU: one line, exit 2
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

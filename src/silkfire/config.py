@@ -48,6 +48,9 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
     from silkfire.models.config import resolve_checkpoint_files
 
     resolve_checkpoint_files(cfg)  # a hub checkpoint: DVC hashes its folder in the HF cache
+    from silkfire.runtime import check
+
+    check(cfg)  # runtime.device=cuda without a GPU (or a bad runtime key) fails here, at config time
     return cfg
 
 

@@ -119,8 +119,8 @@ def test_callbacks_receive_logs(world: Path, base: Path, tmp_path: Path):
 def test_config_from_mapping_and_conf_file():
     from omegaconf import OmegaConf
 
-    # the file may interpolate root keys (${seed}, ${model.dtype}): resolve it inside a minimal root config
-    root = OmegaConf.create({"seed": 7, "model": {"dtype": "float32"},
+    # the file may interpolate root keys (${seed}, ${runtime.dtype}): resolve it inside a minimal root config
+    root = OmegaConf.create({"seed": 7, "runtime": {"dtype": "float32", "device": "cpu", "gradient_checkpointing": False},
                              "train": OmegaConf.load(PROJECT_ROOT / "conf" / "train" / "sft.yaml")})
     cfg = SFTConfig.from_mapping(root.train)
     assert cfg.seed == 7 and cfg.num_threads >= 1 and cfg.dtype == "float32"

@@ -47,7 +47,8 @@ class GenerationOptions:
     batch_size: int = 32
     student_max_new_tokens: int = 128
     teacher_max_new_tokens: int = 112
-    dtype: str = "float32"
+    dtype: str = "auto"  # silkfire.runtime: the stage passes runtime.dtype / runtime.device
+    device: str = "auto"
     teacher_instruction: str = "fire"  # the one the trained teacher learned (silkfire.fire.prompts: fire | short)
     progress: bool = True
 
@@ -64,13 +65,13 @@ class FreeDialogueRun:
 
 def model_student(path: str | Path, options: GenerationOptions, name: str) -> HFStudent:
     """A local model folder as a FIRE student (greedy, batched across dialogues)."""
-    return HFStudent(path, name=name, dtype=options.dtype, batch_size=options.batch_size,
+    return HFStudent(path, name=name, dtype=options.dtype, device=options.device, batch_size=options.batch_size,
                      max_new_tokens=options.student_max_new_tokens, progress=options.progress)
 
 
 def model_teacher(path: str | Path, options: GenerationOptions, name: str) -> TrainedTeacher:
     """A local model folder as a teacher (the trained FD-LLaVA analogue, or the untrained SFT baseline)."""
-    return TrainedTeacher(path, name=name, dtype=options.dtype, batch_size=options.batch_size,
+    return TrainedTeacher(path, name=name, dtype=options.dtype, device=options.device, batch_size=options.batch_size,
                           max_new_tokens=options.teacher_max_new_tokens, instruction=options.teacher_instruction,
                           progress=options.progress)
 

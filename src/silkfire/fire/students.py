@@ -72,7 +72,7 @@ class Student(Protocol):
 class HFStudent:
     """A local VLM folder (e.g. models/sft/model, or the FIRE-trained student) answering greedily in batches."""
 
-    def __init__(self, path: str | Path, name: str = "hf", *, dtype: str = "float32", device: str = "cpu",
+    def __init__(self, path: str | Path, name: str = "hf", *, dtype: str = "auto", device: str = "auto",
                  batch_size: int = 16, max_new_tokens: int = 160, format_hint: bool = False, progress: bool = True):
         self.path, self.name = str(path), name
         self.dtype, self.device = dtype, device

@@ -98,7 +98,7 @@ class ApiTeacher:
 class TrainedTeacher:
     """A local VLM folder (the trained FD-LLaVA analogue) prompted with the teacher texts as one user turn."""
 
-    def __init__(self, path: str | Path, name: str = "trained", *, dtype: str = "float32", device: str = "cpu",
+    def __init__(self, path: str | Path, name: str = "trained", *, dtype: str = "auto", device: str = "auto",
                  batch_size: int = 16, max_new_tokens: int = 160, instruction: str = "fire", progress: bool = True):
         teacher_instruction(instruction)  # fail early on a bad name
         self.instruction = instruction

@@ -9,7 +9,7 @@ from typing import Any
 
 from silkfire.models.config import DTYPES, ModelConfig
 
-__all__ = ["ModelConfig", "ModelLoadError", "load_vlm", "prepare_base_model"]
+__all__ = ["ModelConfig", "ModelLoadError", "checkpoint_dtype", "load_vlm", "prepare_base_model"]
 
 
 class ModelLoadError(RuntimeError):
@@ -27,21 +27,24 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
-def load_vlm(source: str | Path, *, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+def load_vlm(source: str | Path, *, dtype: str = "float32", device: str = "auto") -> tuple[Any, Any]:
     """Load ``(model, processor)`` through ``AutoModelForImageTextToText`` / ``AutoProcessor``.
 
     ``source`` is a local model directory (loaded with ``local_files_only=True``) or a hub name such as
     ``llava-hf/llava-1.5-7b-hf`` (resolved from the local Hugging Face cache when ``HF_HUB_OFFLINE=1``).
-    Weights are read from safetensors only. The model is returned in eval mode on ``device``.
+    Weights are read from safetensors only. The model is returned in eval mode on ``device`` in ``dtype``,
+    both resolved by :mod:`silkfire.runtime` (``device``: auto | cpu | cuda | cuda:N, ``auto`` = the GPU when
+    there is one; ``dtype``: auto | float32 | bfloat16 | float16). Stages pass their resolved ``runtime``;
+    training loads float32 master weights and autocasts.
     """
     from transformers import AutoModelForImageTextToText
 
     from silkfire.models.families import load_processor
+    from silkfire.runtime import oom_hint, resolve
 
-    import torch
-
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if dtype not in ("auto", *DTYPES):
+        raise ValueError(f"dtype must be one of {('auto', *DTYPES)}, got {dtype!r}")
+    runtime = resolve(device, dtype)
     source_str = str(source)
     is_local = isinstance(source, Path) or _looks_like_path(source_str)
     if is_local:
@@ -59,7 +62,7 @@ def load_vlm(source: str | Path, *, dtype: str = "float32", device: str = "cpu")
     offline = is_local or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
         model = AutoModelForImageTextToText.from_pretrained(
-            source_str, dtype=getattr(torch, dtype), local_files_only=offline, use_safetensors=True
+            source_str, dtype=runtime.torch_dtype(), local_files_only=offline, use_safetensors=True
         )
         # AutoProcessor, or for Qwen2-VL without torchvision the same processor minus its video part
         processor = load_processor(source_str, local_files_only=offline)
@@ -71,9 +74,34 @@ def load_vlm(source: str | Path, *, dtype: str = "float32", device: str = "cpu")
             f"found {'in the local HF cache (HF_HUB_OFFLINE=1)' if offline else 'on the hub'}: {error}. "
             "Check the path, or download the checkpoint into the HF cache first."
         ) from error
-    model.to(device)
+    advice = [] if runtime.dtype != "float32" else ["set runtime.dtype=bfloat16 (half the weights' memory)"]
+    with oom_hint(f"loading {source_str}", {}, runtime=runtime,
+                  advice=advice + ["choose a GPU with more memory (runtime.device=cuda:N)", "or a smaller model"]):
+        model.to(runtime.device)
     model.eval()
     return model, processor
+
+
+def checkpoint_dtype(source: str | Path) -> str | None:
+    """The dtype a checkpoint's weights are stored in (its config.json ``dtype``/``torch_dtype``), if it says.
+
+    Training keeps float32 master weights; the trained model is saved back in this dtype, so a bf16 checkpoint
+    stays a bf16 folder of the same size."""
+    import json
+
+    path = Path(str(source)).expanduser() / "config.json"
+    if path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        try:
+            from transformers import AutoConfig
+
+            data = AutoConfig.from_pretrained(str(source), local_files_only=True).to_dict()
+        except (OSError, ValueError):
+            return None
+    value = data.get("dtype") or data.get("torch_dtype")
+    value = str(value).replace("torch.", "") if value is not None else None
+    return value if value in DTYPES else None
 
 
 def prepare_base_model(model_cfg: ModelConfig, texts: Iterable[str], out_dir: Path, *, seed: int = 0) -> str | Path:

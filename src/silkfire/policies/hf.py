@@ -30,7 +30,7 @@ class HFPolicy:
     """Loads the model on first use and frees it after each ``respond`` (pools hold several checkpoints)."""
 
     def __init__(self, name: str, source: str | Path, *, temperature: float = 0.7, top_p: float = 1.0,
-                 max_new_tokens: int = 48, batch_size: int = 32, dtype: str = "float32", device: str = "cpu",
+                 max_new_tokens: int = 48, batch_size: int = 32, dtype: str = "auto", device: str = "auto",
                  progress: bool = True):
         if temperature < 0:
             raise ValueError(f"policy {name!r}: temperature must be >= 0, got {temperature}")
@@ -55,14 +55,18 @@ class HFPolicy:
 
         if not instructions:
             return []
+        from silkfire.runtime import oom_hint
+
         with _LOADING:
             model, processor = load_vlm(self.source, dtype=self.dtype, device=self.device)
+        knobs = {"silkie.sample.batch_size (or this pool entry's batch_size)": self.batch_size}
         try:
-            answers = sample_answers(
-                model, processor, instructions, image_root, seed=_seed_of(seed, self.name),
-                temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                batch_size=self.batch_size, progress=self.progress, desc=f"sample {self.name}",
-            )
+            with oom_hint(f"policy {self.name}", knobs):
+                answers = sample_answers(
+                    model, processor, instructions, image_root, seed=_seed_of(seed, self.name),
+                    temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                    batch_size=self.batch_size, progress=self.progress, desc=f"sample {self.name}",
+                )
         finally:
             del model, processor
             gc.collect()

@@ -43,7 +43,8 @@ class SamplingDefaults:
     top_p: float = 1.0
     max_new_tokens: int = 48
     batch_size: int = 32
-    dtype: str = "float32"
+    dtype: str = "auto"  # silkfire.runtime: the sample stage passes runtime.dtype / runtime.device
+    device: str = "auto"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,14 +89,14 @@ def build_pool(entries: Mapping[str, Mapping[str, Any]], root: Path, defaults: S
             path = root / str(entry.pop("path"))
             if kind == "hf":
                 source = resolve_base(path) if (path / "source.json").is_file() else path
-                pool[name] = PoolEntry(HFPolicy(name, source, dtype=defaults.dtype, progress=defaults.progress,
-                                                **sampling), weight)
+                pool[name] = PoolEntry(HFPolicy(name, source, dtype=defaults.dtype, device=defaults.device,
+                                                progress=defaults.progress, **sampling), weight)
             else:
                 found = _checkpoint_dirs(path)
                 for step, folder in found:
                     pool[f"{name}-{step}"] = PoolEntry(
-                        HFPolicy(f"{name}-{step}", folder, dtype=defaults.dtype, progress=defaults.progress,
-                                 **sampling), weight / len(found))
+                        HFPolicy(f"{name}-{step}", folder, dtype=defaults.dtype, device=defaults.device,
+                                 progress=defaults.progress, **sampling), weight / len(found))
         else:
             from silkfire.policies.api import CLIENT_OPTIONS, APIPolicy
 

@@ -26,7 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PARAMS = ("fire.seed", "fire.dialogues", "fire.teacher", "world", "paths.world", "paths.reports", "paths.fire")
+PARAMS = ("fire.seed", "fire.dialogues", "fire.teacher", "world", "runtime", "paths.world", "paths.reports",
+          "paths.fire")
 SPLIT_FILES = {"train": "train.jsonl", "test": "open.jsonl"}  # world file of each dialogue split
 
 
@@ -100,6 +101,9 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     seed = int(cfg.fire.seed)
     if source_of(cfg) == "published":
         return published_dialogues(cfg, root)
+    from silkfire.runtime import from_config, oom_hint
+
+    runtime = from_config(cfg)  # model students/teachers: runtime.device/dtype unless their config says otherwise
     world_cfg = OmegaConf.to_container(cfg.world, resolve=True)
     world_dir = root / cfg.paths.world
     teacher = build_teacher(OmegaConf.to_container(cfg.fire.teacher, resolve=True), root=root, world=world_cfg)
@@ -128,9 +132,15 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         for (student_cfg, _share), part in zip(students, split_tasks(tasks, [s for _, s in students], seed)):
             if not part:
                 continue
-            student = build_student(student_cfg, root=root, seed=seed, world=world_cfg)
-            result = run_dialogues(part, student, teacher, world_dir, threshold=float(settings.stop_score),
-                                   max_rounds=int(settings.max_rounds), progress=bool(settings.progress))
+            on_device = {"device": runtime.device, "dtype": runtime.dtype} if student_cfg.get("kind") == "hf" else {}
+            student = build_student({**on_device, **student_cfg}, root=root, seed=seed, world=world_cfg)
+            knobs = {f"fire.dialogues.students[{students.index((student_cfg, _share))}].batch_size":
+                     student_cfg.get("batch_size", 16)} if on_device else {}
+            if cfg.fire.teacher.get("kind") == "trained":
+                knobs["fire.teacher.batch_size"] = cfg.fire.teacher.batch_size
+            with oom_hint(f"dialogues ({split})", knobs, runtime=runtime):
+                result = run_dialogues(part, student, teacher, world_dir, threshold=float(settings.stop_score),
+                                       max_rounds=int(settings.max_rounds), progress=bool(settings.progress))
             dialogues.extend(_with_world_keys(result.dialogues, part))
             _merge_stats(stats, result.stats)
         path = target / f"{split}.jsonl"

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-PARAMS = ("eval", "model.dtype", "paths.world", "paths.base_model", "paths.sft", "paths.reports")
+PARAMS = ("eval", "runtime", "paths.world", "paths.base_model", "paths.sft", "paths.reports")
 
 
 def cap_pairs(records: list[dict[str, Any]], max_items: int | None) -> list[dict[str, Any]]:
@@ -40,9 +40,11 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.eval.mme import WORLD_CATEGORY_GROUPS, score_mme
     from silkfire.io import read_records, write_jsonl
     from silkfire.models.loading import load_vlm
+    from silkfire.runtime import from_config, oom_hint
     from silkfire.stages.base import resolve_base
     from silkfire.tracking.plots import subtask_bars
 
+    runtime = from_config(cfg)  # a GPU asked for and missing fails here, before any work
     world = root / cfg.paths.world
     out_dir = root / cfg.paths.reports / "evaluate"
     records = cap_pairs(read_records(world / "mme.jsonl"), cfg.eval.max_items)
@@ -55,13 +57,14 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 
     results: dict[str, Any] = {}
     for source, runs in candidates:
-        model, processor = load_vlm(source, dtype=cfg.model.dtype)
+        model, processor = load_vlm(source, dtype=runtime.dtype, device=runtime.device)
         for label, blank in runs:
-            predictions = generate_answers(
-                model, processor, records, world,
-                batch_size=int(cfg.eval.batch_size), max_new_tokens=int(cfg.eval.max_new_tokens),
-                blank_images=blank,
-            )
+            with oom_hint(f"evaluate ({label})", {"eval.batch_size": cfg.eval.batch_size}, runtime=runtime):
+                predictions = generate_answers(
+                    model, processor, records, world,
+                    batch_size=int(cfg.eval.batch_size), max_new_tokens=int(cfg.eval.max_new_tokens),
+                    blank_images=blank,
+                )
             scored = [record | {"prediction": prediction} for record, prediction in zip(records, predictions)]
             write_jsonl(out_dir / f"mme_predictions_{label}.jsonl", scored)
             results[label] = score_mme(scored, WORLD_CATEGORY_GROUPS)

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PARAMS = ("seed", "silkie.evaluate", "silkie.judge", "model.dtype", "paths.world", "paths.sft", "paths.dpo",
+PARAMS = ("seed", "silkie.evaluate", "silkie.judge", "runtime", "paths.world", "paths.sft", "paths.dpo",
           "paths.reports")
 MODELS = ("sft", "dpo")
 REPORT = "evaluate_dpo"
@@ -67,12 +67,14 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.eval.mmhal import build_mmhal_world, score_mmhal
     from silkfire.io import read_records, write_jsonl
     from silkfire.models.loading import load_vlm
+    from silkfire.runtime import from_config, oom_hint
     from silkfire.stages.evaluate import cap_pairs
     from silkfire.tracking.plots import subtask_bars
 
     import torch
 
     options = cfg.silkie.evaluate
+    runtime = from_config(cfg)  # a GPU asked for and missing fails here, before any work
     torch.set_num_threads(int(options.num_threads))
     world = root / cfg.paths.world
     out_dir = root / cfg.paths.reports / REPORT
@@ -87,14 +89,17 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     try:
         for label, source in sources.items():
-            model, processor = load_vlm(source, dtype=cfg.model.dtype)
+            model, processor = load_vlm(source, dtype=runtime.dtype, device=runtime.device)
             batch = int(options.batch_size)
-            mme_answers = generate_answers(model, processor, mme_records, world, batch_size=batch,
-                                           max_new_tokens=int(options.mme_max_new_tokens))
+            oom = {"silkie.evaluate.batch_size": batch}
+            with oom_hint(f"evaluate_dpo ({label}, MME)", oom, runtime=runtime):
+                mme_answers = generate_answers(model, processor, mme_records, world, batch_size=batch,
+                                               max_new_tokens=int(options.mme_max_new_tokens))
             scored = [record | {"prediction": answer} for record, answer in zip(mme_records, mme_answers)]
             write_jsonl(out_dir / f"mme_predictions_{label}.jsonl", scored)
-            mmhal_answers = generate_answers(model, processor, questions, world, batch_size=batch,
-                                             max_new_tokens=int(options.mmhal_max_new_tokens))
+            with oom_hint(f"evaluate_dpo ({label}, MMHal)", oom, runtime=runtime):
+                mmhal_answers = generate_answers(model, processor, questions, world, batch_size=batch,
+                                                 max_new_tokens=int(options.mmhal_max_new_tokens))
             rated = rater.rate([item | {"model_answer": answer} for item, answer in zip(items, mmhal_answers)])
             write_jsonl(out_dir / f"mmhal_rated_{label}.jsonl", rated)
             results[label] = {"mme": score_mme(scored, WORLD_CATEGORY_GROUPS), "mmhal": score_mmhal(rated)}

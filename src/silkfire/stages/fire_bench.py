@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 PARAMS = (
-    "fire.seed", "fire.bench", "fire.dialogues.stop_score", "fire.sft.teacher_instruction", "fire.teacher", "world", "model.dtype",
+    "fire.seed", "fire.bench", "fire.dialogues.stop_score", "fire.sft.teacher_instruction", "fire.teacher", "world", "runtime",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
 )
 TEACHERS = ("oracle", "trained")
@@ -46,6 +46,17 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    from silkfire.runtime import from_config, oom_hint
+
+    runtime = from_config(cfg)  # a GPU asked for and missing fails here, before any work
+    knobs = {"fire.bench.batch_size": cfg.fire.bench.batch_size}
+    if cfg.fire.teacher.get("kind") == "trained":
+        knobs["fire.teacher.batch_size"] = cfg.fire.teacher.batch_size
+    with oom_hint("fire_bench", knobs, runtime=runtime):
+        return _run(cfg, root, runtime)
+
+
+def _run(cfg: DictConfig, root: Path, runtime: Any) -> dict[str, Any]:
     import mlflow
 
     from silkfire.fire import bench
@@ -71,7 +82,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
             raise FileNotFoundError(f"fire_bench: model {name} not found at {folder} (run the earlier stages first)")
     options = bench.GenerationOptions(
         batch_size=int(settings.batch_size), student_max_new_tokens=int(settings.student_max_new_tokens),
-        teacher_max_new_tokens=int(settings.teacher_max_new_tokens), dtype=str(cfg.model.dtype),
+        teacher_max_new_tokens=int(settings.teacher_max_new_tokens), dtype=runtime.dtype, device=runtime.device,
         progress=bool(settings.progress), teacher_instruction=str(cfg.fire.sft.teacher_instruction))
     test, _ = read_dialogues(gated_dialogues(cfg, root, "test"))
     scenes = {record["image"]: record for record in read_records(world / "scenes.jsonl")}

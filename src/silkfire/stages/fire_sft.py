@@ -28,10 +28,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from silkfire.stages.dialogues import image_root as dialogue_images
+from silkfire.stages.dialogues import source_of
 from silkfire.stages.gated import require_passed
 
 PARAMS = (
-    "fire.seed", "fire.sft", "fire.dialogues.stop_score", "fire.dialogues.families", "model.dtype", "tracking",
+    "fire.seed", "fire.sft", "fire.dialogues.stop_score", "fire.dialogues.families", "fire.dialogues.source",
+    "fire.dialogues.published", "runtime", "tracking",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
     "paths.metrics",
 )
@@ -143,10 +146,14 @@ def build_sets(cfg: DictConfig, root: Path) -> dict[str, Any]:
     student_val, _ = student_set(val, str(settings.student_turns), threshold)  # eval loss on what is trained
     families = list(settings.mix_families) if settings.mix_families is not None else None
     weights = settings.get("mix_family_weights")
-    mixed = mix_records(gated_file(cfg, root, "train.jsonl"), families,
-                        round(float(settings.mix_sft) * len(student_train)), seed,
-                        OmegaConf.to_container(weights) if weights else None,  # type: ignore[arg-type]
-                        student_families=list(cfg.fire.dialogues.families))
+    if source_of(cfg) == "published" and float(settings.mix_sft) > 0:
+        raise ValueError("fire_sft: fire.sft.mix_sft mixes world SFT records into the student set, but the dialogues "
+                         "are published (fire.dialogues.source=published) and their images live elsewhere: set "
+                         "fire.sft.mix_sft=0")
+    mixed = [] if float(settings.mix_sft) <= 0 else mix_records(
+        gated_file(cfg, root, "train.jsonl"), families, round(float(settings.mix_sft) * len(student_train)), seed,
+        OmegaConf.to_container(weights) if weights else None,  # type: ignore[arg-type]
+        student_families=list(cfg.fire.dialogues.families))
     counts.update({"student_untrained_dialogues": left_out, "student_mixed_sft": len(mixed)})
     instruction = str(settings.teacher_instruction)
     teacher_train, skipped = teacher_samples(train, instruction)
@@ -159,8 +166,8 @@ def build_sets(cfg: DictConfig, root: Path) -> dict[str, Any]:
         from silkfire.models.loading import load_vlm
         from silkfire.train.data import count_image_tokens, load_image
 
-        _, processor = load_vlm(root / cfg.paths.sft / "model")
-        image = load_image(root / cfg.paths.world, student_train[0]["image"])
+        _, processor = load_vlm(root / cfg.paths.sft / "model", device="cpu")  # for its processor only
+        image = load_image(dialogue_images(cfg, root), student_train[0]["image"])
         tokens = count_image_tokens(processor, image)
         for key in sets:
             sets[key], dropped = cap_length(sets[key], processor, tokens, int(max_length))
@@ -186,7 +193,9 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
     values = OmegaConf.to_container(settings[role], resolve=True)
     assert isinstance(values, dict)
     # dialogues are whole samples: never pack several into one history
-    config = SFTConfig.from_mapping(values, seed=int(cfg.fire.seed), dtype=str(cfg.model.dtype), turns_per_sample=1,
+    config = SFTConfig.from_mapping(values, seed=int(cfg.fire.seed), dtype=str(cfg.runtime.dtype),
+                                    device=str(cfg.runtime.device),
+                                    gradient_checkpointing=bool(cfg.runtime.gradient_checkpointing), turns_per_sample=1,
                                     families=None)
     out_dir = root / (cfg.paths.fire_student if role == "student" else cfg.paths.fire_teacher)
     data = sets_dir(cfg, root)
@@ -194,7 +203,8 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
         mlflow.set_tag("silkfire.role", role)
         mlflow.log_params({f"{role}.{key}": str(value) for key, value in values.items()})
         result = train_sft(root / cfg.paths.sft / "model", data / f"{role}_train.jsonl", data / f"{role}_val.jsonl",
-                           root / cfg.paths.world, config, out_dir, callbacks=[MlflowMetricsCallback()])
+                           dialogue_images(cfg, root), config, out_dir, callbacks=[MlflowMetricsCallback()],
+                           config_key=f"fire.sft.{role}")
         plots_csv = root / cfg.paths.metrics / f"fire_{role}_history.csv"
         plots_csv.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out_dir / "history.csv", plots_csv)

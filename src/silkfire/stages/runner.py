@@ -41,6 +41,9 @@ def run_stage(name: str, root: Path | None = None) -> dict[str, Any]:
     module = stage_module(name)
     root = root or project_root()
     cfg = load_params(root)
+    from silkfire.runtime import check
+
+    check(cfg)  # runtime.device=cuda on a machine without one: a clear error before the stage does anything
     # The image policy's limit for this stage and every process it starts (DVC stage processes, fan-out workers).
     export_max_pixels(int(OmegaConf.select(cfg, "quality.max_image_pixels", default=DEFAULT_MAX_PIXELS)))
     params = safe_params(stage_params(cfg, module.PARAMS))

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PARAMS = ("silkie.seed", "world", "model.dtype", "silkie.sample", "quality.max_image_pixels", "silkie.fanout", "paths.world", "paths.reports", "paths.base_model",
+PARAMS = ("silkie.seed", "world", "runtime", "silkie.sample", "quality.max_image_pixels", "silkie.fanout", "paths.world", "paths.reports", "paths.base_model",
           "paths.sft", "paths.feedback")
 OUTPUT = "samples.jsonl"
 
@@ -96,6 +96,9 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 
     import torch
 
+    from silkfire.runtime import from_config
+
+    runtime = from_config(cfg)  # the HF policies' device and dtype; a GPU asked for and missing fails here
     sample = cfg.silkie.sample
     torch.set_num_threads(int(sample.num_threads))
     fanout = FanoutConfig.from_mapping(OmegaConf.to_container(cfg.silkie.fanout, resolve=True))
@@ -104,7 +107,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         raise ValueError("sample: no instructions to sample (check silkie.sample.families / max_instructions)")
     defaults = SamplingDefaults(temperature=float(sample.temperature), top_p=float(sample.top_p),
                                 max_new_tokens=int(sample.max_new_tokens), batch_size=int(sample.batch_size),
-                                dtype=str(cfg.model.dtype), progress=bool(sample.progress))
+                                dtype=runtime.dtype, device=runtime.device, progress=bool(sample.progress))
     world = OmegaConf.to_container(cfg.world, resolve=True) if sample.source == "world" else None
     pool_cfg = OmegaConf.to_container(sample.pool, resolve=True)
     pool = build_pool(pool_cfg, root, defaults, WorldConfig.from_mapping(world) if world else None)

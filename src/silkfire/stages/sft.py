@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from silkfire.stages.gated import require_passed
 
 PARAMS = (
-    "seed", "train", "model", "tracking",
+    "seed", "train", "model", "runtime", "tracking",
     "paths.world", "paths.reports", "paths.base_model", "paths.sft", "paths.metrics",
 )
 

@@ -15,6 +15,19 @@ LLM only); the reference is then the model before the adapters (computed before 
 Checkpoints (every ``save_steps``) hold the trainable weights, the optimizer and scheduler state, RNG states and
 the metric history -- safetensors and JSON only, nothing pickled -- and a resumed run ends with the same weights
 and metrics as an uninterrupted one: the data order of each epoch is a function of (seed, epoch) alone.
+
+Device and precision follow :mod:`silkfire.runtime` (``silkie.dpo.device/dtype/gradient_checkpointing`` follow
+``runtime.*``): float32 master weights, forward passes (reference, training, eval) under bf16 autocast when the
+dtype resolves to bfloat16; the model is saved in the start checkpoint's dtype.
+
+Several processes (``accelerate launch ... -m silkfire.train.launch_dpo``): ``batch_size`` is per process. Every
+process reads and encodes all pairs and walks the same seeded order; each optimizer step takes ``batch_size x
+grad_accum x processes`` pairs, process k the k-th ``batch_size`` slice of each micro-batch, and every loss term is
+normalised by the counts of the whole *global* micro-batch (pairs, chosen-answer tokens), so N processes x B pairs
+follow the loss curve of 1 process x N*B (tests/train/test_launch_dpo.py). The reference pass is sharded (batch b
+on process b mod N, summed). DDP keeps the checkpoint format of one process (rank 0 writes it, with every
+process's RNG state); DeepSpeed ZeRO / FSDP shard the optimizer (and weights), and their checkpoints hold
+accelerate's ``save_state`` folder instead (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -32,6 +46,7 @@ from typing import Any
 
 from silkfire.io import read_records, write_json
 from silkfire.models.config import build_dataclass, to_plain_mapping
+from silkfire.runtime import Runtime
 from silkfire.train.resume import RESUME_FREE, complete_checkpoints, resume_mode  # noqa: F401 (RESUME_FREE: API)
 
 HISTORY_FIELDS = ("step", "epoch", "loss", "dpo_loss", "nll", "reward_accuracy", "reward_margin", "chosen_reward",
@@ -82,7 +97,9 @@ class DPOConfig:
     seed: int = 0
     resume: bool | str = "auto"  # auto | true | false (silkfire.train.resume)
     progress: bool = True
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute precision (silkfire.runtime): auto | float32 | bfloat16 (fp32 master + autocast)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (runtime.device)
+    gradient_checkpointing: bool = False  # runtime.gradient_checkpointing
 
     def __post_init__(self) -> None:
         if self.beta <= 0 or self.rpo_alpha < 0:
@@ -227,26 +244,32 @@ def collate_pairs(data: PairData, indices: Sequence[int], pad_token_id: int) -> 
             **image_batch(data.pixel_values, data.image_extras, images + images)}
 
 
-def sequence_logps(model: Any, batch: Mapping[str, Any]) -> tuple[Any, Any]:
-    """(sum of the answer tokens' log-probs, number of answer tokens) per row, from one forward pass."""
+def sequence_logps(model: Any, batch: Mapping[str, Any], runtime: Runtime | None = None) -> tuple[Any, Any]:
+    """(sum of the answer tokens' log-probs, number of answer tokens) per row, from one forward pass (on the
+    model's device, under ``runtime``'s autocast)."""
+    from contextlib import nullcontext
+
     import torch
 
     from silkfire.train.data import IGNORE_INDEX
 
-    dtype = next(model.parameters()).dtype
+    parameter = next(model.parameters())
+    dtype, device = parameter.dtype, parameter.device
+    batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
     # Logits only where an answer token is predicted (the image and prompt positions are most of each row):
     # position t predicts token t + 1, so keep t where labels[t + 1] is trained. Rows come back flattened.
     keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
     keep[:, :-1] = mask
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   pixel_values=batch["pixel_values"].to(dtype), logits_to_keep=keep,
-                   **_image_extras(model, batch)).logits.float()
-    logits = logits.reshape(-1, logits.shape[-1])
+    with runtime.autocast() if runtime is not None else nullcontext():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"].to(dtype), logits_to_keep=keep,
+                       **_image_extras(model, batch)).logits
+    logits = logits.float().reshape(-1, logits.shape[-1])
     token_logps = logits.log_softmax(-1).gather(1, labels[mask].unsqueeze(-1)).squeeze(-1)
-    rows = torch.arange(labels.shape[0]).unsqueeze(-1).expand_as(labels)[mask]
-    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype).index_add(0, rows, token_logps)
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(-1).expand_as(labels)[mask]
+    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=labels.device).index_add(0, rows, token_logps)
     return sums, mask.sum(-1)
 
 
@@ -271,16 +294,17 @@ def dpo_loss(policy_chosen: Any, policy_rejected: Any, ref_chosen: Any, ref_reje
     return -F.logsigmoid(chosen_rewards - rejected_rewards), chosen_rewards, rejected_rewards
 
 
-def batch_loss(model: Any, data: PairData, indices: Sequence[int], pad_token_id: int, config: DPOConfig
-               ) -> tuple[Any, dict[str, float]]:
+def batch_loss(model: Any, data: PairData, indices: Sequence[int], pad_token_id: int, config: DPOConfig,
+               runtime: Runtime | None = None) -> tuple[Any, dict[str, float]]:
     """Loss of one batch (one concatenated forward) and its metrics."""
     import torch
 
     batch = collate_pairs(data, indices, pad_token_id)
-    logps, counts = sequence_logps(model, batch)
+    logps, counts = sequence_logps(model, batch, runtime)
     size = len(indices)
     chosen, rejected = logps[:size], logps[size:]
-    ref_chosen, ref_rejected = data.ref_chosen[list(indices)], data.ref_rejected[list(indices)]
+    ref_chosen = data.ref_chosen[list(indices)].to(logps.device)
+    ref_rejected = data.ref_rejected[list(indices)].to(logps.device)
     losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta)
     nll = -chosen.sum() / counts[:size].sum().clamp(min=1)
     loss = losses.mean() + config.rpo_alpha * nll
@@ -295,22 +319,26 @@ def batch_loss(model: Any, data: PairData, indices: Sequence[int], pad_token_id:
     return loss, metrics
 
 
-def reference_logps(model: Any, data: PairData, pad_token_id: int, batch_size: int, progress: bool = True
-                    ) -> tuple[Any, Any]:
-    """Log-probs of every chosen and rejected response under the (frozen) reference model, one pass."""
+def reference_logps(model: Any, data: PairData, pad_token_id: int, batch_size: int, progress: bool = True, *,
+                    runtime: Runtime | None = None, shard: tuple[int, int] = (0, 1)) -> tuple[Any, Any]:
+    """Log-probs of every chosen and rejected response under the (frozen) reference model, one pass.
+
+    ``shard=(k, n)``: only the batches b with b mod n == k (the others stay 0; process k of n sums them up)."""
     import torch
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
     order = by_length(data, range(len(data)))  # similar lengths together: little padding
-    chosen = torch.empty(len(data))
-    rejected = torch.empty(len(data))
+    chosen = torch.zeros(len(data), dtype=torch.float32)
+    rejected = torch.zeros(len(data), dtype=torch.float32)
+    rank, processes = shard
+    starts = list(range(0, len(data), batch_size))[rank::processes]
     with torch.no_grad():
-        for start in tqdm(range(0, len(data), batch_size), desc="reference log-probs", unit="batch",
-                          disable=not progress):
+        for start in tqdm(starts, desc="reference log-probs", unit="batch", disable=not progress):
             indices = order[start:start + batch_size]
-            logps, _ = sequence_logps(model, collate_pairs(data, indices, pad_token_id))
+            logps, _ = sequence_logps(model, collate_pairs(data, indices, pad_token_id), runtime)
+            logps = logps.float().cpu()
             chosen[indices] = logps[:len(indices)]
             rejected[indices] = logps[len(indices):]
     model.train(was_training)
@@ -341,7 +369,8 @@ def epoch_order(data: PairData, seed: int, epoch: int, batch_size: int, group_by
     return [i for b in shuffled for i in batches[b]]
 
 
-def evaluate_pairs(model: Any, data: PairData, pad_token_id: int, config: DPOConfig) -> dict[str, float]:
+def evaluate_pairs(model: Any, data: PairData, pad_token_id: int, config: DPOConfig,
+                   runtime: Runtime | None = None) -> dict[str, float]:
     """Mean loss, reward accuracy and margin over held-out pairs (no gradients)."""
     import torch
 
@@ -354,7 +383,7 @@ def evaluate_pairs(model: Any, data: PairData, pad_token_id: int, config: DPOCon
         order = by_length(data, range(len(data)))
         for start in range(0, len(data), config.ref_batch_size):
             indices = order[start:start + config.ref_batch_size]
-            _, metrics = batch_loss(model, data, indices, pad_token_id, config)
+            _, metrics = batch_loss(model, data, indices, pad_token_id, config, runtime)
             for key in ("loss", "reward_accuracy", "reward_margin"):
                 totals[key] = totals.get(key, 0.0) + metrics[key] * len(indices)
     model.train(was_training)
@@ -376,44 +405,267 @@ def apply_lora(model: Any, settings: LoraSettings) -> Any:
 
 
 def trainable_state(model: Any) -> dict[str, Any]:
-    return {name: parameter.detach().clone().contiguous() for name, parameter in model.named_parameters()
+    return {name: parameter.detach().to("cpu", copy=True).contiguous() for name, parameter in model.named_parameters()
             if parameter.requires_grad}
 
 
+# ---- one process or N (accelerate launch) -------------------------------------------------------------------------
+SHARDED_STATE = "accelerate_state"  # a DeepSpeed/FSDP checkpoint's accelerate.save_state folder
+
+
+class _Job:
+    """This process's part of a DPO run: a plain single process, or process k of N under ``accelerate launch``
+    (DDP, DeepSpeed ZeRO or FSDP, whatever the launch config says; gloo on CPUs)."""
+
+    def __init__(self, runtime: Runtime, accelerator: Any = None):
+        self.runtime = runtime
+        self.accelerator = accelerator
+        if accelerator is None:
+            self.rank, self.world, self.sharded = 0, 1, False
+            self.device = runtime.torch_device()
+            self.kind = "single"
+        else:
+            from accelerate.utils import DistributedType
+
+            self.rank, self.world = accelerator.process_index, accelerator.num_processes
+            device = accelerator.device  # "cpu:0" on CPUs
+            self.device = type(device)("cpu") if device.type == "cpu" else device
+            kind = accelerator.distributed_type
+            self.sharded = kind in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+            self.kind = {DistributedType.DEEPSPEED: "deepspeed", DistributedType.FSDP: "fsdp"}.get(kind, "ddp")
+
+    @classmethod
+    def single(cls, runtime: Runtime) -> _Job:
+        return cls(runtime)
+
+    @classmethod
+    def from_env(cls, runtime: Runtime) -> _Job:
+        """A plain process, or -- when a launcher started several (WORLD_SIZE > 1) -- accelerate's view of it."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls(runtime)
+        from accelerate import Accelerator
+
+        from silkfire.runtime import RuntimeConfigError
+
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+        if launched and launched != runtime.mixed_precision:
+            raise RuntimeConfigError(
+                f"the accelerate config says mixed_precision={launched} but silkie.dpo.dtype (runtime.dtype) resolved "
+                f"to {runtime.dtype} (mixed_precision={runtime.mixed_precision}): make them agree (runtime.dtype="
+                f"{ {'bf16': 'bfloat16', 'fp16': 'float16', 'no': 'float32'}.get(launched, launched)} or the "
+                "config's mixed_precision)")
+        return cls(runtime, Accelerator(cpu=not runtime.is_cuda, mixed_precision=runtime.mixed_precision))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    def sum(self, tensor: Any) -> Any:
+        """The elementwise sum over processes (a CPU tensor back)."""
+        if self.accelerator is None:
+            return tensor
+        import torch.distributed as dist
+
+        moved = tensor.to(self.device)
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        return moved.cpu()
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        if self.accelerator is None:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def unwrap(self, model: Any) -> Any:
+        return model if self.accelerator is None else self.accelerator.unwrap_model(model)
+
+    def prepare(self, model: Any, optimizer: Any, config: DPOConfig) -> tuple[Any, Any]:
+        """DDP-wrap the model (DDP) or hand model and optimizer to DeepSpeed / FSDP."""
+        if self.accelerator is None:
+            return model.to(self.device), optimizer
+        if self.kind == "deepspeed":  # "auto" values DeepSpeed cannot infer without a dataloader
+            plugin = self.accelerator.state.deepspeed_plugin
+            ds = plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = config.batch_size
+            ds["gradient_accumulation_steps"] = config.grad_accum
+            ds["train_batch_size"] = config.batch_size * config.grad_accum * self.world
+            ds["gradient_clipping"] = config.max_grad_norm
+            hidden = model.config.get_text_config().hidden_size
+            for key, value in (("reduce_bucket_size", hidden * hidden),
+                               ("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden)),
+                               ("stage3_param_persistence_threshold", 10 * hidden)):
+                if ds.get("zero_optimization", {}).get(key) == "auto":
+                    ds["zero_optimization"][key] = value
+        if not self.sharded:
+            return self.accelerator.prepare(model), optimizer  # DDP: the plain optimizer over the shared weights
+        return self.accelerator.prepare(model, optimizer)
+
+    def no_sync(self, model: Any, last: bool) -> Any:
+        """Gradient accumulation: no all-reduce before the last micro-batch of a step."""
+        from contextlib import nullcontext
+
+        if self.accelerator is None or last:
+            if self.kind == "deepspeed":
+                self.accelerator.gradient_state._set_sync_gradients(True)
+            return nullcontext()
+        if self.kind == "deepspeed":  # the engine's accumulation boundary follows accelerate's sync flag
+            self.accelerator.gradient_state._set_sync_gradients(False)
+            return nullcontext()
+        return self.accelerator.no_sync(model)
+
+    def backward(self, loss: Any) -> None:
+        if self.accelerator is None:
+            loss.backward()
+        elif self.kind == "deepspeed":  # our loss is already normalised over the step: no 1/grad_accum again
+            self.accelerator.backward(loss, scale_wrt_gas=False)
+        else:
+            self.accelerator.backward(loss)
+
+    def clip(self, model: Any, trainable: Sequence[Any], max_norm: float) -> float:
+        import torch
+
+        if self.sharded:
+            norm = self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
+            return float(norm) if norm is not None else math.nan
+        return float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+
+
+def _micro_slices(chunk: Sequence[int], config: DPOConfig, world: int, rank: int
+                  ) -> list[tuple[list[int], list[int]]]:
+    """(global micro-batch, this process's share) for each micro-batch of a step's chunk of pairs."""
+    size = config.batch_size * world
+    out = []
+    for micro in range(config.grad_accum):
+        global_micro = list(chunk[micro * size:(micro + 1) * size])
+        out.append((global_micro, global_micro[rank * config.batch_size:(rank + 1) * config.batch_size]))
+    return out
+
+
+def _answer_tokens(data: PairData) -> list[int]:
+    """Trained tokens of each chosen answer (the NLL term's denominator)."""
+    from silkfire.train.data import IGNORE_INDEX
+
+    return [int((labels[1:] != IGNORE_INDEX).sum()) for labels in data.chosen_labels]
+
+
+STEP_SUMS = ("dpo", "chosen", "rejected", "chosen_reward", "rejected_reward", "correct")
+
+
+def _micro_terms(model: Any, data: PairData, mine: Sequence[int], pad_id: int, config: DPOConfig,
+                 runtime: Runtime, pairs: int, tokens: int, chunk: int) -> tuple[Any, Any]:
+    """This process's share of a micro-batch: its loss term (summed over processes it is the loss of the whole
+    micro-batch, weighted by its share of the step's chunk) and its sums of :data:`STEP_SUMS` (float64)."""
+    import torch
+
+    batch = collate_pairs(data, mine, pad_id)
+    logps, _ = sequence_logps(model, batch, runtime)
+    size = len(mine)
+    chosen, rejected = logps[:size], logps[size:]
+    ref_chosen = data.ref_chosen[list(mine)].to(logps.device)
+    ref_rejected = data.ref_rejected[list(mine)].to(logps.device)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta)
+    loss = losses.sum() / chunk + config.rpo_alpha * (-chosen.sum() / max(tokens, 1)) * (pairs / chunk)
+    with torch.no_grad():
+        sums = torch.stack([losses.sum(), chosen.sum(), rejected.sum(), chosen_rewards.sum(), rejected_rewards.sum(),
+                            (chosen_rewards > rejected_rewards).sum()]).double().cpu()
+    return loss, sums
+
+
+def _step_metrics(sums: Any, micro_pairs: Sequence[int], micro_tokens: Sequence[int], chunk: int,
+                  rpo_alpha: float) -> dict[str, float]:
+    """A step's metrics from the micro-batches' summed terms (rows of ``sums``: STEP_SUMS, all processes)."""
+    total = sums.sum(0)
+    value = dict(zip(STEP_SUMS, (float(v) / chunk for v in total)))
+    nll = sum(-float(row[1]) / max(tokens, 1) * pairs / chunk
+              for row, pairs, tokens in zip(sums, micro_pairs, micro_tokens) if pairs)
+    return {"loss": value["dpo"] + rpo_alpha * nll, "dpo_loss": value["dpo"], "nll": nll,
+            "reward_accuracy": value["correct"], "reward_margin": value["chosen_reward"] - value["rejected_reward"],
+            "chosen_reward": value["chosen_reward"], "rejected_reward": value["rejected_reward"],
+            "chosen_logp": value["chosen"], "rejected_logp": value["rejected"]}
+
+
 # ---- checkpoints (safetensors + JSON, nothing pickled) -----------------------------------------------------------
-def _save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
+def _rng_states(job: _Job, runtime: Runtime) -> dict[str, Any]:
+    """Every process's torch (and CUDA) RNG state: ``torch``/``cuda`` for process 0, ``torch.<k>`` for process k."""
+    import torch
+
+    local = {"torch": torch.get_rng_state()}
+    if runtime.is_cuda:
+        local["cuda"] = torch.cuda.get_rng_state(job.device)
+    states: dict[str, Any] = {}
+    for rank, values in enumerate(job.gather_objects(local)):
+        for key, value in values.items():
+            states[key if rank == 0 else f"{key}.{rank}"] = value
+    return states
+
+
+def _save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any],
+                     job: _Job | None = None, runtime: Runtime | None = None) -> None:
+    """Write a checkpoint folder (whole or not at all); every process calls it, process 0 writes."""
     import torch
     from safetensors.torch import save_file
 
+    job = job or _Job.single(runtime or Runtime())
+    runtime = runtime or Runtime()
     tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    opt_state = optimizer.state_dict()
-    tensors: dict[str, Any] = {}
-    scalars: dict[str, Any] = {}
-    for index, values in opt_state["state"].items():
-        for key, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.contiguous()
-            else:
-                scalars[f"{index}.{key}"] = value
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    payload = {**state, "optimizer": {"param_groups": opt_state["param_groups"], "scalars": scalars},
-               "scheduler": scheduler.state_dict(), "python_rng": _jsonable(random.getstate())}
-    (tmp / "trainer_state.json").write_text(json.dumps(payload, default=_json_default), encoding="utf-8")
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)  # a checkpoint appears whole or not at all (a kill mid-save leaves only the .tmp)
+    if job.main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    job.barrier()
+    payload: dict[str, Any] = {**state, "scheduler": scheduler.state_dict(), "python_rng": _jsonable(random.getstate())}
+    if job.sharded:  # DeepSpeed / FSDP: weights and optimizer states live in shards; accelerate writes them
+        job.accelerator.save_state(str(tmp / SHARDED_STATE))
+    else:
+        rng = _rng_states(job, runtime)
+        if job.main:
+            save_file(trainable_state(job.unwrap(model)), str(tmp / "trainable.safetensors"))
+            opt_state = optimizer.state_dict()
+            tensors: dict[str, Any] = {}
+            scalars: dict[str, Any] = {}
+            for index, values in opt_state["state"].items():
+                for key, value in values.items():
+                    if torch.is_tensor(value):
+                        tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+                    else:
+                        scalars[f"{index}.{key}"] = value
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            save_file({key: value.cpu().contiguous() for key, value in rng.items()}, str(tmp / "rng.safetensors"))
+            payload["optimizer"] = {"param_groups": opt_state["param_groups"], "scalars": scalars}
+    if job.main:
+        (tmp / "trainer_state.json").write_text(json.dumps(payload, default=_json_default), encoding="utf-8")
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)  # a checkpoint appears whole or not at all (a kill mid-save leaves only the .tmp)
+    job.barrier()
 
 
-def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, job: _Job | None = None,
+                     runtime: Runtime | None = None) -> dict[str, Any]:
     import torch
     from safetensors.torch import load_file
 
+    runtime = runtime or Runtime()
+    job = job or _Job.single(runtime)
     state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    if job.sharded:
+        if not (path / SHARDED_STATE).is_dir():
+            raise ValueError(f"checkpoint {path} was written without DeepSpeed/FSDP sharding: resume it with the "
+                             "launch it was made with (or remove the checkpoints to start over)")
+        job.accelerator.load_state(str(path / SHARDED_STATE))
+        scheduler.load_state_dict(state["scheduler"])
+        random.setstate(_tupled(state["python_rng"]))
+        return state
+    if not (path / "trainable.safetensors").is_file():
+        raise ValueError(f"checkpoint {path} holds sharded DeepSpeed/FSDP states: resume it under the same "
+                         "accelerate config (or remove the checkpoints to start over)")
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     expected = {name for name, p in params.items() if p.requires_grad}
@@ -433,7 +685,11 @@ def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> 
         per_param.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": per_param, "param_groups": state["optimizer"]["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])
+    rng = load_file(str(path / "rng.safetensors"))
+    suffix = f".{job.rank}" if job.rank else ""
+    torch.set_rng_state(rng.get(f"torch{suffix}", rng["torch"]))
+    if runtime.is_cuda and ("cuda" + suffix in rng or "cuda" in rng):
+        torch.cuda.set_rng_state(rng.get(f"cuda{suffix}", rng.get("cuda")), job.device)
     random.setstate(_tupled(state["python_rng"]))
     return state
 
@@ -483,6 +739,7 @@ def train_dpo(
     config: DPOConfig,
     out_dir: Path,
     callbacks: Sequence[Callback] = (),
+    config_key: str = "silkie.dpo",
 ) -> DPOResult:
     """DPO from the model at ``start`` on the pairs of ``pairs_path`` (JSONL; images under ``image_root``).
 
@@ -493,24 +750,33 @@ def train_dpo(
     :mod:`silkfire.train.resume`); the decision is printed, set as tags of the active MLflow run and returned in
     the metrics (``resumed_from_step``, ``steps_run``). Each callback is called as
     ``callback(event, step, values)`` with event ``"log"`` (values: the logged metrics) or ``"step"`` (after every
-    optimizer step; raise :class:`TrainingStopped` to stop, as a kill would).
+    optimizer step; raise :class:`TrainingStopped` to stop, as a kill would). Under ``accelerate launch`` every
+    process calls it (see the module docstring); only process 0 writes files. A CUDA out-of-memory error names
+    ``<config_key>.batch_size`` / ``ref_batch_size``.
     """
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import get_scheduler
 
+    from silkfire import runtime as runtime_policy
     from silkfire.io import file_digest
     from silkfire.models.loading import load_vlm
     from silkfire.train import resume
     from silkfire.train.sft import freeze_parts
 
+    runtime = runtime_policy.resolve(config.device, config.dtype, config.gradient_checkpointing)
+    runtime.check_training(f"train_dpo ({config_key})")
+    job = _Job.from_env(runtime)
+    progress = config.progress and job.main
     torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     out_dir = Path(out_dir)
     checkpoints = out_dir / "checkpoints"
+    what = f"train_dpo {out_dir}"
 
-    model, processor = load_vlm(start, dtype=config.dtype)
+    # float32 master weights (DeepSpeed's bf16 engine keeps its own fp32 copy), on this process's device
+    model, processor = load_vlm(start, dtype="float32", device=str(job.device))
     pad_id = processor.tokenizer.pad_token_id
     pairs = read_records(pairs_path)
     started = time.perf_counter()
@@ -519,51 +785,70 @@ def train_dpo(
     # null: as long as the model reads (its context length), whatever its family's image token count
     max_length = config.max_length if config.max_length is not None else context_length(model)
     data, kept = encode_pairs(pairs, processor, image_root, max_length=max_length,
-                              progress=config.progress, source=str(pairs_path))
+                              progress=progress, source=str(pairs_path))
     encode_seconds = time.perf_counter() - started
     if len(data) == 0:
         raise ValueError(f"{pairs_path}: every pair is longer than dpo.max_length={max_length} tokens"
                          f"{'' if config.max_length is not None else ' (the model context length)'}")
 
     # Continue this run's own checkpoints, or start over: a new run never mixes with an old run's outputs (the
-    # reference pass is kept: it is keyed by its own inputs below).
-    current = resume.fingerprint(asdict(config), {"pairs": pairs_digest(data),
-                                                  "start_model": resume.model_digest(start)})
-    decision = resume.decide(checkpoints, current, config.resume, checkpoint_dirs(checkpoints))
-    stale = [path for path in out_dir.iterdir() if path.name not in ("checkpoints", REFERENCE_FILE)] \
-        if out_dir.is_dir() else []
-    resume.prepare(checkpoints, decision, current, clear=stale)
-    resume.record(decision, f"train_dpo {out_dir}")
+    # reference pass is kept: it is keyed by its own inputs below). Process 0 decides and acts first.
+    current = resume.fingerprint({**asdict(config), "dtype": runtime.dtype},
+                                 {"pairs": pairs_digest(data), "start_model": resume.model_digest(start)})
+    decision = None
+    if job.main:
+        decision = resume.decide(checkpoints, current, config.resume, checkpoint_dirs(checkpoints))
+        stale = [path for path in out_dir.iterdir() if path.name not in ("checkpoints", REFERENCE_FILE)] \
+            if out_dir.is_dir() else []
+        resume.prepare(checkpoints, decision, current, clear=stale)
+    job.barrier()
+    if not job.main:
+        decision = resume.decide(checkpoints, current, config.resume, checkpoint_dirs(checkpoints))
+    assert decision is not None
+    if len(set(job.gather_objects(decision.step))) != 1:
+        raise RuntimeError(f"{what}: the processes disagree on the checkpoint to resume from (shared disk?)")
+    if job.main:
+        resume.record(decision, f"train_dpo {out_dir}")
 
     # The reference pass: once, before any adapter or update; reused when the pairs and start model are the same.
-    key = _digest(file_digest(pairs_path), str(start), _model_digest(start), max_length, config.dtype)
+    # Sharded: process k runs batches k, k+N, ...; the sums give every pair's log-probs to every process.
+    key = _digest(file_digest(pairs_path), str(start), _model_digest(start), max_length, runtime.dtype)
     reference_path = out_dir / REFERENCE_FILE
     started = time.perf_counter()
     cached = load_file(str(reference_path)) if reference_path.is_file() else {}
     if cached.get("key") is not None and bytes(cached["key"].tolist()).decode() == key:
         data.ref_chosen, data.ref_rejected = cached["chosen"], cached["rejected"]
     else:
-        data.ref_chosen, data.ref_rejected = reference_logps(model, data, pad_id, config.ref_batch_size,
-                                                             config.progress)
-        save_file({"chosen": data.ref_chosen.contiguous(), "rejected": data.ref_rejected.contiguous(),
-                   "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}, str(reference_path))
+        with runtime_policy.oom_hint(f"{what} (reference pass)", {f"{config_key}.ref_batch_size":
+                                     config.ref_batch_size}, runtime=runtime):
+            chosen, rejected = reference_logps(model, data, pad_id, config.ref_batch_size, progress,
+                                               runtime=runtime, shard=(job.rank, job.world))
+        both = job.sum(torch.stack([chosen, rejected]))
+        data.ref_chosen, data.ref_rejected = both[0].contiguous(), both[1].contiguous()
+        if job.main:
+            save_file({"chosen": data.ref_chosen, "rejected": data.ref_rejected,
+                       "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}, str(reference_path))
     reference_seconds = time.perf_counter() - started
 
     dropped = len(pairs) - len(kept)
     train_idx, eval_idx = split_pairs([pairs[i] for i in kept], config.eval_fraction, config.seed)
     train_data, eval_data = data.subset(train_idx), data.subset(eval_idx)
+    answer_tokens = _answer_tokens(train_data)
 
     frozen = freeze_parts(model, config.freeze)
+    if runtime.gradient_checkpointing:
+        runtime_policy.enable_gradient_checkpointing(model)
     if config.lora.enabled:
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         model = apply_lora(model, config.lora)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable_count = sum(p.numel() for p in trainable)
     # fused: one kernel over all parameters instead of a loop of small ops (most of a tiny model's step on CPU)
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(0.9, config.adam_beta2),
                                   weight_decay=config.weight_decay, fused=True)
-    pairs_per_step = config.batch_size * config.grad_accum
+    pairs_per_step = config.batch_size * config.grad_accum * job.world
     steps_per_epoch = math.ceil(len(train_data) / pairs_per_step)
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_epochs * steps_per_epoch)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio *
@@ -573,8 +858,12 @@ def train_dpo(
     window: dict[str, float] = {}
     window_steps = 0
     first_step = 0
+    if decision.checkpoint is not None and not job.sharded:
+        state = _load_checkpoint(decision.checkpoint, model, optimizer, scheduler, job, runtime)
+    model, optimizer = job.prepare(model, optimizer, config)
+    if decision.checkpoint is not None and job.sharded:
+        state = _load_checkpoint(decision.checkpoint, model, optimizer, scheduler, job, runtime)
     if decision.checkpoint is not None:
-        state = _load_checkpoint(decision.checkpoint, model, optimizer, scheduler)
         first_step, history, window, window_steps = (int(state["step"]), state["history"], state["window"],
                                                      int(state["window_steps"]))
 
@@ -584,62 +873,73 @@ def train_dpo(
 
     from tqdm.auto import tqdm
 
+    knobs = {f"{config_key}.batch_size": config.batch_size}
+    advice = [f"raise {config_key}.grad_accum to keep the global batch"]
+    if config.eval_fraction > 0:
+        advice.append(f"lower {config_key}.ref_batch_size (now {config.ref_batch_size}; the eval batches)")
+    if runtime.is_cuda:
+        torch.cuda.reset_peak_memory_stats(job.device)
     started = time.perf_counter()
     order: list[int] = []
     order_epoch = -1
-    bar = tqdm(total=total_steps, initial=first_step, desc="dpo", unit="step", disable=not config.progress)
-    for step in range(first_step, total_steps):
-        epoch, within = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:  # the order of an epoch depends on (seed, epoch) only: resume-exact
-            order = epoch_order(train_data, config.seed, epoch, pairs_per_step, config.group_by_length)
-            order_epoch = epoch
-        chunk = order[within * pairs_per_step:(within + 1) * pairs_per_step]
-        step_metrics: dict[str, float] = {}
-        for micro in range(config.grad_accum):
-            indices = chunk[micro * config.batch_size:(micro + 1) * config.batch_size]
-            if not indices:
-                continue
-            loss, metrics = batch_loss(model, train_data, indices, pad_id, config)
-            (loss * len(indices) / len(chunk)).backward()
-            for name, value in metrics.items():
-                step_metrics[name] = step_metrics.get(name, 0.0) + value * len(indices) / len(chunk)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_metrics["grad_norm"] = float(grad_norm)
-        for name in WINDOW_KEYS:
-            window[name] = window.get(name, 0.0) + step_metrics[name]
-        window_steps += 1
-        done = step + 1
-        bar.update(1)
-        if done % config.logging_steps == 0 or done == total_steps or done == 1:
-            row = {"step": done, "epoch": round(done / steps_per_epoch, 4),
-                   "learning_rate": float(scheduler.get_last_lr()[0]),
-                   **{name: window[name] / window_steps for name in WINDOW_KEYS}}
-            if done == total_steps:
-                row.update(evaluate_pairs(model, eval_data, pad_id, config))
-            history.append(row)
-            window, window_steps = {}, 0
-            emit("log", done, row)
-        if config.save_steps and done % config.save_steps == 0 and done < total_steps:
-            _save_checkpoint(checkpoints / f"checkpoint-{done}", model, optimizer, scheduler,
-                             {"step": done, "history": history, "window": window, "window_steps": window_steps,
-                              "config": asdict(config)})
-            for old in checkpoint_dirs(checkpoints)[:-config.save_total_limit or None]:
-                shutil.rmtree(old)
-        emit("step", done, step_metrics)
+    bar = tqdm(total=total_steps, initial=first_step, desc="dpo", unit="step", disable=not progress)
+    with runtime_policy.oom_hint(what, knobs, training=True, runtime=runtime, advice=advice):
+        for step in range(first_step, total_steps):
+            epoch, within = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:  # the order of an epoch depends on (seed, epoch) only: resume-exact
+                order = epoch_order(train_data, config.seed, epoch, pairs_per_step, config.group_by_length)
+                order_epoch = epoch
+            chunk = order[within * pairs_per_step:(within + 1) * pairs_per_step]
+            micros = _micro_slices(chunk, config, job.world, job.rank)
+            if job.world == 1:  # one process skips empty micro-batches; N processes run each (DDP syncs on the last)
+                micros = [(whole, mine) for whole, mine in micros if mine]
+            sums = torch.zeros((len(micros), len(STEP_SUMS)), dtype=torch.float64)
+            micro_pairs = [len(whole) for whole, _ in micros]
+            micro_tokens = [sum(answer_tokens[i] for i in whole) for whole, _ in micros]
+            for index, (whole, mine) in enumerate(micros):
+                # a process with no pair in this micro-batch (the end of an epoch) still runs one, weighted 0, so
+                # that every process takes part in the gradient all-reduce
+                scale = 1.0 if mine else 0.0
+                with job.no_sync(model, last=index == len(micros) - 1):
+                    loss, local = _micro_terms(model, train_data, mine or (chunk[:1]), pad_id, config, runtime,
+                                               len(whole), micro_tokens[index], len(chunk))
+                    job.backward(loss * (scale * job.world))  # DDP / ZeRO / FSDP average the processes' gradients
+                sums[index] = local * scale
+            sums = job.sum(sums)
+            grad_norm = job.clip(model, trainable, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_metrics = _step_metrics(sums, micro_pairs, micro_tokens, len(chunk), config.rpo_alpha)
+            step_metrics["grad_norm"] = grad_norm
+            for name in WINDOW_KEYS:
+                window[name] = window.get(name, 0.0) + step_metrics[name]
+            window_steps += 1
+            done = step + 1
+            bar.update(1)
+            if done % config.logging_steps == 0 or done == total_steps or done == 1:
+                row = {"step": done, "epoch": round(done / steps_per_epoch, 4),
+                       "learning_rate": float(scheduler.get_last_lr()[0]),
+                       **{name: window[name] / window_steps for name in WINDOW_KEYS}}
+                if done == total_steps:
+                    row.update(evaluate_pairs(model, eval_data, pad_id, config, runtime))
+                history.append(row)
+                window, window_steps = {}, 0
+                emit("log", done, row)
+            if config.save_steps and done % config.save_steps == 0 and done < total_steps:
+                _save_checkpoint(checkpoints / f"checkpoint-{done}", model, optimizer, scheduler,
+                                 {"step": done, "history": history, "window": window, "window_steps": window_steps,
+                                  "config": asdict(config)}, job, runtime)
+                if job.main:
+                    for old in checkpoint_dirs(checkpoints)[:-config.save_total_limit or None]:
+                        shutil.rmtree(old)
+            emit("step", done, step_metrics)
     bar.close()
     train_seconds = time.perf_counter() - started
+    peak_memory = runtime_policy.peak_memory_bytes(runtime) if job.world == 1 else None
 
     model_dir = out_dir / "model"
-    if config.lora.enabled:
-        model.save_pretrained(str(out_dir / "adapter"))  # adapter weights (safetensors) + adapter_config.json
-        from silkfire.train.lora import merge_lora
-
-        model = merge_lora(model)
-    model.save_pretrained(str(model_dir))
-    processor.save_pretrained(str(model_dir))
+    _save_final(model, processor, start, out_dir, model_dir, config, job)
     steps_run = total_steps - first_step
     last = history[-1] if history else {}
     metrics: dict[str, Any] = {
@@ -647,12 +947,52 @@ def train_dpo(
         "pairs_per_second": steps_run * pairs_per_step / train_seconds if train_seconds > 0 and steps_run else math.nan,
         "train_seconds": train_seconds, "reference_seconds": reference_seconds, "encode_seconds": encode_seconds,
         "global_step": total_steps, "train_pairs": len(train_data), "eval_pairs": len(eval_data),
-        "dropped_long_pairs": dropped, "trainable_parameters": sum(p.numel() for p in trainable),
+        "dropped_long_pairs": dropped, "trainable_parameters": trainable_count,
         "frozen_parameters": frozen, "resumed_from_step": first_step, "steps_run": steps_run,
+        "num_processes": job.world, "global_batch_size": pairs_per_step,
+        "device": runtime.device if job.world == 1 else f"{job.kind} x {job.world} ({job.device.type})",
+        "dtype": runtime.dtype,
     }
-    write_history_csv_fields(out_dir / "history.csv", history)
-    write_json(out_dir / "metrics.json", metrics)
+    if peak_memory is not None:
+        metrics["peak_memory_bytes"] = peak_memory
+    if job.main:
+        write_history_csv_fields(out_dir / "history.csv", history)
+        write_json(out_dir / "metrics.json", metrics)
+    job.barrier()
     return DPOResult(model_dir=model_dir, metrics=metrics, history=history)
+
+
+def _save_final(model: Any, processor: Any, start: str | Path, out_dir: Path, model_dir: Path, config: DPOConfig,
+                job: _Job) -> None:
+    """The trained model as a plain HF folder in the start checkpoint's dtype (LoRA merged; adapters kept)."""
+    import torch
+
+    from silkfire.models.loading import checkpoint_dtype
+    from silkfire.train.lora import merge_lora
+
+    saved_dtype = getattr(torch, checkpoint_dtype(start) or "float32")
+    state = job.accelerator.get_state_dict(model) if job.sharded else None  # collective: every process
+    if job.main:
+        model = job.unwrap(model)
+        if config.lora.enabled:
+            # adapter weights (safetensors) + adapter_config.json
+            model.save_pretrained(str(out_dir / "adapter"), **({"state_dict": state} if state is not None else {}))
+            if state is not None:  # the shards' weights are not in this process's modules: merge from the files
+                from peft import PeftModel
+
+                from silkfire.models.loading import load_vlm
+
+                base, _ = load_vlm(start, dtype="float32", device="cpu")
+                model = PeftModel.from_pretrained(base, str(out_dir / "adapter"))
+                state = None
+            model = merge_lora(model)
+        if state is not None:
+            model.save_pretrained(str(model_dir), state_dict={k: v.to(saved_dtype) if v.is_floating_point() else v
+                                                               for k, v in state.items()})
+        else:
+            model.to(saved_dtype).save_pretrained(str(model_dir))
+        processor.save_pretrained(str(model_dir))
+    job.barrier()
 
 
 def _model_digest(source: str | Path) -> str:

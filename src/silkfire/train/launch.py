@@ -1,8 +1,10 @@
 """SFT through ``accelerate launch``: every process composes the same Hydra config and runs ``train_sft``.
 
-    accelerate launch --config_file conf/accelerate/cpu_2proc.yaml -m silkfire.train.launch train.batch_size=4
-    accelerate launch --config_file conf/accelerate/zero2.yaml --num_processes 8 \\
+    accelerate launch --config_file accelerate/cpu_2proc.yaml -m silkfire.train.launch train.batch_size=4
+    accelerate launch --config_file accelerate/deepspeed_zero2.yaml --num_processes 8 \\
         -m silkfire.train.launch model=llava_1_5_7b --out models/sft_7b --track
+
+(DPO has its own entry point beside this one: :mod:`silkfire.train.launch_dpo`.)
 
 transformers' Trainer reads the environment ``accelerate launch`` (torchrun underneath) sets up: it joins the
 process group (gloo on CPU, NCCL on GPUs), shards each global batch across processes, averages gradients and
@@ -123,7 +125,8 @@ def _shutdown() -> None:
         dist.destroy_process_group()
 
 
-def _start_tracking(cfg: Any, root: Path, overrides: Sequence[str]) -> Any:
+def _start_tracking(cfg: Any, root: Path, overrides: Sequence[str], run_name: str = RUN_NAME,
+                    sections: Sequence[str] = ("seed", "train", "model", "runtime")) -> Any:
     import mlflow
 
     from silkfire.config import flatten
@@ -131,9 +134,9 @@ def _start_tracking(cfg: Any, root: Path, overrides: Sequence[str]) -> Any:
     from silkfire.tracking.store import configure
 
     configure(root, cfg.tracking.experiment_name)
-    run = mlflow.start_run(run_name=RUN_NAME)
+    run = mlflow.start_run(run_name=run_name)
     mlflow.log_params(safe_params({key: value for key, value in flatten(cfg).items()
-                                   if key.split(".")[0] in ("seed", "train", "model")}))
+                                   if any(key == part or key.startswith(part + ".") for part in sections)}))
     mlflow.set_tags({"silkfire.launch.overrides": " ".join(overrides) or "-",
                      "silkfire.launch.num_processes": str(world_size())})
     return run

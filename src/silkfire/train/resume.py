@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 MODES = ("auto", "true", "false")
-RESUME_FREE = ("resume", "progress", "num_threads")  # settings a resumed run may change
+RESUME_FREE = ("resume", "progress", "num_threads", "device", "gradient_checkpointing")  # settings a resumed
+# run may change (the device and activation recomputation do not change the math; the resolved dtype does)
 STATE_FILE = "fingerprint.json"
 CODE_PACKAGES = ("silkfire.train", "silkfire.models")
 LIBRARIES = ("torch", "transformers", "peft", "safetensors", "accelerate")

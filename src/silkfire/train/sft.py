@@ -59,7 +59,9 @@ class SFTConfig:
     # start over, saying why) | true: continue it, fail if its fingerprint differs | false: always start over
     resume: bool | str = "auto"
     progress: bool = True
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute precision (silkfire.runtime): auto | float32 | bfloat16 (fp32 master + autocast)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (runtime.device)
+    gradient_checkpointing: bool = False  # runtime.gradient_checkpointing
     lora: Mapping[str, Any] | None = None  # PEFT LoRA (silkfire.train.lora.LoraOptions keys); None = full FT
 
     def __post_init__(self) -> None:
@@ -181,6 +183,7 @@ def train_sft(
     config: SFTConfig,
     out_dir: Path,
     callbacks: Sequence[Any] = (),
+    config_key: str = "train",
 ) -> SFTResult:
     """Fine-tune ``base`` on the instructions of ``train_path`` (images under ``image_root``).
 
@@ -189,12 +192,15 @@ def train_sft(
     ``out_dir/metrics.json``. It continues from the newest checkpoint when that carries this run's fingerprint
     (settings, encoded data, start model, code; ``config.resume``: auto | true | false, see
     :mod:`silkfire.train.resume`); the decision is printed, set as tags of the active MLflow run and returned
-    in the metrics (``resumed_from_step``, ``steps_run``).
+    in the metrics (``resumed_from_step``, ``steps_run``). Device and precision: :mod:`silkfire.runtime`
+    (float32 master weights, bf16 autocast when ``config.dtype`` resolves to bfloat16; the model is saved in the
+    start checkpoint's dtype); a CUDA out-of-memory error names ``<config_key>.batch_size``.
     """
     import torch
     from transformers import TrainingArguments, set_seed
 
-    from silkfire.models.loading import load_vlm
+    from silkfire import runtime as runtime_policy
+    from silkfire.models.loading import checkpoint_dtype, load_vlm
     from silkfire.train import resume
     from silkfire.train.data import SFTCollator, encode_sft_records, select_records, styled_answers
 
@@ -202,7 +208,9 @@ def train_sft(
     set_seed(config.seed)
     out_dir = Path(out_dir)
     checkpoints_dir = out_dir / "checkpoints"
-    model, processor = load_vlm(base, dtype=config.dtype)
+    runtime = runtime_policy.resolve(config.device, config.dtype, config.gradient_checkpointing)
+    runtime.check_training(f"train_sft ({config_key})")
+    model, processor = load_vlm(base, dtype="float32", device="cpu")  # float32 master weights; Trainer places them
     model.train()
     frozen = freeze_parts(model, config.freeze)
     lora_report = None
@@ -246,14 +254,17 @@ def train_sft(
         eval_steps=eval_steps,
         seed=config.seed,
         data_seed=config.seed,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=config.dtype == "bfloat16",
+        use_cpu=not runtime.is_cuda,
+        bf16=runtime.dtype == "bfloat16",  # autocast over the float32 weights
+        activation_checkpointing=runtime.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if runtime.gradient_checkpointing else None,
         report_to="none",
         remove_unused_columns=False,  # our dataset is not a datasets.Dataset: keep items as they are
         dataloader_num_workers=0,
         disable_tqdm=not config.progress,
         save_only_model=False,  # optimizer/scheduler/RNG states make resume exact
     )
+    runtime_policy.pin_trainer_device(args, runtime)
     trainer = _trainer_class()(
         model=model,
         args=args,
@@ -268,7 +279,7 @@ def train_sft(
 
         trainer.remove_callback(PrinterCallback)
     model_dir = out_dir / "model"
-    current = resume.fingerprint(asdict(config), {"train_data": data_digest(train_data),
+    current = resume.fingerprint({**asdict(config), "dtype": runtime.dtype}, {"train_data": data_digest(train_data),
                                                   "eval_data": data_digest(val_data),
                                                   "base_model": resume.model_digest(base)})
     with args.main_process_first(desc="resume decision"):  # every process decides after the main one acted
@@ -278,6 +289,9 @@ def train_sft(
     resume.record(decision, f"train_sft {out_dir}")
     resume_from = decision.checkpoint
     started = time.perf_counter()
+    knobs = {f"{config_key}.batch_size": config.batch_size, f"{config_key}.eval_batch_size": config.eval_batch_size}
+    oom = runtime_policy.oom_hint(f"train_sft {out_dir}", knobs, training=True, runtime=runtime,
+                                  advice=[f"raise {config_key}.grad_accum to keep the effective batch"])
     if resume_from is not None and _finished(resume_from):
         # The last checkpoint is the end of this very run (killed after training): nothing left to train. Trainer
         # would still take one more step when resumed there, so load the checkpoint's weights and state instead.
@@ -287,17 +301,23 @@ def train_sft(
         trainer.state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
         training_loss = math.nan
     else:
-        training_loss = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).training_loss
+        with oom:
+            training_loss = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None
+                                          ).training_loss
     train_seconds = time.perf_counter() - started
     history = history_from_logs(trainer.state.log_history)
     if not history or history[-1]["step"] != trainer.state.global_step or "eval_loss" not in history[-1]:
-        trainer.evaluate()  # the final eval loss (unless the last step was just evaluated)
+        with runtime_policy.oom_hint(f"train_sft {out_dir} (eval)", knobs, runtime=runtime):
+            trainer.evaluate()  # the final eval loss (unless the last step was just evaluated)
         history = history_from_logs(trainer.state.log_history)
 
     if lora_report is not None:  # adapters folded in: the saved model is a plain HF folder again
         from silkfire.train.lora import merge_lora
 
         trainer.model = merge_lora(trainer.model)
+    saved_dtype = checkpoint_dtype(base) or "float32"
+    if saved_dtype != "float32":  # the float32 master weights go back to the start checkpoint's dtype
+        trainer.model.to(getattr(torch, saved_dtype))
     trainer.save_model(str(model_dir))
     steps_run = trainer.state.global_step - decision.step
     samples = steps_run * config.batch_size * config.grad_accum
