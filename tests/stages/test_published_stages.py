@@ -126,6 +126,32 @@ def test_fire_100k_is_a_dialogue_source_and_passes_the_fire_gate(mlflow_root: Pa
     require_passed(OmegaConf.load(root / "params.yaml"), root, "fire_sft")  # fire_sft may train on it
 
 
+def test_fire_sft_trains_student_and_teacher_on_published_dialogues(mlflow_root: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """FIRE-100K as the dialogue source all the way to training: images resolve under the published image root
+    (not the world), and world records cannot be mixed in (a clear error says to set mix_sft=0)."""
+    from silkfire.models.testing import make_test_model
+
+    root = fire_project(mlflow_root, monkeypatch)
+    cfg = OmegaConf.load(root / "params.yaml")
+    for role in ("student", "teacher"):
+        cfg.fire.sft[role].update({"max_steps": 2, "save_steps": 2, "batch_size": 2, "max_eval_samples": 4,
+                                   "logging_steps": 1, "progress": False})
+    cfg.tracking.log_model = False
+    OmegaConf.save(cfg, root / "params.yaml")
+    make_test_model(root / cfg.paths.sft / "model")
+    run_stage("dialogues", root)
+    run_stage("validate_dialogues", root)
+    metrics = run_stage("fire_sft", root)
+    assert metrics["sets"]["student_mixed_sft"] == 0 and metrics["student"]["global_step"] == 2
+    assert (root / cfg.paths.fire_teacher / "model" / "model.safetensors").is_file()
+
+    cfg.fire.sft.mix_sft = 0.3
+    OmegaConf.save(cfg, root / "params.yaml")
+    with pytest.raises((ValueError, GateNotPassed), match="mix_sft|validate gate"):
+        run_stage("fire_sft", root)
+
+
 def test_a_bad_published_dialogue_fails_the_gate_and_fire_sft_refuses(mlflow_root: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from silkfire.quality import GateFailed
