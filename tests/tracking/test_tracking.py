@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from silkfire.tracking.lineage import output_digest, stage_digests
-from silkfire.tracking.registry import log_and_register
+from silkfire.tracking.registry import hf_model_dir, log_and_register
 from silkfire.tracking.runs import PARENT_RUN_ENV, STAGE_TAG, safe_params, stage_run
 from silkfire.tracking.store import configure
 
@@ -59,9 +59,9 @@ def test_log_and_register_moves_the_alias_to_the_new_version(mlflow_root: Path) 
     client = MlflowClient()
     assert int(client.get_model_version_by_alias("m", "candidate").version) == 2
     source = client.get_model_version("m", "2").source
-    assert source.endswith("/model")
+    assert source.startswith("models:/m-")  # an MLflow (pyfunc) model; tests/tracking/test_serving.py serves one
     local = mlflow.artifacts.download_artifacts(f"models:/m@candidate", dst_path=str(mlflow_root / "dl"))
-    assert (Path(local) / "config.json").is_file()
+    assert (hf_model_dir(local) / "config.json").is_file()
 
 
 def test_lineage_reads_digests_from_dvc_lock(tmp_path: Path) -> None:
