@@ -280,6 +280,7 @@ def _image_extras(model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
 
     extras = {key: batch[key] for key in ("image_sizes", "image_grid_thw") if key in batch}
     if "image_grid_thw" in extras:
+        model = getattr(model, "module", model)  # under DDP (accelerate launch) the model is wrapped
         config = model.config if hasattr(model, "config") else model.get_base_model().config
         extras["mm_token_type_ids"] = mm_token_type_ids(batch["input_ids"], config.image_token_id)
     return extras
