@@ -21,9 +21,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from silkfire.config import project_root, write_params
-from silkfire.reporting import StageRow, collect_row, markdown_table, print_table
+from silkfire.reporting import (GATE_STAGES, StageRow, collect_row, experiment_label, headline_metrics,
+                                 markdown_table, parent_run_name, print_table)
 from silkfire.stages import pipeline_stages
-from silkfire.tracking.runs import PARENT_RUN_ENV, run_tags, safe_params
+from silkfire.tracking.runs import KIND_TAG, PARENT_RUN_ENV, description, run_tags, safe_params
 from silkfire.versioning import has_default_remote, push, reproduce_stage
 from silkfire.workspace import crash_dead_flow_runs, note_holder, workspace_lock
 
@@ -61,13 +62,17 @@ def publish_failure(root: Path, cfg: Any, stage: str) -> None:
     """A failed stage may leave a report for people (the gate does): show it in Prefect and MLflow."""
     import mlflow
 
+    from silkfire.tracking.gates import GATE_TAG
+    from silkfire.tracking.store import NOTE_TAG
+
     report = root / cfg.paths.reports / stage / "report.md"
     text = report.read_text(encoding="utf-8") if report.is_file() else f"Stage `{stage}` failed; see the run logs."
     create_markdown_artifact(text, key=artifact_key(stage, "failure"), description=f"Why stage {stage} failed")
     table = root / cfg.paths.reports / stage / "failures.json"
     if table.is_file() and (rows := json.loads(table.read_text(encoding="utf-8"))):
         create_table_artifact(rows, key=artifact_key(stage, "failures"), description=f"Failing checks of {stage}")
-    mlflow.set_tag("silkfire.failed_stage", stage)
+    mlflow.set_tags({"silkfire.failed_stage": stage, NOTE_TAG: f"# Stage `{stage}` failed\n\n{text}"}
+                    | ({GATE_TAG: "failed"} if stage in GATE_STAGES else {}))
     mlflow.log_text(text, f"failure/{stage}.md")
 
 
@@ -96,7 +101,8 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True,
     and the branches in `pipeline.branches`, track it all."""
     import mlflow
 
-    from silkfire.tracking.store import configure
+    from silkfire.tracking.gates import GATE_TAG
+    from silkfire.tracking.store import NOTE_TAG, configure, run_url
 
     logger = get_run_logger()
     root = project_root()
@@ -107,10 +113,14 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True,
             logger.warning("%d flow run(s) of a dead earlier run marked Crashed", crashed)
         cfg, params_changed = write_params(overrides or [], root)
         logger.info("params.yaml %s", "updated" if params_changed else "unchanged")
-        configure(root, cfg.tracking.experiment_name)
+        experiment_id = configure(root, cfg.tracking.experiment_name)
         rows: list[StageRow] = []
         started = time.perf_counter()
-        with mlflow.start_run(run_name="pipeline", tags=run_tags(root)) as parent:
+        name = parent_run_name(overrides, cfg.seed, flow_run_name())
+        tags = run_tags(root) | {KIND_TAG: "pipeline", "silkfire.experiment": experiment_label(overrides),
+                                 "silkfire.flow_run": flow_run_name(), "silkfire.flow_run_id": flow_run_id()}
+        with mlflow.start_run(run_name=name, tags=tags) as parent:
+            logger.info("MLflow run %r: %s", name, run_url(experiment_id, parent.info.run_id))
             mlflow.log_params(safe_params(cfg))
             mlflow.set_tag("silkfire.overrides", " ".join(overrides or []) or "(none)")
             os.environ[PARENT_RUN_ENV] = parent.info.run_id
@@ -120,8 +130,12 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True,
                         ran = run_stage(str(root), stage)
                     except Exception:
                         publish_failure(root, cfg, stage)
+                        logger.error("stage %s failed; its report is on the MLflow run %s", stage,
+                                     run_url(experiment_id, parent.info.run_id))
                         raise
-                    rows.append(collect_row(root, cfg, stage, ran=ran, parent_run_id=parent.info.run_id))
+                    rows.append(row := collect_row(root, cfg, stage, ran=ran, parent_run_id=parent.info.run_id))
+                    logger.info("%s %s: %s | MLflow %s", stage, row.status, row.summary or "-",
+                                run_url(experiment_id, row.run_id) if row.run_id else "-")
                     if stage == "register" and ran:
                         publish_decision(root, cfg)
                     if stage == "fire_bench" and ran:
@@ -137,10 +151,20 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True,
             if (root / "dvc.lock").is_file():
                 mlflow.log_artifact(str(root / "dvc.lock"), artifact_path="lineage")
             mlflow.log_artifact(str(root / "params.yaml"), artifact_path="lineage")
+            headline = headline_metrics(root, cfg, [row.stage for row in rows])
+            mlflow.log_metrics(headline)
+            if "gates.passed" in headline:
+                mlflow.set_tag(GATE_TAG, "passed")
             wall = time.perf_counter() - started
             mlflow.log_metric("pipeline_wall_seconds", wall)
-            table = markdown_table(rows, parent.info.run_id, wall)
+            table = markdown_table(rows, parent.info.run_id, wall, headline=headline, experiment_id=experiment_id,
+                                   title=name)
+            decision = root / cfg.paths.reports / "register" / "decision.md"
+            if any(row.stage == "register" for row in rows) and decision.is_file():
+                table += "\n## Champion decision\n\n" + decision.read_text(encoding="utf-8")
             mlflow.log_text(table, "summary.md")
+            mlflow.set_tag(NOTE_TAG, description(table))  # the run's description in the MLflow UI
+            logger.info("headline metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in headline.items()) or "-")
     create_markdown_artifact(table, key="silkfire-summary", description="Silkfire pipeline run summary")
     print_table(rows, parent.info.run_id, wall)
     return [row.as_dict() for row in rows]

@@ -176,7 +176,7 @@ def test_flow_sweep_nests_each_pipeline_run_under_the_sweep(prefect_server: None
     parent = client.get_run(result["parent_run_id"])
     children = _stage_runs_under(client, parent.info.experiment_id, parent.info.run_id)
     assert sorted(run.data.params["sweep.eval.max_items"] for run in children) == ["12", "24"]
-    assert all(run.info.run_name == "pipeline" for run in children)
+    assert all(run.data.tags["silkfire.kind"] == "pipeline" for run in children)
     for run in children:  # the stages still nest under their pipeline run
         assert {r.data.tags["silkfire.stage"] for r in _stage_runs_under(client, parent.info.experiment_id,
                                                                          run.info.run_id)} >= {"evaluate"}

@@ -201,11 +201,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not rows:
         print("no registered models yet: `make run` registers silkfire-sft")
         return 0
-    print(f"{'model':<24} {'ver':>4}  {'aliases':<20} {'metrics':<48} decision")
+    import shutil
+    import textwrap
+
+    width = max(80, min(shutil.get_terminal_size((120, 24)).columns, 160))
+    print(f"{'model':<24} {'ver':>4}  {'aliases':<20} metrics (decision below)")
     for row in rows:
         metrics = " ".join(f"{k.split('.')[-1]}={v:g}" for k, v in row["metrics"].items()) or "-"
-        print(f"{row['name']:<24} {row['version']:>4}  {','.join(row['aliases']) or '-':<20} {metrics:<48} "
-              f"{row['decision'][:60] or '-'}")
+        print(f"{row['name']:<24} {row['version']:>4}  {','.join(row['aliases']) or '-':<20} {metrics}")
+        if row["decision"]:  # wrapped at word boundaries, never cut: the whole decision is worth reading
+            print(textwrap.fill(row["decision"], width=width, initial_indent=" " * 6 + "decision: ",
+                                subsequent_indent=" " * 16, break_long_words=False, break_on_hyphens=False))
     return 0
 
 
@@ -243,14 +249,30 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
+def ui_links(root: Path, host: str, port: int) -> str:
+    """Where to click: MLflow 3 opens an experiment in its GenAI (traces) view, so link the runs table itself."""
+    from silkfire.config import load_params
+    from silkfire.tracking.store import configure, model_url, runs_view_url
+
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    try:
+        experiment_id = configure(root, load_params(root).tracking.experiment_name)
+    except Exception as error:  # noqa: BLE001 -- no params.yaml yet, a store we cannot open: the UI still starts
+        return f"open {base} (experiment unknown: {error})"
+    return (f"runs:   {runs_view_url(experiment_id, base)}\n"
+            f"models: {base}/#/models   (e.g. {model_url('silkfire-sft', 1, base)})")
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from silkfire.config import project_root
     from silkfire.tracking.store import tracking_uri
 
-    uri = tracking_uri(project_root())
+    root = project_root()
+    uri = tracking_uri(root)
     mlflow_cli = str(Path(sys.executable).with_name("mlflow"))  # the environment's, activated or not
     command = [mlflow_cli, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     print(" ".join(command))
+    print(ui_links(root, args.host, args.port), flush=True)
     os.execvp(command[0], command)
     return 0  # pragma: no cover
 

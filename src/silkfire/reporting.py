@@ -1,4 +1,5 @@
-"""The end-of-run summary: one row per stage (status, key metrics, MLflow run, DVC digest)."""
+"""The end-of-run summary: one row per stage (status, key metrics, MLflow run, DVC digest), the headline metrics
+copied onto the pipeline's parent run, and the parent run's name."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ from omegaconf import DictConfig
 from silkfire.tracking.lineage import stage_digests
 from silkfire.tracking.runs import STAGE_TAG, run_tags
 
+# The figures a reader looks for first, copied from metrics/<stage>.json onto the parent run under the name
+# `<stage>.<key>` (the FILE.KEY name `silkfire sweep --metric` and `dvc metrics show` use), when the stage is part
+# of the pipeline run. Gate verdicts come from the run itself (a failing gate stops it): `gates.passed`.
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "sft": ("train_loss", "eval_loss"),
+    "evaluate": ("mme.sft.perception", "mme.sft.cognition", "mme.blind.perception", "mme.blind.cognition"),
+    "evaluate_dpo": ("dpo.mme_perception", "dpo.mme_cognition", "dpo.mmhal_score", "dpo.hallucination_rate",
+                     "sft.mmhal_score", "sft.hallucination_rate"),
+    "fire_bench": ("free.oracle.fire.AT", "free.oracle.fire.RR", "free.oracle.sft.AT", "free.oracle.sft.RR"),
+    "register": ("promoted",),
+}
+GATE_STAGES = ("validate", "validate_feedback", "validate_dialogues")
+
 
 @dataclass(frozen=True)
 class StageRow:
@@ -24,6 +38,47 @@ class StageRow:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _lookup(metrics: dict[str, Any], dotted: str) -> float | None:
+    value: Any = metrics
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, bool):
+        return float(value)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def headline_metrics(root: Path, cfg: DictConfig, stages: list[str]) -> dict[str, float]:
+    """The HEADLINE figures of the stages this pipeline run went through (ran or cached), as `<stage>.<key>`."""
+    found: dict[str, float] = {}
+    for stage in stages:
+        metrics = _read_metrics(root, cfg, stage) if stage in HEADLINE else {}
+        for key in HEADLINE.get(stage, ()):
+            if (value := _lookup(metrics, key)) is not None:
+                found[f"{stage}.{key}"] = value
+    gates = [stage for stage in stages if stage in GATE_STAGES]
+    if gates:
+        found["gates.passed"] = 1.0  # every gate of the run let its data through (a failing one stops the run)
+        found["gates.rows_quarantined"] = sum(
+            _lookup(_read_metrics(root, cfg, stage), "rows_quarantined") or 0.0 for stage in gates)
+    return found
+
+
+def experiment_label(overrides: list[str] | None) -> str:
+    """The Hydra experiment a run composed (`experiment=silkie`), else `default`."""
+    for override in overrides or []:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "experiment" and value and value != "null":
+            return value
+    return "default"
+
+
+def parent_run_name(overrides: list[str] | None, seed: Any, flow_run: str) -> str:
+    """`pipeline · silkie · seed 0 · merciful-foxhound`: what chart legends and the runs table show."""
+    return f"pipeline · {experiment_label(overrides)} · seed {seed} · {flow_run}"
 
 
 def _read_metrics(root: Path, cfg: DictConfig, stage: str) -> dict[str, Any]:
@@ -66,16 +121,26 @@ def collect_row(root: Path, cfg: DictConfig, stage: str, *, ran: bool, parent_ru
     return StageRow(stage, "ran" if ran else "cached", summary, run_id, digest, seconds)
 
 
-def markdown_table(rows: list[StageRow], parent_run_id: str, wall_seconds: float) -> str:
-    lines = [
-        f"# Silkfire pipeline run `{parent_run_id}`",
-        "",
-        f"Wall time: {wall_seconds:.1f} s",
-        "",
-        "| stage | status | key metrics | MLflow run | DVC digest |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [f"| {r.stage} | {r.status} | {r.summary} | `{r.run_id}` | `{r.digest}` |" for r in rows]
+def markdown_table(rows: list[StageRow], parent_run_id: str, wall_seconds: float, *,
+                   headline: dict[str, float] | None = None, experiment_id: str | None = None,
+                   title: str | None = None) -> str:
+    """The run summary in markdown (the parent run's description, the Prefect artefact): the headline metrics and
+    one row per stage, run ids linked to the MLflow UI when the experiment is known."""
+    from silkfire.tracking.store import run_url
+
+    def link(run_id: str) -> str:
+        if not run_id:
+            return "-"
+        return f"[`{run_id[:8]}…`]({run_url(experiment_id, run_id)})" if experiment_id else f"`{run_id}`"
+
+    lines = [f"# {title or 'Silkfire pipeline run'}", "",
+             f"Parent run {link(parent_run_id)}, wall time {wall_seconds:.1f} s", ""]
+    if headline:
+        lines += ["| headline metric | value |", "|---|---:|"]
+        lines += [f"| {name} | {value:.4g} |" for name, value in headline.items()]
+        lines.append("")
+    lines += ["| stage | status | key metrics | MLflow run | DVC digest |", "|---|---|---|---|---|"]
+    lines += [f"| {r.stage} | {r.status} | {r.summary} | {link(r.run_id)} | `{r.digest}` |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -352,7 +352,7 @@ def _flow_runner(root: Path) -> Callable[[list[str]], Any]:
 
 
 def _latest_pipeline_run(client: Any, experiment_id: str, since_ms: int) -> str:
-    runs = client.search_runs([experiment_id], f"attributes.run_name = 'pipeline' and attributes.start_time >= {since_ms}",
+    runs = client.search_runs([experiment_id], f"tags.`silkfire.kind` = 'pipeline' and attributes.start_time >= {since_ms}",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise RuntimeError("the flow finished but its MLflow `pipeline` run was not found")

@@ -38,7 +38,9 @@ def _first_checkpoint(project: Path, timeout: float) -> Path:
 
 def _mlflow_statuses(project: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(project / "mlruns" / "mlflow.db") as db:
-        return db.execute("select name, status from runs").fetchall()
+        rows = db.execute("select name, status from runs").fetchall()
+    # a pipeline's parent run is named "pipeline · <experiment> · seed <seed> · <flow run>"
+    return [(name.split(" · ")[0], status) for name, status in rows]
 
 
 def _prefect_states(home: Path) -> list[str]:

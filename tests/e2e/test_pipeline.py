@@ -107,7 +107,7 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
 
     client = MlflowClient()
     experiment = client.get_experiment_by_name("silkfire")
-    parents = client.search_runs([experiment.experiment_id], "tags.`mlflow.runName` = 'pipeline'")
+    parents = client.search_runs([experiment.experiment_id], "tags.`silkfire.kind` = 'pipeline'")
     assert len(parents) == 1
     parent = parents[0]
     assert parent.data.params["world.train_scenes"] == str(
@@ -119,10 +119,19 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
     sft_run = stage_runs["sft"]
     losses = client.get_metric_history(sft_run.info.run_id, "train/loss")
     assert len(losses) >= 2, "training curve was not streamed to MLflow"
-    inputs = {d.dataset.name: d.dataset.digest for d in sft_run.inputs.dataset_inputs}
-    assert inputs == {"world-train": world_md5, "world-val": world_md5}
+    inputs = {d.dataset.name: (d.dataset.digest, {t.key: t.value for t in d.tags}["dvc.md5"])
+              for d in sft_run.inputs.dataset_inputs}
+    assert set(inputs) == {"world-train", "world-val"}
+    assert inputs["world-train"][0] != inputs["world-val"][0]  # each file's own digest
+    assert {dvc for _, dvc in inputs.values()} == {world_md5}  # inside the DVC output that dvc.lock names
     artifacts = {a.path for a in client.list_artifacts(sft_run.info.run_id)}
-    assert {"model", "curves"} <= artifacts
+    assert "curves" in artifacts
+    assert sft_run.outputs.model_outputs, "the model is not logged as the run's MLflow model"
+    # The parent run reads at a glance: named, described, with the headline metrics.
+    assert parent.info.run_name.startswith("pipeline · smoke · seed ")
+    assert parent.data.metrics["evaluate.mme.sft.perception"] == evaluation["mme"]["sft"]["perception"]
+    assert parent.data.metrics["gates.passed"] == 1.0 and parent.data.tags["silkfire.gate"] == "passed"
+    assert "| evaluate |" in parent.data.tags["mlflow.note.content"]
     version = client.get_model_version_by_alias("silkfire-sft", "candidate")
     assert version.run_id == sft_run.info.run_id
     # The first evaluated version becomes champion, with its metrics and the decision on the version.
@@ -136,7 +145,7 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
 
     facts = lineage(client, "silkfire-sft@champion")
     assert facts["git_commit"] == parent.data.tags["mlflow.source.git.commit"]
-    assert {d["digest"] for d in facts["training_data"]} == {world_md5}
+    assert {d["dvc_out_digest"] for d in facts["training_data"]} == {world_md5}
     assert facts["dvc_digests"]["generate"] == world_md5
     assert [(g["stage"], g["verdict"]) for g in facts["quality_gates"]] == [("validate", "passed")]
     assert yaml.safe_load(resolved_config(facts)) == yaml.safe_load((project / "params.yaml").read_text())
@@ -160,7 +169,7 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
     assert (project / "dvc.lock").read_text() == lock_before
     assert elapsed < 60, f"a no-change re-run took {elapsed:.1f} s"
     latest_parent = client.search_runs(
-        [experiment.experiment_id], "tags.`mlflow.runName` = 'pipeline'", order_by=["attributes.start_time DESC"]
+        [experiment.experiment_id], "tags.`silkfire.kind` = 'pipeline'", order_by=["attributes.start_time DESC"]
     )[0]
     cached = _stage_runs(client, experiment.experiment_id, latest_parent.info.run_id)
     assert set(cached) == set(STAGES)

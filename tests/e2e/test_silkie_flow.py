@@ -39,7 +39,7 @@ def test_the_flow_runs_the_silkie_branch(prefect_server: None, project: Path) ->
 
     client = MlflowClient()
     experiment = client.get_experiment_by_name("silkfire")
-    parent = client.search_runs([experiment.experiment_id], "tags.`mlflow.runName` = 'pipeline'")[0]
+    parent = client.search_runs([experiment.experiment_id], "tags.`silkfire.kind` = 'pipeline'")[0]
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     stages = {run.data.tags["silkfire.stage"] for run in children}
     assert set(BRANCHES["silkie"]) <= stages

@@ -42,7 +42,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     mlflow.set_tags({"silkfire.decision": "promoted" if decision.promote else "rejected",
                      "silkfire.decision_reason": decision.reason,
                      "silkfire.challenger": f"{name}/{version}",
-                     "silkfire.champion_before": "none" if champion is None else f"{name}/{champion}"})
+                     "silkfire.champion_before": "none" if champion is None else f"{name}/{champion}",
+                     "mlflow.note.content": table})  # the whole decision as the run's description
     return {"promoted": decision.promote, "challenger_version": version,
             "champion_version_before": champion, "reason": decision.reason}
 

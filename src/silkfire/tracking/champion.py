@@ -147,6 +147,10 @@ def run_gate(client: Any, name: str, version: int, alias: str, rule: ChampionRul
     decision = decide(rule, mine, theirs)
     client.set_model_version_tag(name, str(version), DECISION_TAG,
                                  ("promoted: " if decision.promote else "rejected: ") + decision.reason)
+    # The whole decision (reason + comparison table) as the version's description: the registry page shows it
+    # in full, where a tag is cut.
+    client.update_model_version(name, str(version), description=decision.markdown(
+        f"v{version}", None if current is None else f"v{current.version}"))
     if decision.promote:
         client.set_registered_model_alias(name, alias, str(version))
     return decision, None if current is None else int(current.version)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 GATE_TAG = "silkfire.gate"  # "passed" | "failed"; `silkfire lineage` reads it back
-POLICY_TAG = "silkfire.gate_policy"
+POLICY_TAG = "silkfire.gate_policy"  # what the gate does with bad rows, in words (a bare "fail" read as a verdict)
+POLICY_WORDS = {"fail": "stop the run on any bad row", "filter": "quarantine bad rows, keep the rest"}
 
 
 def log_gate_reports(folder: Path, artifact_path: str = "validation") -> None:
@@ -27,4 +28,5 @@ def tag_gate(passed: bool, policy: str, kind: str | None = None) -> None:
     import mlflow
 
     verdict = "passed" if passed else "failed"
-    mlflow.set_tags({GATE_TAG: verdict, POLICY_TAG: policy} | ({f"{GATE_TAG}.{kind}": verdict} if kind else {}))
+    words = f"{policy}: {POLICY_WORDS[policy]}" if policy in POLICY_WORDS else policy
+    mlflow.set_tags({GATE_TAG: verdict, POLICY_TAG: words} | ({f"{GATE_TAG}.{kind}": verdict} if kind else {}))

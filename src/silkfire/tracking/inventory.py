@@ -35,6 +35,22 @@ def list_models(client: Any) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: (row["name"], -row["version"]))
 
 
+def _dataset_facts(dataset_input: Any) -> dict[str, Any]:
+    """A run's dataset input: name, the file's digest, the DVC output and its digest, the source as a path or URI
+    (MLflow stores it as a JSON string)."""
+    import json
+
+    dataset, tags = dataset_input.dataset, {t.key: t.value for t in dataset_input.tags}
+    source: Any = dataset.source
+    try:
+        parsed = json.loads(source)
+        source = parsed.get("uri") or parsed.get("path") or parsed if isinstance(parsed, dict) else parsed
+    except (TypeError, ValueError):
+        pass
+    return {"name": dataset.name, "context": tags.get("mlflow.data.context"), "digest": dataset.digest,
+            "source": source, "dvc_out": tags.get("dvc.out"), "dvc_out_digest": tags.get("dvc.md5")}
+
+
 def resolve_version(client: Any, ref: str) -> Any:
     """`name@alias`, `name/version` or `name` (its latest version) -> ModelVersion, with a clear error."""
     from mlflow.exceptions import MlflowException
@@ -66,11 +82,7 @@ def lineage(client: Any, ref: str) -> dict[str, Any]:
         "run_id": run.info.run_id,
         "stage": tags.get(STAGE_TAG),
         "git_commit": tags.get(COMMIT_TAG),
-        "training_data": [
-            {"name": d.dataset.name, "digest": d.dataset.digest, "source": d.dataset.source,
-             "context": next((t.value for t in d.tags if t.key == "mlflow.data.context"), None)}
-            for d in run.inputs.dataset_inputs
-        ],
+        "training_data": [_dataset_facts(d) for d in run.inputs.dataset_inputs],
         "metrics": version_metrics(version.tags or {}),
         "decision": (version.tags or {}).get(DECISION_TAG),
     }

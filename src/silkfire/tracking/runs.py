@@ -21,6 +21,17 @@ from silkfire.workspace import TOKEN_TAG, current_token
 
 PARENT_RUN_ENV = "SILKFIRE_PARENT_RUN_ID"
 STAGE_TAG = "silkfire.stage"
+KIND_TAG = "silkfire.kind"  # "pipeline" on a flow's parent run (its name carries experiment, seed and flow run)
+DESCRIPTION_LIMIT = 8000  # MLflow's limit on a run tag value, mlflow.note.content (the run's description) included
+
+
+def description(text: str, limit: int = DESCRIPTION_LIMIT, *, full: str = "summary.md") -> str:
+    """`text` as a run description: whole when it fits, else cut at a line end with a pointer to the artefact."""
+    if len(text) <= limit:
+        return text
+    tail = f"\n\n… (cut here; the whole text is the run's `{full}` artefact)\n"
+    head = text[: limit - len(tail)]
+    return head[: head.rfind("\n") if "\n" in head else len(head)] + tail
 # Never let anything that looks like a credential reach MLflow params (keys come from the environment only).
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|credential)", re.IGNORECASE)
 
