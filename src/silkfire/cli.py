@@ -325,8 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--max-new-tokens", type=int, default=None,
                           help="default: the benchmark's (MME 16, MMHal 1024, FIRE 160)")
-    evaluate.add_argument("--dtype", default="float32")
-    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--dtype", default="auto",
+                          help="auto (bfloat16 on a GPU that has it, else float32) | float32 | bfloat16 | float16")
+    evaluate.add_argument("--device", default="auto", help="auto (the GPU when there is one) | cpu | cuda | cuda:N")
     evaluate.add_argument("--group", action="append", default=[], metavar="CATEGORY=GROUP",
                           help="mme: the group (perception|cognition) of a category MME does not have")
     evaluate.add_argument("--judge-url", default=None, help="mmhal: OpenAI-compatible endpoint of the 0-6 judge")

@@ -58,8 +58,8 @@ class EvalOptions:
     max_items: int | None = None  # MME: question_ids kept whole; MMHal: the first items (types stay interleaved)
     batch_size: int = 16
     max_new_tokens: int | None = None  # None: the benchmark's (MAX_NEW_TOKENS)
-    dtype: str = "float32"
-    device: str = "cpu"
+    dtype: str = "auto"  # resolved by silkfire.runtime: bfloat16 on a GPU that has it, else float32
+    device: str = "auto"  # the GPU when there is one
     groups: Mapping[str, str] = field(default_factory=dict)  # MME: extra category -> perception | cognition
     judge: Any = None  # MMHal: a silkfire.llm.client.ClientConfig of the 0-6 judge
     role: str = "student"  # FIRE fixed dialogue: the model writes the student's or the teacher's turns
