@@ -44,7 +44,8 @@ SMOKE = [
             fire__sft__student__max_steps=2, fire__sft__teacher__max_steps=2, fire__sft__student__batch_size=4,
             fire__sft__teacher__batch_size=4, fire__sft__student__max_eval_samples=4,
             fire__sft__teacher__max_eval_samples=4, fire__bench__max_dialogues=3, fire__bench__fixed_items=3,
-            fire__bench__max_turns=2, fire__bench__student_max_new_tokens=6, fire__bench__teacher_max_new_tokens=6),
+            fire__bench__max_turns=2, fire__bench__student_max_new_tokens=6, fire__bench__teacher_max_new_tokens=6,
+            fire__bench__teachers="[oracle]"),  # the default; the trained teacher's free dialogues: slow tests
     "pipeline.branches=[silkie,fire]",
 ]
 
@@ -82,10 +83,12 @@ def make_project(root: Path, model: str) -> Path:
     return root
 
 
-# The tiny world model, LLaVA-1.5 in the llava-hf layout (576 image tokens) and Qwen2-VL (flattened patches, M-RoPE)
-# in the default suite; LLaVA-NeXT's anyres adds another ~30 s (tests/models/test_families.py covers its encoding,
-# tests/train/test_family_recipes.py its training, in the default suite).
-@pytest.mark.parametrize("model", ["tiny", "llava", "qwen2_vl", pytest.param("llava_next", marks=pytest.mark.slow)])
+# The default suite runs the tiny world model and Qwen2-VL (the most different inputs: flattened patches,
+# image_grid_thw, M-RoPE, ChatML; ~15 s); LLaVA-1.5 (576 image tokens per sample) and LLaVA-NeXT (anyres) add ~30 s
+# each and are slow-marked -- tests/models/test_families.py checks their encoding and labels and
+# tests/train/test_family_recipes.py their training in the default suite.
+@pytest.mark.parametrize("model", ["tiny", "qwen2_vl", pytest.param("llava", marks=pytest.mark.slow),
+                                   pytest.param("llava_next", marks=pytest.mark.slow)])
 def test_both_branches_run_stage_by_stage(mlflow_root: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> None:
     monkeypatch.setenv("SILKFIRE_ROOT", str(mlflow_root))
     root = make_project(mlflow_root, model)
