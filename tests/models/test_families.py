@@ -200,3 +200,27 @@ def test_dvc_hashes_the_checkpoint_folder(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     assert compose(["model=llava_1_5_7b"], root).model.checkpoint_files == str(
         cache / "models--llava-hf--llava-1.5-7b-hf")
+
+
+def test_the_base_stage_records_family_and_content_and_refuses_the_unsupported(
+        mlflow_root: Path, checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from silkfire.config import compose
+    from silkfire.stages.runner import run_stage
+
+    folder = shutil.copytree(checkpoints["llava"], tmp_path / "checkpoint")
+    cfg = compose(["model=llava_1_5_7b", f"model.name_or_path={folder}"], Path(__file__).resolve().parents[2])
+    OmegaConf.save(cfg, mlflow_root / "params.yaml")
+    source = mlflow_root / cfg.paths.base_model / "source.json"
+    metrics = run_stage("base", mlflow_root)
+    first = json.loads(source.read_text())
+    assert metrics["family"] == first["family"] == "llava" and first["name_or_path"] == str(folder)
+    assert first["digest"] == checkpoint_digest(folder) and metrics["parameters"] > 0
+    make_real_checkpoint("llava", folder, seed=1)  # rebuilt in place: models/base changes, so do its dependants
+    run_stage("base", mlflow_root)
+    assert json.loads(source.read_text())["digest"] != first["digest"]
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "idefics3"}))
+    with pytest.raises(UnsupportedModel, match="idefics3.*not supported; supported: LLaVA-1.5"):
+        run_stage("base", mlflow_root)
