@@ -30,6 +30,15 @@ class RecordErrors(RecordFileError):
 
 
 _BOM = b"\xef\xbb\xbf"
+
+
+def is_json_list(path: Path) -> bool:
+    """True when the file holds one JSON list (its first non-blank byte, after a UTF-8 BOM, is '['), else JSONL."""
+    with Path(path).open("rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(_BOM):
+        head = head[len(_BOM):]
+    return head.lstrip().startswith(b"[")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a \ud800-\udfff escape: maybe an unpaired surrogate
 _KEY = re.compile(r'"((?:[^"\\]|\\.){1,80})"\s*:')
 
@@ -63,11 +72,7 @@ def iter_located(path: str | Path, errors: list[str] | None = None) -> Iterator[
     if not path.is_file():
         _fail(errors, f"{path}: no such file")
         return
-    with path.open("rb") as handle:
-        head = handle.read(4096)
-    if head.startswith(_BOM):
-        head = head[len(_BOM):]
-    if head.lstrip().startswith(b"["):
+    if is_json_list(path):
         yield from _iter_json_list(path, errors)
     else:
         yield from _iter_jsonl(path, errors)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from silkfire.io import is_json_list
+
 try:  # orjson ships with prefect; the json module is the fallback
     import orjson
 
@@ -86,11 +88,7 @@ def iter_record_chunks(path: str | Path, chunk_size: int = 50_000) -> Iterator[L
     if not path.is_file():
         yield LoadedRecords(path, (), (), (), error=f"{path}: no such file (did the producing stage run?)")
         return
-    with path.open("rb") as handle:
-        head = handle.read(4096)
-    if head.startswith(_BOM):
-        head = head[len(_BOM):]
-    if head.lstrip().startswith(b"["):
+    if is_json_list(path):
         yield from _json_list_chunks(path, chunk_size)
         return
     yield from _jsonl_chunks(path, chunk_size)
