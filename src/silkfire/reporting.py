@@ -95,7 +95,10 @@ def _latest_stage_run(stage: str, parent_run_id: str | None) -> str:
         query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
     runs = mlflow.search_runs(filter_string=query, order_by=["attributes.start_time DESC"],
                               max_results=1, output_format="list")
-    return runs[0].info.run_id if runs else ""
+    if not runs:
+        return ""
+    # The newest may be an earlier pipeline run's `<stage> (cached)` record: the producer is the run it points at.
+    return runs[0].data.tags.get("silkfire.produced_by") or runs[0].info.run_id
 
 
 def collect_row(root: Path, cfg: DictConfig, stage: str, *, ran: bool, parent_run_id: str) -> StageRow:
@@ -133,7 +136,7 @@ def markdown_table(rows: list[StageRow], parent_run_id: str, wall_seconds: float
             return "-"
         return f"[`{run_id[:8]}…`]({run_url(experiment_id, run_id)})" if experiment_id else f"`{run_id}`"
 
-    lines = [f"# {title or 'Silkfire pipeline run'}", "",
+    lines = [f"**{title or 'Silkfire pipeline run'}**", "",
              f"Parent run {link(parent_run_id)}, wall time {wall_seconds:.1f} s", ""]
     if headline:
         lines += ["| headline metric | value |", "|---|---:|"]

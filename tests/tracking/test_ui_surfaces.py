@@ -40,7 +40,8 @@ def test_experiment_gets_a_description_once(mlflow_root: Path) -> None:
 def test_links_open_the_runs_table_not_the_genai_view() -> None:
     assert runs_view_url("3", "http://127.0.0.1:5000") == \
         "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
-    assert run_url("3", "abc", "http://h:1/") == "http://h:1/#/experiments/3/runs/abc"
+    assert run_url("3", "abc", "http://h:1/") == "http://h:1/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert run_url("3", "abc", "http://h:1", "model-metrics").endswith("/runs/abc/model-metrics?workflowType=machine_learning")
 
 
 def test_parent_run_name_and_headline_metrics(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_parent_run_name_and_headline_metrics(tmp_path: Path) -> None:
     rows = [StageRow("sft", "ran", "train_loss=0.07", "r" * 32, "abc.dir", 1.0)]
     table = markdown_table(rows, "p" * 32, 12.0, headline=found, experiment_id="7", title="pipeline · x")
     assert "| evaluate.mme.sft.perception | 625.8 |" in table
-    assert "(http://127.0.0.1:5000/#/experiments/7/runs/" + "r" * 32 + ")" in table
+    assert "(http://127.0.0.1:5000/#/experiments/7/runs/" + "r" * 32 + "?workflowType=machine_learning)" in table
 
 
 def test_a_long_description_is_cut_at_a_line_end_with_a_pointer() -> None:

@@ -74,8 +74,9 @@ def runs_view_url(experiment_id: str, base: str | None = None) -> str:
     return f"{ui_base(base)}/#/experiments/{experiment_id}/runs?{RUNS_VIEW_QUERY}"
 
 
-def run_url(experiment_id: str | None, run_id: str, base: str | None = None) -> str:
-    return f"{ui_base(base)}/#/experiments/{experiment_id}/runs/{run_id}"
+def run_url(experiment_id: str | None, run_id: str, base: str | None = None, tab: str = "") -> str:
+    """A run's page (`tab`: "" = overview, "model-metrics" = charts, "artifacts"), in the runs (not GenAI) view."""
+    return f"{ui_base(base)}/#/experiments/{experiment_id}/runs/{run_id}{'/' + tab if tab else ''}?{RUNS_VIEW_QUERY}"
 
 
 def model_url(name: str, version: int | str, base: str | None = None) -> str:
