@@ -97,8 +97,14 @@ def _latest_stage_run(stage: str, parent_run_id: str | None) -> str:
                               max_results=1, output_format="list")
     if not runs:
         return ""
-    # The newest may be an earlier pipeline run's `<stage> (cached)` record: the producer is the run it points at.
-    return runs[0].data.tags.get("silkfire.produced_by") or runs[0].info.run_id
+    # The newest may be an earlier pipeline run's `<stage> (cached)` record: the producer is the run it points at
+    # (followed to the end: records written before this rule could point at another cached record).
+    run = runs[0]
+    for _ in range(100):
+        if not (produced_by := run.data.tags.get("silkfire.produced_by")):
+            break
+        run = mlflow.get_run(produced_by)
+    return run.info.run_id
 
 
 def collect_row(root: Path, cfg: DictConfig, stage: str, *, ran: bool, parent_run_id: str) -> StageRow:

@@ -123,3 +123,19 @@ def test_ui_prints_the_runs_view_link(mlflow_root: Path, monkeypatch: pytest.Mon
     links = cli.ui_links(mlflow_root, "0.0.0.0", 5001)
     experiment_id = mlflow.get_experiment_by_name("exp").experiment_id
     assert f"http://127.0.0.1:5001/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in links
+
+
+def test_a_cached_stage_points_at_the_run_that_trained_it(mlflow_root: Path) -> None:
+    from silkfire.reporting import _latest_stage_run
+
+    configure(mlflow_root, "exp")
+    with mlflow.start_run(run_name="sft", tags={"silkfire.stage": "sft"}) as trained:
+        pass
+    with mlflow.start_run(run_name="sft (cached)", tags={"silkfire.stage": "sft", "silkfire.cached": "true",
+                                                          "silkfire.produced_by": trained.info.run_id}) as first:
+        pass
+    # a record written by the old rule pointed at the previous cached record: followed to the end
+    with mlflow.start_run(run_name="sft (cached)", tags={"silkfire.stage": "sft", "silkfire.cached": "true",
+                                                          "silkfire.produced_by": first.info.run_id}):
+        pass
+    assert _latest_stage_run("sft", None) == trained.info.run_id
