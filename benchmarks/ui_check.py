@@ -9,7 +9,8 @@ the rendered DOM:
 - the runs view (`#/experiments/<id>/runs?workflowType=machine_learning`) lists the pipeline runs by name;
 - the newest parent run's page shows its headline metrics (`evaluate.mme.sft.perception`, ...) and description;
 - the SFT stage run's page shows its curves (`train/loss`);
-- the registry lists silkfire-sft, and the champion version's page shows its signature (`question`).
+- the registry lists silkfire-sft, and the champion version's page shows its signature (`question`);
+- the data gate's self-contained HTML report (reports/validate/report.html) renders from the file.
 
 Exit 0 when every check passes; the table of pages, checks and screenshots is printed and written to
 <out>/README.md. Needs a store with at least one pipeline run (`make run`).
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         pages.append(("champion version", model_url("silkfire-sft", champion.version, base), ["question"]))
     except Exception:  # noqa: BLE001 -- no champion yet: nothing to show
         pass
+
+    gate_report = root / "reports" / "validate" / "report.html"  # self-contained: renders with no network
+    if gate_report.is_file():
+        pages.append(("gate report", gate_report.as_uri(), ["Data quality gate"]))
 
     server = start_ui(tracking_uri(root), port)
     results = []

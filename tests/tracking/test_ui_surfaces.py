@@ -139,3 +139,14 @@ def test_a_cached_stage_points_at_the_run_that_trained_it(mlflow_root: Path) -> 
                                                           "silkfire.produced_by": first.info.run_id}):
         pass
     assert _latest_stage_run("sft", None) == trained.info.run_id
+
+
+def test_gate_report_renders_without_network(tmp_path: Path) -> None:
+    from silkfire.tracking.gates import write_html_report
+
+    assert write_html_report(tmp_path) is None  # no report.md: nothing to render
+    (tmp_path / "report.md").write_text("# Data quality gate `world`: failed\n\n| file | failed |\n|---|---:|\n"
+                                        "| `train.jsonl` <script>alert(1)</script> | 2 |\n")
+    page = write_html_report(tmp_path).read_text()
+    assert "<table>" in page and "<td><code>train.jsonl</code>" in page
+    assert "<script" not in page and "http" not in page  # nothing to fetch, nothing to run

@@ -9,11 +9,39 @@ POLICY_TAG = "silkfire.gate_policy"  # what the gate does with bad rows, in word
 POLICY_WORDS = {"fail": "stop the run on any bad row", "filter": "quarantine bad rows, keep the rest"}
 
 
+HTML_REPORT = "report.html"
+_STYLE = ("body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}"
+          "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+          "th{background:#f3f3f3}code{background:#f5f5f5;padding:0 .2em}pre{background:#f5f5f5;padding:.6em;"
+          "overflow:auto}h1{font-size:1.5em}")
+
+
+def write_html_report(folder: Path) -> Path | None:
+    """`report.md` of a gate as one self-contained HTML page (inline style, no scripts, no network: it renders
+    where GX's Data Docs, which load their scripts from CDNs, stay blank). Returns its path (None: no report)."""
+    import html
+
+    from markdown_it import MarkdownIt  # rich's markdown parser, installed with it
+
+    source = folder / "report.md"
+    if not source.is_file():
+        return None
+    text = source.read_text(encoding="utf-8")
+    title = html.escape(text.splitlines()[0].lstrip("# ").strip() if text else "Data quality gate")
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_STYLE}</style>"
+            f"</head><body>{body}</body></html>\n")
+    target = folder / HTML_REPORT
+    target.write_text(page, encoding="utf-8")
+    return target
+
+
 def log_gate_reports(folder: Path, artifact_path: str = "validation") -> None:
-    """Log a gate's report folder (text/JSON reports, Data Docs), leaving out the clean copies: they are as big
-    as the data, and DVC already versions them."""
+    """Log a gate's report folder (text/JSON reports, a self-contained HTML report, Data Docs), leaving out the
+    clean copies: they are as big as the data, and DVC already versions them."""
     import mlflow
 
+    write_html_report(folder)
     for item in sorted(folder.iterdir()):
         if item.name == "clean":
             continue
