@@ -212,7 +212,9 @@ def test_resume_modes_and_the_decision_in_mlflow(mlflow_root: Path) -> None:
         SFTConfig.from_mapping({"resume": "sometimes"})
     assert SFTConfig().resume == "auto" and DPOConfig().resume == "auto"
     decision = resume.ResumeDecision("resumed", "", mlflow_root / "checkpoint-4", 4, "abc")
-    mlflow.set_tracking_uri(f"sqlite:///{mlflow_root / 'mlruns' / 'mlflow.db'}")
+    from silkfire.tracking.store import configure
+
+    configure(mlflow_root, "silkfire")  # this store's experiment (an earlier test may have left another active)
     with mlflow.start_run() as run:
         resume.record(decision, "sft")
     tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
