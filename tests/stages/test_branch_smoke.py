@@ -83,12 +83,11 @@ def make_project(root: Path, model: str) -> Path:
     return root
 
 
-# The default suite runs the tiny world model and Qwen2-VL (the most different inputs: flattened patches,
-# image_grid_thw, M-RoPE, ChatML; ~15 s); LLaVA-1.5 (576 image tokens per sample) and LLaVA-NeXT (anyres) add ~30 s
-# each and are slow-marked -- tests/models/test_families.py checks their encoding and labels and
-# tests/train/test_family_recipes.py their training in the default suite.
-@pytest.mark.parametrize("model", ["tiny", "qwen2_vl", pytest.param("llava", marks=pytest.mark.slow),
-                                   pytest.param("llava_next", marks=pytest.mark.slow)])
+# ~15-20 s each on an idle 2-core machine (2-3x that when it is shared). The default suite runs the tiny world model,
+# LLaVA-1.5 in the llava-hf layout (576 image tokens, Llama tokenizer, a template without </s>) and Qwen2-VL (flattened
+# patches, image_grid_thw, M-RoPE, ChatML); LLaVA-NeXT (anyres) is slow-marked -- tests/models/test_families.py
+# checks its encoding and labels and tests/train/test_family_recipes.py its training in the default suite.
+@pytest.mark.parametrize("model", ["tiny", "llava", "qwen2_vl", pytest.param("llava_next", marks=pytest.mark.slow)])
 def test_both_branches_run_stage_by_stage(mlflow_root: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> None:
     monkeypatch.setenv("SILKFIRE_ROOT", str(mlflow_root))
     root = make_project(mlflow_root, model)
