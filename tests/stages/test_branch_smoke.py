@@ -73,7 +73,8 @@ def make_project(root: Path, model: str) -> Path:
     generate_world(WorldConfig.from_mapping(cfg.world), root / cfg.paths.world, seed=int(cfg.seed), progress=False)
     run_stage("validate", root)  # the world gate's verdict: stages refuse data without one
     if model == "tiny":
-        start = make_test_model(root / cfg.paths.base_model, text={**TEST_MODEL["text"], "max_position_embeddings": 2048})
+        text = {**TEST_MODEL["text"], "max_position_embeddings": 2048}  # FIRE dialogues are long
+        start = make_test_model(root / cfg.paths.base_model, text=text)
     else:
         run_stage("base", root)  # checks the checkpoint, records its family and content digest
         start = checkpoint

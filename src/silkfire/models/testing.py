@@ -219,7 +219,8 @@ def make_llava_next_checkpoint(out_dir: Path, *, seed: int = 0, texts: Any = Non
 
     tokenizer = llama3_tokenizer(texts)
     pinpoints = [[tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile], [3 * tile, tile], [tile, 3 * tile]]
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": tile},
+                                                 crop_size={"height": tile, "width": tile},
                                                  image_grid_pinpoints=pinpoints, image_mean=CLIP_MEAN,
                                                  image_std=CLIP_STD)
     processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,

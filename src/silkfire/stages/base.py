@@ -55,7 +55,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 def identify(source: str | Path) -> dict[str, Any]:
     """Family and content of a pretrained checkpoint: a local folder is checked (family, processor, chat template)
     and hashed file by file; a hub name is checked through its cached config and identified by its cached files."""
-    from silkfire.models.families import (UnsupportedModel, check_checkpoint, checkpoint_digest, family_for_type)
+    from silkfire.models.families import UnsupportedModel, check_checkpoint, checkpoint_digest, family_for_type
 
     folder = Path(str(source)).expanduser()
     if folder.is_dir():
@@ -90,5 +90,6 @@ def count_parameters(model_dir: Path) -> int:
 
 def summary(metrics: dict[str, Any]) -> str:
     if metrics.get("source") == "pretrained":
-        return f"pretrained {metrics.get('family', '')} checkpoint, {metrics.get('parameters', 0) / 1e6:.2f}M parameters"
+        millions = metrics.get("parameters", 0) / 1e6
+        return f"pretrained {metrics.get('family', '')} checkpoint, {millions:.2f}M parameters"
     return f"built tiny model, {metrics.get('parameters', 0) / 1e6:.2f}M parameters"
