@@ -224,3 +224,27 @@ def test_the_base_stage_records_family_and_content_and_refuses_the_unsupported(
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "idefics3"}))
     with pytest.raises(UnsupportedModel, match="idefics3.*not supported; supported: LLaVA-1.5"):
         run_stage("base", mlflow_root)
+
+
+def test_llava_1_5_pads_non_square_images_to_a_square_as_it_was_trained(checkpoints: dict[str, Path]) -> None:
+    """llava-hf ships a centre-cropping CLIP processor; LLaVA-1.5 trained on images padded to a square of the mean
+    colour. A wide red image keeps its full width (mean-colour bands above and below, which normalise to ~0);
+    a square image gives the same pixels as the shipped processor."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from silkfire.models.families import load_processor
+
+    shipped = AutoProcessor.from_pretrained(checkpoints["llava"]).image_processor
+    padding = load_processor(str(checkpoints["llava"])).image_processor
+    assert type(shipped).__name__.startswith("CLIPImageProcessor") and padding.do_pad
+    wide = Image.new("RGB", (672, 336), (255, 0, 0))
+    cropped = shipped(images=[wide], return_tensors="pt")["pixel_values"][0]
+    padded = padding(images=[wide], return_tensors="pt")["pixel_values"][0]
+    size = padded.shape[-1]
+    assert cropped[0, 0, 0] > 1.5 and padded[0, 0, 0].abs() < 0.05  # top row: red vs the mean-colour band
+    assert padded[0, size // 2, 0] > 1.5 and padded[0, size // 2, size - 1] > 1.5  # the middle row: red edge to edge
+    square = Image.new("RGB", (400, 400), (20, 120, 250))
+    assert torch.equal(shipped(images=[square], return_tensors="pt")["pixel_values"],
+                       padding(images=[square], return_tensors="pt")["pixel_values"])

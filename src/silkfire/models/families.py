@@ -48,6 +48,9 @@ class Family:
     example: str = ""
     # Qwen2-VL processors need a video processor, which needs torchvision; image-only training does not
     image_only_processor: str | None = None
+    # LLaVA-1.5 trained on images padded to a square of the mean colour (expand2square); llava-hf ships a CLIP
+    # image processor that centre-crops instead, cutting the sides of every non-square image
+    pad_to_square: bool = False
     notes: tuple[str, ...] = field(default=())
 
 
@@ -57,7 +60,7 @@ FAMILIES: dict[str, Family] = {
             name="llava", label="LLaVA-1.5 (llava-hf layout)", model_types=("llava",),
             parts={"vision_tower": ("model.vision_tower",), "projector": ("model.multi_modal_projector",),
                    "language_model": ("model.language_model",)},
-            example="llava-hf/llava-1.5-7b-hf",
+            example="llava-hf/llava-1.5-7b-hf", pad_to_square=True,
         ),
         Family(
             name="llava_next", label="LLaVA-NeXT (anyres, llava-hf layout)", model_types=("llava_next",),
@@ -207,11 +210,27 @@ def load_processor(source: str, **kwargs: Any) -> Any:
 
     from transformers import AutoProcessor
 
-    if importlib.util.find_spec("torchvision") is None:
-        family = _family_of_source(source, kwargs)
-        if family is not None and family.image_only_processor is not None:
-            return image_only_processor_class(family.image_only_processor).from_pretrained(source, **kwargs)
-    return AutoProcessor.from_pretrained(source, **kwargs)
+    family = _family_of_source(source, kwargs)
+    no_torchvision = importlib.util.find_spec("torchvision") is None
+    if family is not None and family.image_only_processor is not None and no_torchvision:
+        return image_only_processor_class(family.image_only_processor).from_pretrained(source, **kwargs)
+    processor = AutoProcessor.from_pretrained(source, **kwargs)
+    if family is not None and family.pad_to_square:
+        processor.image_processor = padding_image_processor(processor.image_processor)
+    return processor
+
+
+def padding_image_processor(image_processor: Any) -> Any:
+    """LLaVA-1.5's preprocessing: a CLIP image processor (what llava-hf ships) swapped for transformers' LLaVA image
+    processor with the same settings and ``do_pad`` (pad to a square of the mean colour, then resize and crop, which
+    then cuts nothing). Square images give the same pixels as before; an image processor that pads already is kept."""
+    if getattr(image_processor, "do_pad", False) or not type(image_processor).__name__.startswith("CLIPImageProcessor"):
+        return image_processor
+    from transformers import LlavaImageProcessorPil
+
+    settings = {key: value for key, value in image_processor.to_dict().items()
+                if not key.startswith("_") and key not in ("image_processor_type", "processor_class")}
+    return LlavaImageProcessorPil(**{**settings, "do_pad": True})
 
 
 def _family_of_source(source: str, kwargs: Mapping[str, Any]) -> Family | None:
