@@ -118,7 +118,8 @@ def test_served_champion_answers_an_image_question_over_http(champion: int, mlfl
     port = _free_port()
     uri = tracking_uri(mlflow_root)
     env = os.environ | {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "HF_HUB_OFFLINE": "1",
-                        "SILKFIRE_SERVE_DEVICE": "cpu"}
+                        "SILKFIRE_SERVE_DEVICE": "cpu",  # mlflow starts `uvicorn` from PATH: the environment's
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", f"models:/{NAME}@champion",
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     server = subprocess.Popen(command, env=env, cwd=mlflow_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
