@@ -4,49 +4,18 @@ re-runs free, secrets kept out of everything it writes."""
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import pytest
 
 from silkfire.feedback.cache import AnnotationCache
 from silkfire.feedback.judges import ApiJudge, Judge, JudgeError, make_judge
-from silkfire.feedback.template import ASPECT_ORDER
+from silkfire.feedback.testing import check, fake_judge, world_records
 from silkfire.images import UnsafeImage
-from silkfire.io import read_records
 from silkfire.llm.client import ClientConfig
 from silkfire.llm.testing import FakeChatServer
 
 SECRET = "sk-judge-SECRET-987654"
-
-
-def expected(response: str, aspect: int) -> str:
-    """The fake judge's deterministic rating of one response (1..5)."""
-    return str((len(response) + 2 * aspect) % 5 + 1)
-
-
-def fake_judge(body: dict) -> str:
-    """Reads the responses out of the annotation prompt and rates them in the published format."""
-    text = next(part["text"] for part in body["messages"][0]["content"] if part["type"] == "text")
-    annotation = text.split("## Annotation", 1)[1]
-    responses = re.findall(r"^- <text \d+> (.*)$", annotation, re.M)
-    parts = []
-    for a, aspect in enumerate(ASPECT_ORDER):
-        parts.append(f"#### {aspect} Assessment")
-        for k, response in enumerate(responses, start=1):
-            parts.append(f"##### Output for Text {k}\nRating: {expected(response, a)}\nRationale: ok {k}")
-    return "\n".join(parts)
-
-
-def world_records(world: Path, n: int) -> list[dict]:
-    records = []
-    for index, item in enumerate(read_records(world / "train.jsonl")[:n]):
-        responses = [item["answer"], f"wrong {index}", "Some shapes.", f"{item['answer']} Maybe {index % 7}."]
-        records.append({"id": item["id"], "prompt": item["question"], "models": ["a", "b", "c", "d"],
-                        "img_path": item["image"],
-                        "completions": [{"model": m, "response": r, "annotations": None}
-                                        for m, r in zip("abcd", responses)]})
-    return records
 
 
 def make(server: FakeChatServer, cache: Path, **overrides: object) -> ApiJudge:
@@ -55,16 +24,6 @@ def make(server: FakeChatServer, cache: Path, **overrides: object) -> ApiJudge:
                     "concurrency": 6, "prompt_price_per_1m": 1.0, "completion_price_per_1m": 3.0}
     values.update(overrides)
     return ApiJudge(ClientConfig(**values), cache, chunk_size=16)
-
-
-def check(annotated: list[dict], records: list[dict]) -> None:
-    assert [r["id"] for r in annotated] == [r["id"] for r in records]
-    for record in annotated:
-        for completion in record["completions"]:
-            notes = completion["annotations"]
-            assert list(notes) == list(ASPECT_ORDER)
-            assert [notes[a]["Rating"] for a in ASPECT_ORDER] == [
-                expected(completion["response"], i) for i in range(3)]
 
 
 def test_faulty_server_every_record_annotated_once_then_free(

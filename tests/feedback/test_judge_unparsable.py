@@ -11,50 +11,9 @@ from pathlib import Path
 
 from silkfire.feedback.cache import CACHE_FILE, UNPARSABLE_FILE, AnnotationCache, annotation_key, image_digest
 from silkfire.feedback.judges import ApiJudge, readable
-from silkfire.feedback.template import ASPECT_ORDER
-from silkfire.io import read_records
+from silkfire.feedback.testing import check, fake_judge, world_records
 from silkfire.llm.client import ClientConfig
 from silkfire.llm.testing import FakeChatServer
-
-# ---- the fake judge of test_api_judge.py (tests import in importlib mode: no sibling imports) ----
-def expected(response: str, aspect: int) -> str:
-    """The fake judge's deterministic rating of one response (1..5)."""
-    return str((len(response) + 2 * aspect) % 5 + 1)
-
-
-def fake_judge(body: dict) -> str:
-    """Reads the responses out of the annotation prompt and rates them in the published format."""
-    text = next(part["text"] for part in body["messages"][0]["content"] if part["type"] == "text")
-    annotation = text.split("## Annotation", 1)[1]
-    responses = re.findall(r"^- <text \d+> (.*)$", annotation, re.M)
-    parts = []
-    for a, aspect in enumerate(ASPECT_ORDER):
-        parts.append(f"#### {aspect} Assessment")
-        for k, response in enumerate(responses, start=1):
-            parts.append(f"##### Output for Text {k}\nRating: {expected(response, a)}\nRationale: ok {k}")
-    return "\n".join(parts)
-
-
-def world_records(world: Path, n: int) -> list[dict]:
-    records = []
-    for index, item in enumerate(read_records(world / "train.jsonl")[:n]):
-        responses = [item["answer"], f"wrong {index}", "Some shapes.", f"{item['answer']} Maybe {index % 7}."]
-        records.append({"id": item["id"], "prompt": item["question"], "models": ["a", "b", "c", "d"],
-                        "img_path": item["image"],
-                        "completions": [{"model": m, "response": r, "annotations": None}
-                                        for m, r in zip("abcd", responses)]})
-    return records
-
-
-def check(annotated: list[dict], records: list[dict]) -> None:
-    assert [r["id"] for r in annotated] == [r["id"] for r in records]
-    for record in annotated:
-        for completion in record["completions"]:
-            notes = completion["annotations"]
-            assert list(notes) == list(ASPECT_ORDER)
-            assert [notes[a]["Rating"] for a in ASPECT_ORDER] == [
-                expected(completion["response"], i) for i in range(3)]
-
 
 REFUSAL = "I'm sorry, but I can't help with rating these responses."
 
