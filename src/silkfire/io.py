@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,23 @@ def read_located(path: str | Path) -> tuple[list[tuple[str, dict[str, Any]]], li
     """Every readable record with its ``where`` (see :func:`iter_located`) and the messages of unreadable lines."""
     errors: list[str] = []
     return list(iter_located(path, errors)), errors
+
+
+def checked_records(path: str | Path, located: Sequence[tuple[str, dict[str, Any]]], errors: list[str],
+                    check: Callable[[int, dict[str, Any]], Any], nothing: str) -> list[dict[str, Any]]:
+    """The records of a file once every one passed ``check(index, record)``: whatever one record raises is that
+    record's error (``where: why``), all are reported at once (:class:`RecordErrors`, after the unreadable lines
+    already in ``errors``); no record at all is an error (``"{path}: {nothing}"``)."""
+    for index, (where, record) in enumerate(located):
+        try:
+            check(index, record)
+        except Exception as error:  # noqa: BLE001 -- whatever one record does, it is that record's error
+            errors.append(f"{where}: {error}")
+    if errors:
+        raise RecordErrors(path, errors)
+    if not located:
+        raise RecordFileError(f"{path}: {nothing}")
+    return [record for _, record in located]
 
 
 def _fail(errors: list[str] | None, message: str) -> None:

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from silkfire.data.published import read_located
-from silkfire.io import RecordErrors, RecordFileError
+from silkfire.io import checked_records
 
 PARSER_NAME = "mme-official"
 GROUPS = ("perception", "cognition")
@@ -161,14 +161,6 @@ def score_mme_file(path: str | Path, extra_groups: Mapping[str, str] | None = No
     empty file is an error (nothing to score)."""
     groups = _checked_groups({**WORLD_CATEGORY_GROUPS, **dict(extra_groups or {})})
     # JSONL, a JSON list or parquet (rows named 'FILE: row N'; image bytes are not read)
-    located, errors = read_located(path)  # unreadable lines: already named by file and line
-    for index, (where, record) in enumerate(located):
-        try:
-            _check_record(index, record, groups)
-        except Exception as error:  # noqa: BLE001 -- whatever one record does, it is that record's error
-            errors.append(f"{where}: {error}")
-    if errors:
-        raise RecordErrors(path, errors)
-    if not located:
-        raise RecordFileError(f"{path}: no MME records (an empty file?): nothing to score")
-    return score_mme([record for _, record in located], groups)
+    records = checked_records(path, *read_located(path), lambda index, record: _check_record(index, record, groups),
+                              "no MME records (an empty file?): nothing to score")
+    return score_mme(records, groups)

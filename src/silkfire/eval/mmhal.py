@@ -49,7 +49,7 @@ from typing import Any
 from silkfire.data.published import read_located
 from silkfire.feedback.claims import Claim, QuestionReader, background_name, object_text
 from silkfire.feedback.oracle import load_world
-from silkfire.io import RecordErrors, RecordFileError, write_jsonl
+from silkfire.io import checked_records, write_jsonl
 from silkfire.quality.config import MMHAL_TYPES
 from silkfire.world import templates as t
 from silkfire.world.config import WorldConfig
@@ -432,14 +432,6 @@ def score_mmhal_file(path: str | Path) -> dict[str, Any]:
     """Score a JSONL / JSON-list file of rated (or judge-reviewed) items; every bad item is reported at once
     (:class:`silkfire.io.RecordErrors`: file, line/record, field); an empty file is an error."""
     # JSONL, a JSON list or parquet (rows named 'FILE: row N'; image bytes are not read)
-    located, errors = read_located(path)  # unreadable lines: already named by file and line
-    for index, (where, item) in enumerate(located):
-        try:
-            item_rating(item, index)
-        except Exception as error:  # noqa: BLE001 -- whatever one record does, it is that record's error
-            errors.append(f"{where}: {error}")
-    if errors:
-        raise RecordErrors(path, errors)
-    if not located:
-        raise RecordFileError(f"{path}: no MMHal items (an empty file?): nothing to score")
-    return score_mmhal([item for _, item in located])
+    items = checked_records(path, *read_located(path), lambda index, item: item_rating(item, index),
+                            "no MMHal items (an empty file?): nothing to score")
+    return score_mmhal(items)
