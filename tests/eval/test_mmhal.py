@@ -146,3 +146,43 @@ def test_api_rater_with_cache(world: Path, tmp_path: Path) -> None:
         again = ApiMMHalRater(config, tmp_path / "cache")
         assert again.rate(items) == rated and server.served == 3 and again.metrics()["mmhal_judge_cache_hits"] == 3
     assert score_mmhal(rated)["score"] == pytest.approx(11 / 3)
+
+
+# ---- worked examples of the rater's two known leniencies (issue 14) ----------------------------------------------
+# Scene A: a large red circle in the top left (0, 0), a small blue square in the middle right (1, 2).
+# Scene B (no circle): a small blue square in the top left, a large green triangle in the bottom center.
+NO_CIRCLE = Scene("test-000001", "test", (WorldObject("square", "blue", "small", 0, 0),
+                                          WorldObject("triangle", "green", "large", 2, 1)))
+
+
+@pytest.mark.parametrize(("scene", "question", "answer", "rating"), [
+    # another cell, true: it does not answer "top left" -> 3 (was 4 "incomplete")
+    (SCENE, "What is in the top left of the image?", "There is a small blue square in the middle right.", 3),
+    # the cell named before the object: the square belongs to the middle right, not the top left -> 3 (was 2)
+    (SCENE, "What is in the top left of the image?", "The middle right holds a small blue square.", 3),
+    # another cell, false: a hallucination and no answer -> 0
+    (SCENE, "What is in the top left of the image?", "There is a large red circle in the middle right.", 0),
+    # an empty cell asked, another (true) cell answered: still no answer -> 3
+    (SCENE, "What is in the bottom left of the image?", "There is a small blue square in the middle right.", 3),
+    # the right cell: the answer alone is 4 (restating it unplaced is no further statement; was 5), the other
+    # cell as well is a further true statement -> 5, an empty cell said empty -> 4
+    (SCENE, "What is in the top left of the image?", "A large red circle.", 4),
+    (SCENE, "What is in the top left of the image?",
+     "A large red circle is in the top left, and a small blue square in the middle right.", 5),
+    (SCENE, "What is in the bottom left of the image?", "Nothing, that cell is empty.", 4),
+    (SCENE, "What is in the top left of the image?", "A small blue square.", 1),
+    # "0 plus 0 circles": no circle in B, so "No" is right; the sum is no further statement -> 4 (was 5)
+    (NO_CIRCLE, "Are there more circles than squares?", "No, 0 plus 0 circles.", 4),
+    # in A there is a circle: the sum states 0 circles -> hallucination, with an answer -> 1
+    (SCENE, "Are there more circles than squares?", "No, 0 plus 0 circles.", 1),
+    # wrong arithmetic is a false statement even with the right verdict -> 1 (was 4)
+    (NO_CIRCLE, "Are there more circles than squares?", "No, 0 plus 1 is 2.", 1),
+    # right arithmetic adds nothing about the image -> 4; a real count does -> 5
+    (NO_CIRCLE, "Are there more circles than squares?", "No, 0 plus 1 is 1.", 4),
+    (NO_CIRCLE, "Are there more circles than squares?", "No, there are 0 circles and 1 square.", 5),
+    (NO_CIRCLE, "How many squares are there?", "There is 1 square, and a green triangle.", 5),
+])
+def test_oracle_worked_examples(scene: Scene, question: str, answer: str, rating: int) -> None:
+    rater = OracleMMHalRater(CONFIG, {scene.scene_id: scene})
+    got, why = rater.rate_answer(question, answer, scene)
+    assert got == rating, why

@@ -24,7 +24,13 @@ No hallucination: 6 = right answer + at least one further true statement + analy
 "therefore"); 5 = right answer + a further true statement (a complete description counts as very informative);
 4 = right (or right but incomplete) answer; 3 = no answer (not informative). With hallucination, informativeness
 = (1 if an answer can be read, even a wrong one) + further true statements: 2 when >= 2 (very informative),
-1 when 1, 0 when 0. Restating what the question names ("... of the blue square") is not a further statement. Rating < 3 = hallucination, as in the benchmark.
+1 when 1, 0 when 0. Restating what the question names ("... of the blue square") or what the answer already
+says is not a further statement. Rating < 3 = hallucination, as in the benchmark. Two readings of our own:
+
+- "What is in the <cell>?" is answered only by a statement about that cell; a true statement about another cell
+  does not answer (3), a false one is a hallucination with no answer;
+- arithmetic is not an object count: "1 plus 2 is 4" is a false statement, "0 plus 0 circles" states the count
+  0 + 0 of circles (false -> hallucination), and no sum is ever a further (informative) statement.
 
 **API rater** (:class:`ApiMMHalRater`): MMHal's text-only judge setting -- image contents, question, standard
 answer and response in one prompt with the 0-6 rubric (:data:`MMHAL_PROMPT`, our wording of the benchmark's
@@ -43,11 +49,23 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from silkfire.data.published import read_located
-from silkfire.feedback.claims import Claim, QuestionReader, background_name, object_text
+from silkfire.feedback.claims import (
+    NUMBER_WORDS,
+    Answer,
+    Claim,
+    Group,
+    Question,
+    QuestionReader,
+    _number,
+    answer_text,
+    background_name,
+    object_text,
+)
 from silkfire.feedback.oracle import load_world
 from silkfire.io import checked_records, write_jsonl
 from silkfire.quality.config import MMHAL_TYPES
@@ -184,6 +202,25 @@ def build_mmhal_world(world_dir: str | Path, out: str | Path | None = None, seed
 
 
 # ---- the oracle rater ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sum:
+    """A stated sum ("1 plus 2 is 3"): true when the arithmetic is right (nothing about the image)."""
+
+    a: int
+    b: int
+    stated: int
+    kind: str = "sum_stated"
+
+    def holds(self, scene: Scene, config: WorldConfig) -> bool:
+        return self.a + self.b == self.stated
+
+    def text(self, config: WorldConfig) -> str:
+        return f"{self.a} plus {self.b} is {self.stated}"
+
+    def truth(self, scene: Scene, config: WorldConfig) -> str:
+        return f"{self.a} plus {self.b} is {self.a + self.b}"
+
+
 class OracleMMHalRater:
     """Rates ``model_answer`` of items 0-6 against the scene graph (rules in the module docstring)."""
 
@@ -191,6 +228,9 @@ class OracleMMHalRater:
         self.config = config
         self.scenes = dict(scenes)
         self.reader = QuestionReader(config)
+        number = "|".join(sorted(NUMBER_WORDS, key=len, reverse=True)) + r"|\d+"
+        self.arithmetic = re.compile(rf"\b(?P<a>{number})\s+plus\s+(?P<b>{number})\b"
+                                     rf"(?:\s+(?:is|are|equals?|makes?|gives?|=)\s+(?P<c>{number})\b)?", re.I)
 
     @classmethod
     def from_world(cls, world_dir: str | Path) -> OracleMMHalRater:
@@ -202,15 +242,21 @@ class OracleMMHalRater:
         if not answer.strip():
             return 3, "Empty response: not informative, nothing hallucinated."
         parsed = self.reader.read_question(question)
-        result = self.reader.answer(parsed, answer, scene) if parsed is not None else None
-        answer_claims: list[Claim] = list(result.claims) if result is not None else []
-        claims = answer_claims + [c for c in self.reader.claims(answer) if c not in answer_claims]
+        result = self._answer(parsed, answer, scene) if parsed is not None else None
+        answer_claims: list[Any] = list(result.claims) if result is not None else []
+        # arithmetic is read apart: its numbers are no object counts ("0 plus 0 circles" is not "0 circles")
+        masked, sums, said_counts = self._arithmetic(answer)
+        read = [c for c in self.reader.claims(masked) + said_counts if c not in answer_claims]
+        claims = answer_claims + read + sums
         false = [claim for claim in claims if not claim.holds(scene, config)]
         # naming what the question already names ("... of the blue square") is not information
         asked = {group for group in (parsed.subject, parsed.other, parsed.claim.group if parsed.claim else None)
                  if group is not None} if parsed is not None else set()
-        true_extra = [claim for claim in claims if claim not in answer_claims and claim.holds(scene, config)
-                      and not (claim.kind == "exists" and claim.group in asked)]
+        # a sum is not information about the image even when it adds up: a degenerate "0 plus 0 circles" or a
+        # correct "1 plus 2 is 3" restates counts at best
+        true_extra = [claim for claim in read if claim.holds(scene, config) and claim not in said_counts
+                      and not (claim.kind == "exists" and claim.group in asked)
+                      and not _implied(claim, answer_claims)]
         answered = result.answered if result is not None else bool(claims)
         if false:
             informative = int(answered) + len(true_extra)
@@ -219,7 +265,8 @@ class OracleMMHalRater:
             return rating, (f"Hallucination: {errors}; {'an' if answered else 'no'} answer and {len(true_extra)} "
                             "further supported statement(s).")
         if not answered:
-            return 3, "No hallucination, but the response does not answer the question."
+            note = f" ({result.note})" if result is not None and result.note else ""
+            return 3, f"No hallucination, but the response does not answer the question{note}."
         correct = result.correct if result is not None else True
         describing = parsed is not None and parsed.kind == "describe"
         if not correct:
@@ -229,6 +276,60 @@ class OracleMMHalRater:
         if true_extra or describing:
             return 5, "Correct and informative; no hallucination."
         return 4, "Correct; no hallucination."
+
+    def _answer(self, parsed: Question, answer: str, scene: Scene) -> Answer:
+        if parsed.kind == "what_at" and parsed.subject is not None:
+            return self._what_at(parsed.subject, answer, scene)
+        return self.reader.answer(parsed, answer, scene)
+
+    def _what_at(self, cell: Group, response: str, scene: Scene) -> Answer:
+        """"What is in the <cell>?": only a statement about that cell answers it. (The shared reader took any
+        located object for the answer, so a true statement about another cell was rated 4 "incomplete", and an
+        object named after another cell -- "The middle right holds a blue square" -- was put in the asked one.)
+        An unplaced object belongs to the one cell its sentence names when that is not the asked cell."""
+        config, reader = self.config, self.reader
+        head = answer_text(response)
+        asked = (cell.row, cell.col)
+        named = {(config.row_names.index(m.group("row").lower()), config.col_names.index(m.group("col").lower()))
+                 for m in reader.position.finditer(head)}
+        elsewhere = named - {asked}
+        row, col = asked if asked in named or len(elsewhere) != 1 else next(iter(elsewhere))
+        placed = [claim if claim.group.row is not None else replace(claim, group=replace(claim.group, row=row,
+                                                                                          col=col))
+                  for claim in reader.claims(head) if claim.kind == "exists"]
+        here = tuple(claim for claim in placed if (claim.group.row, claim.group.col) == asked)
+        at = [obj for obj in scene.objects if cell.matches(obj)]
+        expected = object_text(at[0], config) if at else "nothing"
+        if here:
+            correct = bool(at) and any(claim.group.shape == at[0].shape for claim in here) and all(
+                claim.holds(scene, config) for claim in here)
+            return Answer(True, here, correct, expected)
+        if reader.says_absent(head) and (asked in named or not elsewhere):
+            return Answer(True, (Claim("absent", cell),), not at, expected)
+        return Answer(False, (), False, expected, note="it speaks about another cell" if placed or elsewhere
+                      else "")
+
+    def _arithmetic(self, text: str) -> tuple[str, list[Any], list[Claim]]:
+        """(text without its sums, the sums with a stated result, the counts that sums of a group state).
+
+        "1 plus 2 is 3" is checked as arithmetic (a wrong result is a false statement); "1 plus 2 circles"
+        states the count 3 of circles (checked, never information). Without this the claim reader took the
+        last addend for a count: "No, 0 plus 0 circles." read as a true "no circle" and earned a 5."""
+        sums: list[Any] = []
+        counts: list[Claim] = []
+        for match in reversed(list(self.arithmetic.finditer(text))):
+            a, b = _number(match.group("a")), _number(match.group("b"))
+            assert a is not None and b is not None
+            if match.group("c") is not None:
+                sums.append(Sum(a, b, _number(match.group("c")) or 0))
+            else:
+                group = self.reader.phrase.match(text, match.end() + 1) if match.end() < len(text) else None
+                if group is not None and not group.group("det"):
+                    counts.append(Claim("count", self.reader.group(group.group("shape"), group.group("color"),
+                                                                   group.group("size"), group.group("row"),
+                                                                   group.group("col")), n=a + b))
+            text = text[:match.start()] + text[match.end():]
+        return text, sums[::-1], counts[::-1]
 
     def rate(self, items: Sequence[Mapping[str, Any]], answer_key: str = "model_answer") -> list[dict[str, Any]]:
         """Copies of items with ``rating`` (int) and ``rationale`` added."""
@@ -243,6 +344,17 @@ class OracleMMHalRater:
             rating, why = self.rate_answer(str(item["question"]), answer, self.scenes[scene_id])
             out.append({**item, "rating": rating, "rationale": why})
         return out
+
+
+def _implied(claim: Claim, answer_claims: Sequence[Any]) -> bool:
+    """Whether an object claim only restates the answer: "A large red circle." answers "What is in the top
+    left?" with a circle placed in that cell; the same phrase read unplaced is no further statement."""
+    if claim.kind != "exists" or claim.negated:
+        return False
+    wanted = {key: value for key, value in vars(claim.group).items() if value is not None}
+    return any(isinstance(other, Claim) and other.kind == "exists" and not other.negated
+               and all(getattr(other.group, key) == value for key, value in wanted.items())
+               for other in answer_claims)
 
 
 # ---- the API rater ---------------------------------------------------------------------------------------------
