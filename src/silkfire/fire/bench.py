@@ -216,9 +216,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def comparison_markdown(free: Mapping[str, Mapping[str, Mapping[str, Any]]],
                         fixed_students: Mapping[str, Mapping[str, Any]],
-                        fixed_teachers: Mapping[str, Mapping[str, Any]], baseline: str) -> str:
+                        fixed_teachers: Mapping[str, Mapping[str, Any]], baseline: str,
+                        title: str = "FIRE-Bench") -> str:
     """FIRE-Bench tables in Markdown: free dialogue per teacher, fixed dialogue per role, the paper for context."""
-    lines = ["# FIRE-Bench", ""]
+    lines = [f"# {title}", ""]
     for teacher, results in free.items():
         lines += [f"## Free dialogue (teacher: {teacher})", "",
                   "| model | AT (norm.) | AT | ADR | ATR | RR | acc. turn 1 | acc. final | dialogues |",

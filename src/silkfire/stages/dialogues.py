@@ -5,14 +5,19 @@
   failure profiles stand in for it -- each taking a share of the questions (``fire.dialogues.students``).
 - test split (world open.jsonl: held-out scenes): the test dialogues, FIRE-Bench's fixed-dialogue references and
   free-dialogue questions, made the same way.
+- val split (world val.jsonl without its MME pairs: the open/probe questions of the val scenes, the families
+  open.jsonl holds for test scenes): FIRE-Bench's validation dialogues, made the same way, so choices are made on
+  val and the test split is read only for final figures. A seeded sample of ``val_questions`` keeps its cost down.
 
-The teacher is ``fire.teacher`` (the oracle by default). Both files are FIRE records (``split``: train|test) plus
-the world's ``id``/``family``/``category``; the `validate_dialogues` gate checks them next.
+The teacher is ``fire.teacher`` (the oracle by default). The files are FIRE records (``split``: train|test|val)
+plus the world's ``id``/``family``/``category``; the `validate_dialogues` gate checks them next.
 
 ``fire.dialogues.source: published`` reads the dialogues as released instead of simulating them: FIRE-100K
 (``fire.dialogues.published.train_file``, FIRE-train-100K.json) becomes the training dialogues and FIRE-Bench
 (``test_file``, FIRE-test.json) the test dialogues, each a seeded sample of ``train_questions`` /
-``test_questions`` records (null: all), copied as they are (any extra keys kept) in file order; their image
+``test_questions`` records (null: all), copied as they are (any extra keys kept) in file order. FIRE publishes no
+validation split: val dialogues exist only when ``published.val_file`` names one (capped by ``val_questions``);
+otherwise there is no val.jsonl and FIRE-Bench reports test only. Their image
 paths resolve against ``fire.dialogues.published.image_root`` (:func:`image_root`), which the FIRE gate reads
 through the image path policy. Read with :mod:`silkfire.data.published` (JSON list, JSONL or parquet); a file
 that cannot be read stops the stage naming file and record; bad records are the gate's to report.
@@ -28,7 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 
 PARAMS = ("fire.seed", "fire.dialogues", "fire.teacher", "world", "runtime", "paths.world", "paths.reports",
           "paths.fire")
-SPLIT_FILES = {"train": "train.jsonl", "test": "open.jsonl"}  # world file of each dialogue split
+# world file of each dialogue split; val comes last so train and test draw exactly what they drew before it existed
+SPLIT_FILES = {"train": "train.jsonl", "test": "open.jsonl", "val": "val.jsonl"}
+HELD_OUT_FAMILIES = {"val": "mme"}  # val.jsonl also holds MME pairs; open.jsonl (test) has none: drop them alike
 
 
 SOURCES = ("simulate", "published")
@@ -43,6 +50,14 @@ def source_of(cfg: DictConfig) -> str:
     if source not in SOURCES:
         raise ValueError(f"fire.dialogues.source: expected one of {list(SOURCES)}, got {source!r}")
     return source
+
+
+def splits(cfg: DictConfig) -> tuple[str, ...]:
+    """The dialogue files this config makes: train, test and val; published data has val only when
+    ``fire.dialogues.published.val_file`` is set (FIRE releases no validation split)."""
+    if source_of(cfg) == "published" and not (cfg.fire.dialogues.get("published") or {}).get("val_file"):
+        return ("train", "test")
+    return tuple(SPLIT_FILES)
 
 
 def image_root(cfg: DictConfig, root: Path) -> Path:
@@ -123,6 +138,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         tasks = world_tasks(world_dir, str(source.resolve()), families=families, seed=seed, split=split)
         if categories is not None:
             tasks = [task for task in tasks if task.category in categories]
+        if split in HELD_OUT_FAMILIES:
+            tasks = [task for task in tasks if task.family != HELD_OUT_FAMILIES[split]]
         limit = settings.get(f"{split}_questions")
         if limit is not None and len(tasks) > int(limit):
             tasks = random.Random(f"silkfire-fire-{split}/{seed}").sample(tasks, int(limit))
@@ -168,11 +185,14 @@ def published_dialogues(cfg: DictConfig, root: Path) -> dict[str, Any]:
     target = out_dir(cfg, root)
     target.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"source": "published", "image_root": str(folder)}
-    for split, key in (("train", "train_file"), ("test", "test_file")):
+    if "val" not in splits(cfg):
+        (target / "val.jsonl").unlink(missing_ok=True)  # a simulated run's val file must not pass for published data
+    for split in splits(cfg):
+        key = f"{split}_file"
         name = published.get(key)
         if not name:
             raise ValueError(f"fire.dialogues.published.{key}: the FIRE file of the {split} split is not set "
-                             "(FIRE-train-100K.json / FIRE-test.json)")
+                             "(FIRE-train-100K.json / FIRE-test.json)")  # val: only asked for when set
         path = root / str(name)
         records = read_records_any(path, kind="fire")
         limit = settings.get(f"{split}_questions")
@@ -187,7 +207,7 @@ def published_dialogues(cfg: DictConfig, root: Path) -> dict[str, Any]:
             rounds[str(record.get("round"))] = rounds.get(str(record.get("round")), 0) + 1
         metrics[split] = {"file": str(path), "dialogues": len(records), "rounds": dict(sorted(rounds.items()))}
     mlflow.log_params({"dialogue_source": "published", "train_file": str(published.get("train_file")),
-                       "test_file": str(published.get("test_file"))})
+                       "test_file": str(published.get("test_file")), "val_file": str(published.get("val_file"))})
     return metrics
 
 
@@ -229,12 +249,12 @@ def _free_summary(dialogues: list[Any], threshold: float) -> dict[str, Any]:
 
 
 def summary(metrics: dict[str, Any]) -> str:
+    present = [split for split in SPLIT_FILES if split in metrics]
     if metrics.get("source") == "published":
-        return "; ".join(f"{split} {metrics.get(split, {}).get('dialogues', '?')} published dialogues"
-                         for split in SPLIT_FILES)
+        return "; ".join(f"{split} {metrics[split].get('dialogues', '?')} published dialogues" for split in present)
     parts = []
-    for split in SPLIT_FILES:
-        data = metrics.get(split, {})
+    for split in present:
+        data = metrics[split]
         parts.append(f"{split} {data.get('dialogues', '?')} dialogues (AT {data.get('AT', '?')}, "
                      f"RR {data.get('RR', '?')})")
     return "; ".join(parts)

@@ -1,9 +1,11 @@
 """Stage `validate_dialogues`: the FIRE data-quality gate (kind `fire`) on the simulated dialogues.
 
-Both files (train, test) go through `silkfire validate fire`'s gate with the policy `fire.validate.policy`: under
-`fail` a bad dialogue stops the branch before training; under `filter` bad dialogues are quarantined and the later
-stages read the clean copies (:func:`gated_dialogues`). Reports (text, Markdown, JSON, Data Docs) are written and
-logged to MLflow before the verdict, so a failed gate leaves everything a person needs.
+Every dialogue file (train, test, val; published data has val only when a published val file is configured:
+:func:`silkfire.stages.dialogues.splits`) goes through `silkfire validate fire`'s gate with the policy
+`fire.validate.policy`: under `fail` a bad dialogue stops the branch before training; under `filter` bad dialogues
+are quarantined and the later stages read the clean copies (:func:`gated_dialogues`). Reports (text, Markdown,
+JSON, Data Docs) are written and logged to MLflow before the verdict, so a failed gate leaves everything a person
+needs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 PARAMS = ("quality", "fire.validate", "fire.dialogues.source", "fire.dialogues.published", "paths.world", "paths.fire",
           "paths.reports")
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "val")  # every split there can be; the ones this config makes: dialogues.splits(cfg)
 FAILURE_REPORT = "report.md"  # the flow publishes <reports>/<stage>/report.md when the stage fails
 FAILURE_TABLE = "failures.json"
 
@@ -47,11 +49,12 @@ def quality_config(cfg: DictConfig) -> Any:
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import json
+    import shutil
 
     import mlflow
 
     from silkfire.quality import GateFailed, validate_fire
-    from silkfire.stages.dialogues import image_root
+    from silkfire.stages.dialogues import image_root, splits
     from silkfire.stages.gated import record_verdict
     from silkfire.tracking.gates import log_gate_reports, tag_gate
 
@@ -59,8 +62,10 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     images = image_root(cfg, root)  # the world, or fire.dialogues.published.image_root
     reports = report_dir(cfg, root)
     reports.mkdir(parents=True, exist_ok=True)
+    for split in set(SPLITS) - set(splits(cfg)):
+        shutil.rmtree(reports / split, ignore_errors=True)  # an earlier run's clean copy must not stand in for it
     results = {}
-    for split in SPLITS:
+    for split in splits(cfg):
         path = dialogue_file(cfg, root, split)
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run the dialogues stage first")
@@ -70,7 +75,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     failures = [row | {"split": split} for split, result in results.items() for row in result.failure_rows()]
     (reports / FAILURE_TABLE).write_text(json.dumps(failures, indent=1), encoding="utf-8")
     record_verdict(reports, results.values(), root, "validate_dialogues")  # what `fire_sft` checks (stages.gated)
-    for split in SPLITS:
+    for split in results:
         log_gate_reports(reports / split, artifact_path=f"validation/{split}")
     mlflow.log_artifact(str(reports / FAILURE_REPORT), artifact_path="validation")
     tag_gate(all(result.success for result in results.values()), str(cfg.fire.validate.policy))
@@ -83,8 +88,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 
 def summary(metrics: dict[str, Any]) -> str:
     parts = []
-    for split in SPLITS:
-        data = metrics.get(split, {})
+    for split in (split for split in SPLITS if split in metrics):
+        data = metrics[split]
         text = f"{split} {data.get('rows', '?')} dialogues"
         if data.get("rows_quarantined"):
             text += f" ({data['rows_quarantined']} quarantined)"
