@@ -28,7 +28,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from silkfire.world import generate_world
 
     out = tmp_path_factory.mktemp("world")
-    generate_world(WorldConfig(train_scenes=2, val_scenes=1, test_scenes=32), out, seed=5, progress=False)
+    generate_world(WorldConfig(train_scenes=2, val_scenes=3, test_scenes=32), out, seed=5, progress=False)
     return out
 
 
@@ -38,13 +38,43 @@ def test_items_are_interleaved_and_pass_the_gate(world: Path, tmp_path: Path) ->
 
     path = tmp_path / "mmhal.jsonl"
     items = build_mmhal_world(world, path)
-    assert len(items) == 32 and [item["question_type"] for item in items[:8]] == list(MMHAL_TYPES)
+    assert len(items) == 32 * 8 and [item["question_type"] for item in items[:8]] == list(MMHAL_TYPES)
     assert all(item["question_type"] == MMHAL_TYPES[i % 8] for i, item in enumerate(items))
+    assert all(item["item_id"] == f"{item['image_id']}/{item['question_type']}" for item in items)
+    assert len({item["item_id"] for item in items}) == len(items)
+    assert len({(item["image_id"], item["question"]) for item in items}) == len(items)  # the gate's rule too
     assert build_mmhal_world(world, seed=0) == items and build_mmhal_world(world, seed=1) != items
     result = validate_mmhal(path, QualityConfig.from_mapping({}), tmp_path / "report", image_root=world)
     assert result.success, str(result)
     adversarial = [item for item in items if item["question_type"] == "adversarial"]
     assert all(item["gt_answer"].startswith("There is no") for item in adversarial)
+
+
+def test_every_scene_gets_each_type_and_the_val_split(world: Path) -> None:
+    test = build_mmhal_world(world)
+    val = build_mmhal_world(world, split="val")
+    assert len(val) == 3 * 8 and {item["image_id"] for item in val}.isdisjoint({item["image_id"] for item in test})
+    assert all(item["image_id"].startswith("val") for item in val), [item["image_id"] for item in val][:3]
+    for index in range(0, len(test), 8):  # one scene per block of 8, each type once, in MMHAL_TYPES order
+        block = test[index:index + 8]
+        assert len({item["image_id"] for item in block}) == 1
+        assert [item["question_type"] for item in block] == list(MMHAL_TYPES)
+    per_type = score_mmhal([dict(item, rating=4) for item in test])["per_type"]
+    assert set(per_type) == set(MMHAL_TYPES)
+    with pytest.raises(ValueError, match=r"split must be one of \['test', 'val'\], got 'train'"):
+        build_mmhal_world(world, split="train")
+
+
+def test_max_items_keeps_whole_scenes_and_items_are_stable(world: Path) -> None:
+    full = build_mmhal_world(world)
+    assert build_mmhal_world(world, max_items=20) == full[:16]  # rounded down to whole scenes
+    assert build_mmhal_world(world, max_items=7) == [] and build_mmhal_world(world, max_items=8) == full[:8]
+    # an item depends on (seed, scene, type) only: dropping scenes in front changes no other item
+    from silkfire.feedback.oracle import load_world
+
+    config, scenes = load_world(world)
+    ordered = sorted((s for s in scenes.values() if s.split == "test"), key=lambda s: s.scene_id)
+    assert build_mmhal_items(ordered[5:], config) == full[5 * 8:]
 
 
 def test_oracle_rates_reference_answers_without_hallucination(world: Path) -> None:
@@ -130,7 +160,7 @@ def test_api_rater_with_cache(world: Path, tmp_path: Path) -> None:
     from silkfire.llm.testing import FakeChatServer
 
     items = [dict(item, model_answer=item["gt_answer"]) for item in build_mmhal_items(
-        [SCENE] * 3, CONFIG)]
+        [SCENE], CONFIG)[:3]]
     items[1]["model_answer"] = "Something else."
     assert "Standard Human-Generated Answer: " + items[0]["gt_answer"] in mmhal_prompt(items[0], "x")
 

@@ -1,9 +1,10 @@
 """MMHal-Bench on the shapes world: the item set, the oracle rater (0-6), the API rater, and scoring.
 
-**Items** (MMHal-Bench layout, checked by the ``mmhal`` quality gate): ``{"question_type", "question_topic",
+**Items** (MMHal-Bench layout, checked by the ``mmhal`` quality gate): ``{"item_id", "question_type", "question_topic",
 "image_id", "image_content": [labels], "question", "gt_answer", "image_path"}`` (+ ``model_answer`` once a model
-answered, + ``rating``/``rationale`` once rated). :func:`build_mmhal_items` makes one item per held-out (test)
-scene, the 8 types interleaved as in the benchmark (type of item i = ``MMHAL_TYPES[i % 8]``), adapted to the
+answered, + ``rating``/``rationale`` once rated). :func:`build_mmhal_items` makes one item of each of the 8 types per
+held-out scene (test, or val for a validation set), in MMHAL_TYPES order, so the types interleave as in the
+benchmark (type of item i = ``MMHAL_TYPES[i % 8]``); ``item_id`` = ``"<scene_id>/<type>"``. Adapted to the
 world:
 
 - attribute: "What color is the <shape>?" (a shape present once), else "What size is the <colour> <shape>?";
@@ -16,7 +17,8 @@ world:
 - holistic: "Describe the image.";
 - other: "What shapes are in the image?".
 When a form cannot be asked about a scene (no object unique enough), "What is in the <cell> of the image?" is
-asked instead (same type label). Items are seeded per (seed, scene), so adding scenes does not change others.
+asked instead (same type label; never twice of one scene). Items are seeded per (seed, scene, type), so
+adding scenes does not change others.
 
 **Oracle rater** (:class:`OracleMMHalRater`, the MMHal rubric read against the scene graph; claims as in
 :mod:`silkfire.feedback.claims`): *hallucination* = any false claim (a wrong answer is one).
@@ -170,31 +172,51 @@ BUILDERS = {"attribute": _attribute, "adversarial": _adversarial, "comparison": 
             "other": _other}
 
 
+def _item(scene: Scene, config: WorldConfig, kind: str, seed: int, asked: set[str]) -> dict[str, Any]:
+    """The item of one (scene, type); its rng depends on (seed, scene, type) only, so adding scenes or types
+    changes no other item. ``asked``: the scene's questions so far (two fallbacks must not ask the same cell)."""
+    rng = random.Random(f"silkfire-mmhal/{seed}/{scene.scene_id}/{kind}")
+    question, gt_answer = BUILDERS[kind](scene, config, rng)
+    while question in asked:  # only the "What is in the <cell>?" fallback can repeat; 9 cells, 8 types
+        question, gt_answer = _what_at(scene, config, rng)
+    asked.add(question)
+    return {
+        "item_id": f"{scene.scene_id}/{kind}",
+        "question_type": kind,
+        "question_topic": f"Shapes/{len(scene.objects)} object{'s' if len(scene.objects) != 1 else ''}",
+        "image_id": scene.scene_id,
+        "image_content": sorted({f"{obj.color} {obj.shape}" for obj in scene.objects}),
+        "question": question,
+        "gt_answer": gt_answer,
+        "image_path": scene.image,
+    }
+
+
 def build_mmhal_items(scenes: Sequence[Scene], config: WorldConfig, seed: int = 0,
                       max_items: int | None = None) -> list[dict[str, Any]]:
-    """One MMHal-style item per scene (in order), type of item i = MMHAL_TYPES[i % 8]."""
+    """One item of each of the 8 types per scene (in order), types in MMHAL_TYPES order, so the type of item i
+    is MMHAL_TYPES[i % 8] as in the benchmark. ``max_items`` caps items, keeping whole scenes (rounded down to
+    a multiple of 8)."""
+    if max_items is not None:
+        scenes = scenes[:max(0, max_items) // len(MMHAL_TYPES)]
     items = []
-    for index, scene in enumerate(scenes[:max_items] if max_items is not None else scenes):
-        kind = MMHAL_TYPES[index % len(MMHAL_TYPES)]
-        rng = random.Random(f"silkfire-mmhal/{seed}/{scene.scene_id}")
-        question, gt_answer = BUILDERS[kind](scene, config, rng)
-        items.append({
-            "question_type": kind,
-            "question_topic": f"Shapes/{len(scene.objects)} object{'s' if len(scene.objects) != 1 else ''}",
-            "image_id": scene.scene_id,
-            "image_content": sorted({f"{obj.color} {obj.shape}" for obj in scene.objects}),
-            "question": question,
-            "gt_answer": gt_answer,
-            "image_path": scene.image,
-        })
+    for scene in scenes:
+        asked: set[str] = set()
+        items.extend(_item(scene, config, kind, seed, asked) for kind in MMHAL_TYPES)
     return items
 
 
+SPLITS = ("test", "val")
+
+
 def build_mmhal_world(world_dir: str | Path, out: str | Path | None = None, seed: int = 0,
-                      max_items: int | None = None) -> list[dict[str, Any]]:
-    """Items from the world's held-out (test) scenes; written as JSONL to ``out`` when given."""
+                      max_items: int | None = None, *, split: str = "test") -> list[dict[str, Any]]:
+    """Items from the world's held-out scenes of ``split`` (test: the benchmark set; val: a validation set to
+    choose settings on without looking at test); written as JSONL to ``out`` when given."""
+    if split not in SPLITS:
+        raise ValueError(f"mmhal: split must be one of {list(SPLITS)}, got {split!r}")
     config, scenes = load_world(world_dir)
-    held_out = sorted((scene for scene in scenes.values() if scene.split == "test"), key=lambda s: s.scene_id)
+    held_out = sorted((scene for scene in scenes.values() if scene.split == split), key=lambda s: s.scene_id)
     items = build_mmhal_items(held_out, config, seed, max_items)
     if out is not None:
         write_jsonl(out, items)
