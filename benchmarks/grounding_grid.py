@@ -7,8 +7,10 @@
 Prepares the default world and base model once (from params.yaml, under ``--out``), then trains every recipe in
 its own process (all at once: on one GPU that is fast; on 2 CPU cores use ``--only``). Each recipe is a plain
 AdamW loop over the pipeline's own data encoding (silkfire.train.data), with a forced-choice Yes/No score of the
-MME-style test set at the listed steps (silkfire.eval.mme.score_mme): per-category score and the total, chance ~450 of
-1200. Results go to ``<out>/results.jsonl`` (one line per recipe and step) and a table is printed at the end.
+MME-style *validation* set (``mme_val.jsonl``, the val scenes: recipes are chosen here, so the test set stays
+unbiased) at the listed steps (silkfire.eval.mme.score_mme): per-category score and the total, chance ~450 of
+1200 (6 subtasks). Results go to ``<out>/results.jsonl`` (one line per recipe and step) and a table is printed at
+the end.
 
 Recipe keys: name, lr, bs, tps (turns per sample), steps, eval_at, answer_style (plain|explained), families,
 categories, phases ([{steps, families}] run in order), text (LM overrides: hidden_size, intermediate_size,
@@ -53,8 +55,8 @@ def prepare(out: Path, text: dict[str, Any] | None = None) -> tuple[Path, Path]:
 
     params = yaml.safe_load(Path("params.yaml").read_text())
     world = out / "world"
-    if not (world / "mme.jsonl").exists():
-        generate_world(WorldConfig.from_mapping(params["world"]), world, seed=int(params["seed"]), progress=False)
+    if not (world / "manifest.json").exists():
+        generate_world(WorldConfig.from_mapping(params["world"]), world, progress=False)
     model_cfg = copy.deepcopy(params["model"])
     model_cfg["text"].update(text or {})
     key = "base" + "".join(f"_{k}{v}" for k, v in sorted((text or {}).items()))
@@ -63,6 +65,13 @@ def prepare(out: Path, text: dict[str, Any] | None = None) -> tuple[Path, Path]:
         texts = world_texts(WorldConfig.from_mapping(params["world"]))
         prepare_base_model(ModelConfig.from_mapping(model_cfg), texts, base, seed=int(params["seed"]))
     return world, base
+
+
+def selection_records(world: Path) -> list[dict[str, Any]]:
+    """The questions recipes are ranked on: the val scenes' MME-style set (the test set is never read here)."""
+    from silkfire.io import read_records
+
+    return read_records(world / "mme_val.jsonl")
 
 
 def train_recipe(recipe: dict[str, Any], out: Path, threads: int) -> None:
@@ -107,7 +116,7 @@ def train_recipe(recipe: dict[str, Any], out: Path, threads: int) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
 
     # Forced choice on the MME-style set: the logit of the first answer token, "Yes" vs "No".
-    mme = read_records(world / "mme.jsonl")
+    mme = selection_records(world)
     mme_data = encode_sft_records(mme, processor, world, progress=False)
     first = [int((labels != -100).nonzero()[0]) for labels in mme_data.labels]
     answer_token = [int(mme_data.input_ids[i][first[i]]) for i in range(len(mme))]

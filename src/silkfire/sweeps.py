@@ -1,8 +1,8 @@
 """Parameter sweeps: one DVC experiment (or one flow run) per point, one MLflow child run per point, a plot.
 
-    silkfire sweep train.learning_rate=1e-3,2e-3 --metric evaluate.mme.sft.perception
+    silkfire sweep train.learning_rate=1e-3,2e-3 --metric evaluate.val.mme.sft.perception
     silkfire sweep fire.dialogues.train_questions=300,600,1200,2400 experiment=fire_llava \\
-        --target pipelines/fire/dvc.yaml --metric fire_bench.<key>
+        --target pipelines/fire/dvc.yaml --metric fire_bench.val.<key>
 
 Overrides use Hydra's own grammar: a comma list or ``range()``/``choice()`` is swept, anything else is fixed for
 every point; several swept keys give their cartesian product (what ``hydra --multirun`` would run). Each point is
@@ -14,7 +14,8 @@ every point; several swept keys give their cartesian product (what ``hydra --mul
 MLflow gets a ``sweep`` parent run with one child per point (the point's params, the chosen metric, the DVC
 experiment name; the stage runs nest under it) and, at the end, the plot of the metric against the swept value
 (``sweep/<metric>.png``) and the table (``sweep/results.csv``, ``sweep/results.md``, ``sweep/results.json``).
-``--metric FILE.KEY`` reads ``<paths.metrics>/FILE.json`` (a stage's metrics) at the dotted ``KEY``.
+``--metric FILE.KEY`` reads ``<paths.metrics>/FILE.json`` (a stage's metrics) at the dotted ``KEY``, never a test
+figure of an evaluation stage (silkfire.selection: those are reported, never chosen on; use their ``val`` keys).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def read_metric(metrics_dir: Path, metric: str) -> float:
     """``FILE.KEY`` -> the number at dotted KEY of metrics_dir/FILE.json; a clear error naming file and key."""
     stem, _, key = metric.partition(".")
     if not key:
-        raise SweepError(f"--metric {metric!r}: write FILE.KEY, e.g. evaluate.mme.sft.perception")
+        raise SweepError(f"--metric {metric!r}: write FILE.KEY, e.g. evaluate.val.mme.sft.perception")
     path = metrics_dir / f"{stem}.json"
     if not path.is_file():
         raise SweepError(f"metric file {path} is missing: did the run reach the stage that writes it?")
@@ -221,8 +222,15 @@ def run_sweep(overrides: Sequence[str], metric: str, *, mode: str = "dvc", targe
     from silkfire.tracking.store import configure
     from silkfire.workspace import workspace_lock
 
+    from silkfire.selection import SelectionError, require_validation_metric
+
     if mode not in ("dvc", "flow"):
         raise SweepError(f"--mode must be dvc or flow, not {mode!r}")
+    try:  # the sweep names a best point: it must be chosen on a validation figure
+        stage, _, key = metric.partition(".")
+        require_validation_metric(stage, key, "--metric")
+    except SelectionError as error:
+        raise SweepError(str(error)) from error
     if mode == "flow" and targets:
         raise SweepError("--target applies to --mode dvc only (the flow runs pipeline.branches)")
     spec = parse_overrides(overrides)

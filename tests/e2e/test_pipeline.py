@@ -137,7 +137,8 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
     # The first evaluated version becomes champion, with its metrics and the decision on the version.
     champion = client.get_model_version_by_alias("silkfire-sft", "champion")
     assert champion.version == version.version
-    assert float(champion.tags["silkfire.metric.mme.sft.perception"]) == evaluation["mme"]["sft"]["perception"]
+    val = evaluation["val"]["mme"]["sft"]["perception"]  # the gate decides on the val scenes' set
+    assert float(champion.tags["silkfire.metric.val.mme.sft.perception"]) == val
     assert champion.tags["silkfire.decision"].startswith("promoted")
     assert stage_runs["register"].data.tags["silkfire.decision"] == "promoted"
     # Lineage: from the registered version back to commit, data digests, gate verdict and resolved config.

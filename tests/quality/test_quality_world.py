@@ -26,7 +26,7 @@ def bad_result(corrupted, quality_config, tmp_path_factory: pytest.TempPathFacto
 def test_clean_world_passes(clean_result: GateResult) -> None:
     assert clean_result.success, clean_result.to_text()
     assert [table.source.name for table in clean_result.tables] == [
-        "scenes.jsonl", "train.jsonl", "val.jsonl", "mme.jsonl", "open.jsonl"
+        "scenes.jsonl", "train.jsonl", "val.jsonl", "mme.jsonl", "mme_val.jsonl", "open.jsonl"
     ]
     assert all(table.rows > 0 and table.evaluated >= 10 for table in clean_result.tables)
     assert clean_result.stats["images_checked"] >= 9  # every scene image decoded once
@@ -145,3 +145,22 @@ def test_gate_default_image_size_is_the_worlds() -> None:
     from silkfire.world.config import WorldConfig
 
     assert QualityConfig().image_size == WorldConfig().image_size
+
+
+def test_val_benchmark_holds_val_scenes_only(tiny_world: Path, quality_config,
+                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    """mme_val.jsonl is the MME-style benchmark of the val scenes: a test scene's pair in it fails the gate."""
+    import json
+    import shutil
+
+    world = tmp_path_factory.mktemp("leak") / "world"
+    shutil.copytree(tiny_world, world)
+    val_lines = (world / "mme_val.jsonl").read_text().splitlines()
+    assert val_lines and all("/val-" in json.loads(line)["question_id"] for line in val_lines)
+    test_pair = (world / "mme.jsonl").read_text().splitlines()[:2]
+    (world / "mme_val.jsonl").write_text("\n".join(val_lines + test_pair) + "\n")
+    result = validate_world(world, quality_config, tmp_path_factory.mktemp("leak_report"))
+    assert not result.success
+    table = next(t for t in result.tables if t.name == "world.mme_val")
+    leak = [f for f in table.failures if "val scene" in f.description]
+    assert leak and leak[0].lines == (len(val_lines) + 1, len(val_lines) + 2), [f.to_dict() for f in table.failures]

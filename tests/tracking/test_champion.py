@@ -9,27 +9,27 @@ import pytest
 from silkfire.tracking.champion import ChampionRule, Objective, decide, lookup, run_gate, version_metrics
 
 RULE = ChampionRule.from_mapping({
-    "primary": {"metric": "p", "mode": "max"},
+    "primary": {"metric": "val.p", "mode": "max"},
     "min_margin": 2.0,
-    "guards": {"c": {"mode": "max", "tolerance": 1.0}, "loss": {"mode": "min", "tolerance": 0.1}},
+    "guards": {"val.c": {"mode": "max", "tolerance": 1.0}, "val.loss": {"mode": "min", "tolerance": 0.1}},
 })
 
 
 def test_first_model_becomes_champion() -> None:
-    decision = decide(RULE, {"p": 10, "c": 5, "loss": 1.0}, None)
+    decision = decide(RULE, {"val.p": 10, "val.c": 5, "val.loss": 1.0}, None)
     assert decision.promote and "no champion" in decision.reason
     assert [row["role"] for row in decision.rows] == ["primary", "guard", "guard"]
 
 
 @pytest.mark.parametrize(("challenger", "promote", "why"), [
-    ({"p": 12.0, "c": 5.0, "loss": 1.0}, True, "improves by 2"),      # exactly the margin
-    ({"p": 11.9, "c": 5.0, "loss": 1.0}, False, "below the margin"),
-    ({"p": 20.0, "c": 3.9, "loss": 1.0}, False, "guard c"),           # primary wins, guard drops 1.1 > 1.0
-    ({"p": 20.0, "c": 4.0, "loss": 1.1}, True, "every guard holds"),  # both guards exactly at tolerance
-    ({"p": 20.0, "c": 9.0, "loss": 1.2}, False, "guard loss"),        # min-mode guard: loss up 0.2 > 0.1
+    ({"val.p": 12.0, "val.c": 5.0, "val.loss": 1.0}, True, "improves by 2"),  # exactly the margin
+    ({"val.p": 11.9, "val.c": 5.0, "val.loss": 1.0}, False, "below the margin"),
+    ({"val.p": 20.0, "val.c": 3.9, "val.loss": 1.0}, False, "guard val.c"),  # primary wins, guard drops 1.1 > 1.0
+    ({"val.p": 20.0, "val.c": 4.0, "val.loss": 1.1}, True, "every guard holds"),  # both guards exactly at tolerance
+    ({"val.p": 20.0, "val.c": 9.0, "val.loss": 1.2}, False, "guard val.loss"),  # min-mode guard: loss up 0.2 > 0.1
 ])
 def test_margin_and_guards(challenger: dict[str, float], promote: bool, why: str) -> None:
-    decision = decide(RULE, challenger, {"p": 10.0, "c": 5.0, "loss": 1.0})
+    decision = decide(RULE, challenger, {"val.p": 10.0, "val.c": 5.0, "val.loss": 1.0})
     assert decision.promote is promote
     assert why in decision.reason
 
@@ -41,7 +41,7 @@ def test_lookup_names_the_missing_metric() -> None:
     with pytest.raises(ValueError, match="finite"):
         lookup({"x": float("nan")}, "x")
     with pytest.raises(ValueError, match="mode"):
-        Objective("x", "up")
+        Objective("val.x", "up")
 
 
 def test_gate_moves_the_alias_only_when_the_challenger_wins(tmp_path: Path) -> None:
@@ -54,18 +54,18 @@ def test_gate_moves_the_alias_only_when_the_challenger_wins(tmp_path: Path) -> N
     client = MlflowClient(uri, uri)
     client.create_registered_model("m")
     versions = [client.create_model_version("m", source=str(tmp_path / f"v{i}")).version for i in range(3)]
-    rule = ChampionRule.from_mapping({"primary": {"metric": "mme.p"}, "min_margin": 1.0})
+    rule = ChampionRule.from_mapping({"primary": {"metric": "val.p"}, "min_margin": 1.0})
 
-    first, before = run_gate(client, "m", int(versions[0]), "champion", rule, {"mme": {"p": 100.0}})
+    first, before = run_gate(client, "m", int(versions[0]), "champion", rule, {"val": {"p": 100.0}})
     assert first.promote and before is None
-    worse, before = run_gate(client, "m", int(versions[1]), "champion", rule, {"mme": {"p": 100.5}})
+    worse, before = run_gate(client, "m", int(versions[1]), "champion", rule, {"val": {"p": 100.5}})
     assert not worse.promote and before == int(versions[0])
     assert client.get_model_version_by_alias("m", "champion").version == versions[0]
-    better, _ = run_gate(client, "m", int(versions[2]), "champion", rule, {"mme": {"p": 150.0}})
+    better, _ = run_gate(client, "m", int(versions[2]), "champion", rule, {"val": {"p": 150.0}})
     assert better.promote
     champion = client.get_model_version_by_alias("m", "champion")
     assert champion.version == versions[2]
-    assert version_metrics(champion.tags) == {"mme.p": 150.0}
+    assert version_metrics(champion.tags) == {"val.p": 150.0}
     assert client.get_model_version("m", versions[1]).tags["silkfire.decision"].startswith("rejected")
     table = better.markdown("v3", "v1")
-    assert "PROMOTED" in table and "| mme.p | primary |" in table
+    assert "PROMOTED" in table and "| val.p | primary |" in table

@@ -90,10 +90,10 @@ def test_champion_decision_is_the_version_description_in_full(mlflow_root: Path)
     client = MlflowClient()
     client.create_registered_model("m")
     version = client.create_model_version("m", source=str(mlflow_root / "v1")).version
-    rule = ChampionRule.from_mapping({"primary": {"metric": "mme.p"}, "guards": {"mme.c": {"tolerance": 5}}})
-    decision, _ = run_gate(client, "m", int(version), "champion", rule, {"mme": {"p": 100.0, "c": 50.0}})
+    rule = ChampionRule.from_mapping({"primary": {"metric": "val.p"}, "guards": {"val.c": {"tolerance": 5}}})
+    decision, _ = run_gate(client, "m", int(version), "champion", rule, {"val": {"p": 100.0, "c": 50.0}})
     text = client.get_model_version("m", version).description
-    assert decision.reason in text and "| mme.c | guard |" in text
+    assert decision.reason in text and "| val.c | guard |" in text
 
 
 def test_models_listing_wraps_decisions_at_word_boundaries(monkeypatch: pytest.MonkeyPatch, capsys) -> None:

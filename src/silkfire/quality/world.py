@@ -1,6 +1,6 @@
 """The world suite: the generate stage's output checked against the data contract before anything trains on it.
 
-Files: scenes.jsonl, train.jsonl, val.jsonl, mme.jsonl, open.jsonl under ``world_dir`` (images resolved
+Files: scenes.jsonl, train.jsonl, val.jsonl, mme.jsonl, mme_val.jsonl, open.jsonl under ``world_dir`` (images resolved
 against ``world_dir``). Every check, including the ones computed in Python (images, Yes/No pairs, split
 leaks), is asserted through Great Expectations, so one Data Docs site shows them all.
 """
@@ -37,8 +37,11 @@ from silkfire.quality.report import GateResult
 
 SPLITS = ("train", "val", "test")
 SCENES, TRAIN, VAL, MME, OPEN = "scenes.jsonl", "train.jsonl", "val.jsonl", "mme.jsonl", "open.jsonl"
-WORLD_FILES = (SCENES, TRAIN, VAL, MME, OPEN)
-TABLES = {SCENES: "world.scenes", TRAIN: "world.train", VAL: "world.val", MME: "world.mme", OPEN: "world.open"}
+MME_VAL = "mme_val.jsonl"
+WORLD_FILES = (SCENES, TRAIN, VAL, MME, MME_VAL, OPEN)
+TABLES = {SCENES: "world.scenes", TRAIN: "world.train", VAL: "world.val", MME: "world.mme",
+          MME_VAL: "world.mme_val", OPEN: "world.open"}
+MME_SPLITS = {MME: "test", MME_VAL: "val"}  # the MME-style benchmark of each split's scenes
 
 # field -> type ("text": a non-blank string; see silkfire.quality.records.records_frame)
 SCENE_SCHEMA = {
@@ -98,8 +101,9 @@ def validate_world(
         if name == SCENES:
             frame, suite = _scenes_table(loaded_file, config, images, manifest, check_images)
             group = None
-        elif name == MME:
-            frame, suite = _mme_table(loaded_file, config, images, scene_split, scene_image, check_images)
+        elif name in MME_SPLITS:
+            frame, suite = _mme_table(loaded_file, config, images, scene_split, scene_image, check_images,
+                                      split=MME_SPLITS[name], table=TABLES[name])
             group = "question_id"  # under policy filter a Yes/No pair goes together
             counts[f"{TABLES[name]}.answer"] = count_values(frame["answer"])
             counts[f"{TABLES[name]}.category"] = count_values(frame["category"])
@@ -305,7 +309,7 @@ def _instruction_table(
     return frame, Suite(name, tuple(checks))
 
 
-# ---- mme.jsonl ---------------------------------------------------------------------------------------------------
+# ---- mme.jsonl / mme_val.jsonl -------------------------------------------------------------------------------------
 def _mme_table(
     loaded: LoadedRecords,
     config: QualityConfig,
@@ -313,6 +317,8 @@ def _mme_table(
     scene_split: Mapping[str, Any],
     scene_image: Mapping[str, Any],
     check_images: bool = True,
+    split: str = "test",
+    table: str = TABLES[MME],
 ) -> tuple[pd.DataFrame, Suite]:
     world = config.world
     frame = records_frame(loaded, MME_SCHEMA)
@@ -349,17 +355,17 @@ def _mme_table(
             status.append(f"category part {prefix!r} differs from category {category!r}")
         elif scene_id not in scene_split:
             status.append(f"unknown scene {scene_id!r}")
-        elif scene_split[scene_id] != "test":
-            status.append(f"scene {scene_id!r} is {scene_split[scene_id]!r}, expected 'test'")
+        elif scene_split[scene_id] != split:
+            status.append(f"scene {scene_id!r} is {scene_split[scene_id]!r}, expected {split!r}")
         else:
             status.append(derive.OK)
     frame["question_id__scene"] = status
     checks.append(is_ok("question_id__scene",
-                        "'question_id' is '<category>/<scene_id>' of a test scene in scenes.jsonl",
+                        f"'question_id' is '<category>/<scene_id>' of a {split} scene in scenes.jsonl",
                         REGENERATE))
     checks.append(_scene_image_check(frame, scene_ids, scene_image))
     checks += _image_checks(frame, images, config, check_images)
-    return frame, Suite(TABLES[MME], tuple(checks))
+    return frame, Suite(table, tuple(checks))
 
 
 def _suffix_regex(suffix: str) -> str:

@@ -1,4 +1,7 @@
-"""Stage `evaluate`: batched greedy answers on the held-out MME-style set, scored with MME's official rules.
+"""Stage `evaluate`: batched greedy answers on the held-out MME-style sets, scored with MME's official rules.
+
+Two sets: `mme.jsonl` (test scenes) gives the reported figures at the top level of the metrics; `mme_val.jsonl`
+(val scenes) gives the SFT model's figures under `val`, the only ones a choice may read (the champion gate, sweeps).
 
 The untrained base model is scored too (eval.baseline), so every run reports the gain SFT brought; and the SFT
 model is scored once more on blank images (eval.blind): what it gets without seeing anything is the floor its
@@ -47,33 +50,51 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     runtime = from_config(cfg)  # a GPU asked for and missing fails here, before any work
     world = root / cfg.paths.world
     out_dir = root / cfg.paths.reports / "evaluate"
-    records = cap_pairs(read_records(world / "mme.jsonl"), cfg.eval.max_items)
-    # model source -> [(label, blank images?)]: each model is loaded once
-    candidates: list[tuple[str | Path, list[tuple[str, bool]]]] = [
-        (root / cfg.paths.sft / "model", [("sft", False)] + ([("blind", True)] if cfg.eval.get("blind") else []))
+    # split -> (questions, output folder): the test set gives the reported figures; the val set (val scenes) is what
+    # every choice reads (the champion gate, sweeps), so that test figures never steer a decision
+    splits = {"test": (cap_pairs(read_records(world / "mme.jsonl"), cfg.eval.max_items), out_dir)}
+    if cfg.eval.get("val", True):
+        splits["val"] = (cap_pairs(read_records(world / "mme_val.jsonl"), cfg.eval.max_items), out_dir / "val")
+    # model source -> [(label, blank images?, splits)]: each model is loaded once; base and blind are test-only
+    # baselines (nothing is chosen on them)
+    candidates: list[tuple[str | Path, list[tuple[str, bool, tuple[str, ...]]]]] = [
+        (root / cfg.paths.sft / "model",
+         [("sft", False, tuple(splits))] + ([("blind", True, ("test",))] if cfg.eval.get("blind") else []))
     ]
     if cfg.eval.baseline:
-        candidates.append((resolve_base(root / cfg.paths.base_model), [("base", False)]))
+        candidates.append((resolve_base(root / cfg.paths.base_model), [("base", False, ("test",))]))
 
-    results: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] = {split: {} for split in splits}
     for source, runs in candidates:
         model, processor = load_vlm(source, dtype=runtime.dtype, device=runtime.device)
-        for label, blank in runs:
-            with oom_hint(f"evaluate ({label})", {"eval.batch_size": cfg.eval.batch_size}, runtime=runtime):
-                predictions = generate_answers(
-                    model, processor, records, world,
-                    batch_size=int(cfg.eval.batch_size), max_new_tokens=int(cfg.eval.max_new_tokens),
-                    blank_images=blank,
-                )
-            scored = [record | {"prediction": prediction} for record, prediction in zip(records, predictions)]
-            write_jsonl(out_dir / f"mme_predictions_{label}.jsonl", scored)
-            results[label] = score_mme(scored, WORLD_CATEGORY_GROUPS)
+        for label, blank, label_splits in runs:
+            for split in label_splits:
+                records, folder = splits[split]
+                with oom_hint(f"evaluate ({label}, {split})", {"eval.batch_size": cfg.eval.batch_size},
+                              runtime=runtime):
+                    predictions = generate_answers(
+                        model, processor, records, world,
+                        batch_size=int(cfg.eval.batch_size), max_new_tokens=int(cfg.eval.max_new_tokens),
+                        blank_images=blank,
+                    )
+                scored = [record | {"prediction": prediction} for record, prediction in zip(records, predictions)]
+                write_jsonl(folder / f"mme_predictions_{label}.jsonl", scored)
+                results[split][label] = score_mme(scored, WORLD_CATEGORY_GROUPS)
         del model, processor
         gc.collect()
 
-    mlflow.log_figure(subtask_bars(results), "plots/mme_subtasks.png")
+    mlflow.log_figure(subtask_bars(results["test"]), "plots/mme_subtasks.png")
     mlflow.log_artifacts(str(out_dir), artifact_path="predictions")
-    metrics: dict[str, Any] = {"mme": results, "questions": len(records)}
+    # the test figures keep the top-level keys (README, headline metrics); val's sit under "val"
+    metrics = split_metrics(results["test"], len(splits["test"][0]))
+    if "val" in results:
+        metrics["val"] = split_metrics(results["val"], len(splits["val"][0]))
+    return metrics
+
+
+def split_metrics(results: dict[str, Any], questions: int) -> dict[str, Any]:
+    """One split's metrics: the MME scores per model, and the SFT gains over the base and blind runs present."""
+    metrics: dict[str, Any] = {"mme": results, "questions": questions}
     if "base" in results:
         metrics["gain"] = {group: round(results["sft"][group] - results["base"][group], 3)
                            for group in ("perception", "cognition")}

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-PARAMS = ("seed", "world", "paths.world")
+PARAMS = ("world", "paths.world")  # world.seed, not the global seed: every pipeline seed sees the same world
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
@@ -17,7 +17,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     out_dir = root / cfg.paths.world
     if out_dir.exists():  # a partial earlier attempt must not leak stale files into the new version
         shutil.rmtree(out_dir)
-    counts = generate_world(WorldConfig.from_mapping(cfg.world), out_dir, seed=int(cfg.seed))
+    counts = generate_world(WorldConfig.from_mapping(cfg.world), out_dir)
     # Totals only: the full breakdown (families, categories, fallbacks) stays in manifest.json.
     files = {name: n for name, n in counts["files"].items() if name.endswith(".jsonl")}
     return {"scenes": dict(counts["scenes"]), "records": files}

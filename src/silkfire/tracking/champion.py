@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from silkfire.selection import require_validation_metric
+
 METRIC_TAG = "silkfire.metric."
 DECISION_TAG = "silkfire.decision"
 MODES = ("max", "min")
@@ -23,13 +25,14 @@ MODES = ("max", "min")
 
 @dataclass(frozen=True)
 class Objective:
-    metric: str  # dotted key into the evaluation metrics, e.g. "mme.sft.perception"
+    metric: str  # dotted key into the evaluation metrics, a validation one, e.g. "val.mme.sft.perception"
     mode: str = "max"  # max: higher is better; min: lower is better
     margin: float = 0.0  # primary: required gain; guard: allowed loss
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"register: mode of {self.metric!r} must be one of {MODES}, got {self.mode!r}")
+        require_validation_metric("evaluate", self.metric, "register")  # keys into the evaluation metrics
         if self.margin < 0:
             raise ValueError(f"register: margin/tolerance of {self.metric!r} must be >= 0")
 

@@ -20,12 +20,17 @@ RGB = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Everything that shapes a generated world (the seed is passed separately to ``generate_world``).
+    """Everything that shapes a generated world, its seed included.
+
+    The world has its own seed, apart from the pipeline's global ``seed``: whole-pipeline seed sweeps vary model
+    init and data order while every seed is trained and scored on the same scenes and benchmark items, which is
+    what makes per-item paired comparisons across seeds possible.
 
     Mappings of the YAML (``colors``, ``sizes``) are stored as tuples of (name, value) pairs sorted by name,
     so the config stays hashable and does not depend on key order; :meth:`to_dict` gives back the YAML shape.
     """
 
+    seed: int = 0
     image_size: int = 48  # divisible by rows and cols: each cell is exactly one vision patch of the tiny model
     row_names: tuple[str, ...] = ("top", "middle", "bottom")
     col_names: tuple[str, ...] = ("left", "center", "right")
@@ -73,6 +78,7 @@ class WorldConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-friendly form (the shape of conf/world/shapes.yaml); ``from_mapping`` round-trips it."""
         return {
+            "seed": self.seed,
             "image_size": self.image_size,
             "row_names": list(self.row_names),
             "col_names": list(self.col_names),

@@ -16,7 +16,10 @@ from silkfire.world.scene import SPLITS, Scene, sample_world_scenes
 
 # Bump when the layout or the meaning of the files changes (downstream checks can refuse old worlds).
 WORLD_FORMAT_VERSION = 1
-OUTPUT_FILES = ("scenes.jsonl", "train.jsonl", "val.jsonl", "mme.jsonl", "open.jsonl", "manifest.json")
+# mme.jsonl / open.jsonl: the held-out test benchmarks (test scenes); mme_val.jsonl: the same MME-style pairs on the
+# val scenes, for every choice (sweeps, grids, the champion gate) so that the test set is read for final figures only.
+OUTPUT_FILES = ("scenes.jsonl", "train.jsonl", "val.jsonl", "mme.jsonl", "mme_val.jsonl", "open.jsonl",
+                "manifest.json")
 
 
 def _instruction(scene: Scene, qa: QA, index: int) -> dict[str, Any]:
@@ -62,20 +65,23 @@ def _tally(table: dict[str, dict[str, int]], family: str, category: str) -> None
     table[family][category] = table[family].get(category, 0) + 1
 
 
-def generate_world(config: WorldConfig, out_dir: Path, seed: int, progress: bool = True) -> dict[str, Any]:
-    """Write the world described by ``config`` and ``seed`` to ``out_dir``; return the manifest's counts.
+def generate_world(config: WorldConfig, out_dir: Path, seed: int | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Write the world described by ``config`` (and ``seed``, default ``config.seed``) to ``out_dir``; return the
+    manifest's counts.
 
     Same config and seed give byte-identical files. Stale ``images/*.png`` left by an earlier generation in
     ``out_dir`` are removed so the folder holds exactly this world.
     """
     out_dir = Path(out_dir)
+    seed = config.seed if seed is None else int(seed)
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     scenes, rejected = sample_world_scenes(config, seed)
 
     scene_records: list[dict[str, Any]] = []
     instructions: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
-    mme_records: list[dict[str, Any]] = []
+    mme_records: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
     records = {split: _empty_counts() for split in SPLITS}
     fallbacks: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
     skipped: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
@@ -102,10 +108,11 @@ def generate_world(config: WorldConfig, out_dir: Path, seed: int, progress: bool
                 fallbacks[split][qa.category] = fallbacks[split].get(qa.category, 0) + 1
         for slot in missing:
             skipped[split][slot] = skipped[split].get(slot, 0) + 1
+        if split in mme_records:
+            mme_records[split].extend(_mme_record(scene, qa) for qa in mme)
         if split == "test":
-            mme_records.extend(_mme_record(scene, qa) for qa in mme)
             instructions["test"].extend(_indexed(scene, open_questions))
-        else:
+        else:  # val scenes' MME pairs stay in val.jsonl too: SFT's eval loss reads it
             instructions[split].extend(_indexed(scene, mme + open_questions))
 
     for stale in sorted(images_dir.glob("*.png")):
@@ -116,7 +123,8 @@ def generate_world(config: WorldConfig, out_dir: Path, seed: int, progress: bool
         "scenes.jsonl": write_jsonl(out_dir / "scenes.jsonl", scene_records),
         "train.jsonl": write_jsonl(out_dir / "train.jsonl", instructions["train"]),
         "val.jsonl": write_jsonl(out_dir / "val.jsonl", instructions["val"]),
-        "mme.jsonl": write_jsonl(out_dir / "mme.jsonl", mme_records),
+        "mme.jsonl": write_jsonl(out_dir / "mme.jsonl", mme_records["test"]),
+        "mme_val.jsonl": write_jsonl(out_dir / "mme_val.jsonl", mme_records["val"]),
         "open.jsonl": write_jsonl(out_dir / "open.jsonl", instructions["test"]),
         "images": len(written),
     }
