@@ -249,6 +249,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """The results tables of a seed sweep with CIs (silkfire.results): exit 0, or 2 naming what is missing."""
+    from silkfire.results import ReportError, build_report, replace_readme_block, write_report
+
+    try:
+        report = build_report(_tracking_client(), args.sweep, B=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
+                              progress=args.verbose)
+        paths = write_report(report, args.out or Path("results") / args.sweep)
+        if args.readme:
+            args.readme.write_text(replace_readme_block(args.readme.read_text(encoding="utf-8"), report),
+                                   encoding="utf-8")
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(str(path) for path in [*paths.values(), *([args.readme] if args.readme else [])]))
+    return 0
+
+
 def ui_links(root: Path, host: str, port: int) -> str:
     """Where to click: MLflow 3 opens an experiment in its GenAI (traces) view, so link the runs table itself."""
     from silkfire.config import load_params
@@ -375,13 +393,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Hydra overrides; key=a,b,c or range() is swept, others are fixed, e.g. "
                             "train.learning_rate=1e-3,2e-3 experiment=smoke")
     sweep.add_argument("--metric", required=True,
-                       help="FILE.KEY of a metrics/FILE.json to plot, e.g. evaluate.mme.sft.perception")
+                       help="FILE.KEY of a metrics/FILE.json to plot and choose the best point on: a validation "
+                            "figure, e.g. evaluate.val.mme.sft.perception")
     sweep.add_argument("--mode", choices=["dvc", "flow"], default="dvc",
                        help="dvc: `dvc exp run -S` per point (listed by `dvc exp show`); flow: the Prefect flow")
     sweep.add_argument("--target", action="append", default=[],
                        help="dvc mode: what `dvc exp run` reproduces (default dvc.yaml), e.g. pipelines/fire/dvc.yaml")
     sweep.add_argument("--name", default=None, help="sweep name; DVC experiments are NAME-0, NAME-1, ...")
     sweep.set_defaults(func=_cmd_sweep)
+
+    report = sub.add_parser("report", help="results tables with CIs of a seed sweep (report.json/.md/.png)")
+    report.add_argument("--sweep", required=True, help="the sweep's --name")
+    report.add_argument("--out", type=Path, default=None, help="default: results/SWEEP")
+    report.add_argument("--readme", type=Path, default=None, help="rewrite this file's silkfire-report block")
+    report.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates B (default 2000)")
+    report.add_argument("--bootstrap-seed", type=int, default=0)
+    report.add_argument("--verbose", action="store_true", help="say which artefacts are downloaded")
+    report.set_defaults(func=_cmd_report)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the project's store")
     ui.add_argument("--host", default="127.0.0.1")
