@@ -53,11 +53,30 @@ def test_pair_counts_hand_computed() -> None:
     assert first["img_path"] == "merged_images/a.jpg" and first["prompt"] == "question a?"
 
 
-def test_duplicate_texts_form_one_pair() -> None:
+def duplicated() -> dict:
+    """Scores 5, 1, 5, 2; completion 2 repeats completion 0's text, completion 3 completion 1's."""
     raw = record("d", [("5", "5", "5"), ("1", "1", "1"), ("5", "5", "5"), ("2", "2", "2")])
     raw["completions"][2]["response"] = raw["completions"][0]["response"]  # two models answered alike
     raw["completions"][3]["response"] = " answer d  1 "  # same text as completion 1, whitespace aside
+    return raw
+
+
+def test_duplicate_texts_are_kept_by_the_silkie_rule() -> None:
+    raw = duplicated()
     pairs, counts = build_pairs([read_one(raw), read_one(dict(raw, id="d2"))])
+    # run_dpo.py pairs by score only: (0,1) 5>1, (0,3) 5>2, (2,1) 5>1, (3,1) 2>1 -- the same text on both
+    # sides, rated 2 and 1 --, (2,3) 5>2; (0,2) ties; d2 repeats the same 5 pairs
+    assert [p["id"] for p in pairs] == ["d/0-1", "d/0-3", "d/2-1", "d/3-1", "d/2-3",
+                                        "d2/0-1", "d2/0-3", "d2/2-1", "d2/3-1", "d2/2-3"]
+    assert counts["ties"] == 2 and counts["duplicates"] == 0 and counts["pairs"] == 10
+    same = next(p for p in pairs if p["id"] == "d/3-1")
+    assert (same["chosen_score"], same["rejected_score"]) == (2.0, 1.0)
+    assert same["chosen"].split() == same["rejected"].split()
+
+
+def test_duplicate_texts_form_one_pair_by_the_strict_rule() -> None:
+    raw = duplicated()
+    pairs, counts = build_pairs([read_one(raw), read_one(dict(raw, id="d2"))], rule="strict")
     # record d: (0,1) kept; (0,2) tie; (0,3) (1,2) (2,3) repeat the texts of (0,1); (1,3) same text.
     # record d2 (same image and prompt): 1 tie, its 5 other pairs repeat d's
     assert [p["id"] for p in pairs] == ["d/0-1"]
@@ -76,11 +95,74 @@ def test_margin_and_cap() -> None:
 
 
 def test_score_is_unweighted_mean_and_non_numeric_is_none() -> None:
-    assert completion_score(notes("5", "4", "3")) == 4.0
-    assert completion_score(notes("5", "", "3")) is None
-    assert completion_score(notes("five", "4", "3")) is None
-    assert completion_score({"Helpfulness": {"Rating": "5"}}) is None  # missing aspects
-    assert completion_score(None) is None
+    for rule in ("silkie", "strict"):
+        assert completion_score(notes("5", "4", "3"), rule=rule) == 4.0
+        assert completion_score(notes("5", "", "3"), rule=rule) is None
+        assert completion_score(notes("five", "4", "3"), rule=rule) is None
+        assert completion_score(None, rule=rule) is None
+        assert completion_score({}, rule=rule) is None
+    # a missing aspect: silkie averages the aspects present (5 + 2) / 2, strict has no score
+    two = {"Helpfulness": {"Rating": "5"}, "Visual Faithfulness": {"Rating": "2"}}
+    assert completion_score(two) == 3.5 and completion_score(two, rule="strict") is None
+    with pytest.raises(ValueError, match=r"rule must be one of \['silkie', 'strict'\], got 'mean'"):
+        completion_score(two, rule="mean")
+
+
+# completion 1 lacks "Ethical Considerations": silkie scores it (4 + 2) / 2 = 3 -> scores 4, 3, 3, 1: pairs
+# (0,1) (0,2) (0,3) (1,3) (2,3), tie (1,2); strict leaves it out -> (0,2) (0,3) (2,3), 3 pairs skipped
+MISSING = [("4", "4", "4"), ("4", "2", "x"), ("3", "3", "3"), ("1", "1", "1")]
+
+
+def missing_aspect() -> dict:
+    raw = record("m", MISSING)
+    del raw["completions"][1]["annotations"]["Ethical Considerations"]
+    return raw
+
+
+def test_a_missing_aspect_is_averaged_by_the_silkie_rule(tmp_path: Path) -> None:
+    raw = missing_aspect()
+    pairs, counts = build_pairs([raw])
+    assert [p["id"] for p in pairs] == ["m/0-1", "m/0-2", "m/0-3", "m/1-3", "m/2-3"]
+    assert counts["ties"] == 1 and counts["skipped"] == 0
+    assert next(p for p in pairs if p["id"] == "m/1-3")["chosen_score"] == 3.0
+    pairs, counts = build_pairs([raw], rule="strict")
+    assert [p["id"] for p in pairs] == ["m/0-2", "m/0-3", "m/2-3"] and counts["skipped"] == 3
+    # from a file: silkie reads the record, strict refuses it naming file, line and field
+    path = tmp_path / "missing.jsonl"
+    path.write_text(json.dumps(raw) + "\n")
+    assert build_pairs_file(path, tmp_path / "pairs.jsonl")["pairs"] == 5
+    with pytest.raises(FeedbackFormatError, match=r"missing.jsonl:1: completions\[1\].annotations: lacks the "
+                                                  r"aspect\(s\) \['Ethical Considerations'\]"):
+        build_pairs_file(path, tmp_path / "strict.jsonl", rule="strict")
+    unannotated = dict(raw, completions=[dict(c) for c in raw["completions"]])
+    unannotated["completions"][2].pop("annotations")
+    path.write_text(json.dumps(raw) + "\n" + json.dumps(unannotated) + "\n")
+    with pytest.raises(FeedbackFormatError, match=r"missing.jsonl: record 1 \(id 'm'\): completions\[2\]"
+                                                  r".annotations: missing"):
+        build_pairs_file(path, tmp_path / "pairs.jsonl")
+    with pytest.raises(ValueError, match="rule must be one of"):
+        build_pairs([raw], rule="loose")
+
+
+def test_the_gate_refuses_what_silkie_keeps(tmp_path: Path) -> None:
+    """The pairs gate (policy fail) refuses repeated (image, prompt, chosen, rejected) and equal texts, which
+    the released rule keeps: the strict rule is what passes it."""
+    from silkfire.io import write_jsonl
+    from silkfire.quality.config import QualityConfig
+    from silkfire.quality.pairs import validate_pairs
+
+    (tmp_path / "merged_images").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "merged_images" / "d.jpg")
+    results = {}
+    for rule in ("silkie", "strict"):
+        pairs, _ = build_pairs([read_one(duplicated())], rule=rule)
+        write_jsonl(tmp_path / f"{rule}.jsonl", pairs)
+        results[rule] = validate_pairs(tmp_path / f"{rule}.jsonl", QualityConfig.from_mapping({}),
+                                       tmp_path / f"report-{rule}", image_root=tmp_path)
+    assert results["strict"].success, str(results["strict"])
+    assert not results["silkie"].success
 
 
 def read_one(raw: dict) -> dict:

@@ -1,20 +1,26 @@
 """Preference pairs from annotated VLFeedback records -- the rule of the released VLFeedback/Silkie code.
 
-For every record, all C(n, 2) pairs of its completions (n = 4 -> 6 pairs) are considered:
+For every record, all C(n, 2) pairs of its completions (n = 4 -> 6 pairs) are considered. Two rules
+(``rule``):
 
-- score of a completion = unweighted mean of its 3 aspect ratings (Helpfulness, Visual Faithfulness,
-  Ethical Considerations; :data:`silkfire.feedback.records.ASPECTS`);
-- a completion with a non-numeric rating (``"N/A"``, ``""``) or a missing aspect has no score and is left out
-  of every pair; each pair not formed because of it counts in ``skipped``;
-- the higher score is ``chosen``; exact ties are dropped (``ties``);
-- a pair whose (image, prompt, chosen text, rejected text) was already formed -- two models gave the same
-  response, common with short world answers ("Yes") -- or whose two texts are the same is dropped
-  (``duplicates``): the same example twice would weigh double in DPO and the pairs gate refuses it
-  (whitespace is collapsed when comparing texts);
-- options (defaults reproduce the paper: no margin, no cap): ``min_margin`` keeps only pairs with
-  ``chosen_score - rejected_score > min_margin`` (the dropped ones count in ``below_margin``, ties are still
-  counted as ties); ``max_pairs_per_prompt`` keeps a record's pairs with the largest margins (stable: earlier
-  (i, j) first on equal margins), the rest count in ``over_cap``.
+- ``silkie`` (default; vlf-silkie's run_dpo.py): score of a completion = unweighted mean of the aspect ratings
+  it has (Helpfulness, Visual Faithfulness, Ethical Considerations; :data:`silkfire.feedback.records.ASPECTS`)
+  -- a missing aspect is left out of the mean, as the released code averages over the aspects present; a
+  non-numeric rating (``"N/A"``, ``""``) or no rating at all leaves the completion without a score; pairs
+  repeating a (chosen, rejected) text, or of two equal texts rated differently, are KEPT as the released code
+  keeps them (``duplicates`` stays 0);
+- ``strict`` (our stricter variant): all 3 aspects are required (a missing one leaves the completion without
+  a score), and a pair whose (image, prompt, chosen text, rejected text) was already formed -- two models gave
+  the same response, common with short world answers ("Yes") -- or whose two texts are the same is dropped
+  (``duplicates``): the same example twice would weigh double in DPO and the pairs quality gate refuses it
+  (whitespace is collapsed when comparing texts).
+
+Both: a completion without a score is left out of every pair; each pair not formed because of it counts in
+``skipped``; the higher score is ``chosen``; exact ties are dropped (``ties``). Options (defaults reproduce the
+paper: no margin, no cap): ``min_margin`` keeps only pairs with ``chosen_score - rejected_score > min_margin``
+(the dropped ones count in ``below_margin``, ties are still counted as ties); ``max_pairs_per_prompt`` keeps a
+record's pairs with the largest margins (stable: earlier (i, j) first on equal margins), the rest count in
+``over_cap``.
 
 Pair record (the ``pairs`` kind of the quality gate, src/silkfire/quality/pairs.py)::
 
@@ -41,20 +47,32 @@ from silkfire.feedback.records import ASPECTS, FeedbackFormatError, rating_value
 from silkfire.io import write_jsonl
 
 COUNT_KEYS = ("records", "pairs", "ties", "skipped", "below_margin", "over_cap", "duplicates")
+RULES = ("silkie", "strict")
 
 
-def completion_score(annotations: Mapping[str, Any] | None, aspects: Sequence[str] = ASPECTS) -> float | None:
-    """Mean of the aspect ratings; ``None`` when an aspect is missing or any rating is non-numeric."""
+def check_rule(rule: str) -> str:
+    if rule not in RULES:
+        raise ValueError(f"pairs: rule must be one of {list(RULES)}, got {rule!r}")
+    return rule
+
+
+def completion_score(annotations: Mapping[str, Any] | None, aspects: Sequence[str] = ASPECTS,
+                     rule: str = "silkie") -> float | None:
+    """Mean of the aspect ratings; ``None`` when any rating present is non-numeric, or (strict) an aspect is
+    missing, or (silkie) no aspect is there at all."""
+    check_rule(rule)
     if not isinstance(annotations, Mapping):
         return None
     values = []
     for aspect in aspects:
         note = annotations.get(aspect)
+        if note is None and rule == "silkie":
+            continue  # the released code averages over the aspects present
         value = rating_value(note.get("Rating")) if isinstance(note, Mapping) else None
         if value is None:
             return None
         values.append(value)
-    return sum(values) / len(values)
+    return sum(values) / len(values) if values else None
 
 
 def _text(value: str) -> str:
@@ -68,14 +86,16 @@ def record_pairs(
     aspects: Sequence[str] = ASPECTS,
     carry: Sequence[str] = ("scene_id",),
     seen: set[tuple[str, str, str, str]] | None = None,
+    *,
+    rule: str = "silkie",
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The pairs of one row-form record and its counts (``records`` = 1); ``seen`` holds the (image, prompt,
-    chosen, rejected) keys formed so far (shared across records by :func:`build_pairs`)."""
+    chosen, rejected) keys formed so far (shared across records by :func:`build_pairs`; strict rule only)."""
     seen = set() if seen is None else seen
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["records"] = 1
     completions = record["completions"]
-    scores = [completion_score(completion.get("annotations"), aspects) for completion in completions]
+    scores = [completion_score(completion.get("annotations"), aspects, rule) for completion in completions]
     kept: list[tuple[float, dict[str, Any]]] = []
     for i, j in itertools.combinations(range(len(completions)), 2):
         if scores[i] is None or scores[j] is None:
@@ -91,7 +111,7 @@ def record_pairs(
             continue
         key = (record["img_path"], record["prompt"], _text(completions[high]["response"]),
                _text(completions[low]["response"]))
-        if key in seen or key[2] == key[3]:
+        if rule == "strict" and (key in seen or key[2] == key[3]):
             counts["duplicates"] += 1
             continue
         seen.add(key)
@@ -124,8 +144,12 @@ def build_pairs(
     max_pairs_per_prompt: int | None = None,
     aspects: Sequence[str] = ASPECTS,
     carry: Sequence[str] = ("scene_id",),
+    *,
+    rule: str = "silkie",
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """All pairs of row-form records (see :func:`silkfire.feedback.records.read_feedback`) and summed counts."""
+    """All pairs of row-form records (see :func:`silkfire.feedback.records.read_feedback`) and summed counts;
+    ``rule``: silkie (the released code's) | strict (module docstring)."""
+    check_rule(rule)
     if min_margin < 0:
         raise ValueError(f"pairs: min_margin must be >= 0, got {min_margin}")
     if max_pairs_per_prompt is not None and max_pairs_per_prompt < 1:
@@ -134,7 +158,7 @@ def build_pairs(
     totals = dict.fromkeys(COUNT_KEYS, 0)
     seen: set[tuple[str, str, str, str]] = set()
     for record in records:
-        found, counts = record_pairs(record, min_margin, max_pairs_per_prompt, aspects, carry, seen)
+        found, counts = record_pairs(record, min_margin, max_pairs_per_prompt, aspects, carry, seen, rule=rule)
         pairs.extend(found)
         for key in COUNT_KEYS:
             totals[key] += counts[key]
@@ -146,14 +170,31 @@ def build_pairs_file(
     out: str | Path,
     min_margin: float = 0.0,
     max_pairs_per_prompt: int | None = None,
+    *,
+    rule: str = "silkie",
 ) -> dict[str, int]:
     """Read a VLFeedback file (either layout; annotations required), write the pairs as JSONL, return counts.
 
     Every bad record of the file is reported at once (:class:`silkfire.feedback.records.FeedbackErrors`, each
     with file, line/record and field) and nothing is written; a file without records is an error too."""
-    records = read_feedback(source, require_annotations=True, all_errors=True)
+    check_rule(rule)
+    # the reader's "annotated" check also requires every aspect: the silkie rule averages the ones present,
+    # so it only asks that each completion be annotated
+    records = read_feedback(source, require_annotations=rule == "strict", all_errors=True)
     if not records:
         raise FeedbackFormatError(f"{source}: no records (an empty file?): nothing to build pairs from")
-    pairs, counts = build_pairs(records, min_margin, max_pairs_per_prompt)
+    if rule == "silkie":
+        _require_annotations(source, records)
+    pairs, counts = build_pairs(records, min_margin, max_pairs_per_prompt, rule=rule)
     write_jsonl(out, pairs)
     return counts
+
+
+def _require_annotations(source: str | Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Every completion annotated (aspects may be missing); the errors name file, record and field."""
+    errors = [f"{source}: record {index} (id {record['id']!r}): completions[{j}].annotations: missing (the "
+              "record is not annotated)"
+              for index, record in enumerate(records)
+              for j, completion in enumerate(record["completions"]) if completion.get("annotations") is None]
+    if errors:
+        raise FeedbackFormatError("\n".join(errors))

@@ -32,7 +32,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     options = cfg.silkie.pairs
     cap = options.max_pairs_per_prompt
     pairs, counts = build_pairs(iter_feedback(gated_feedback(cfg, root), require_annotations=True),
-                                float(options.min_margin), None if cap is None else int(cap))
+                                float(options.min_margin), None if cap is None else int(cap), rule=str(options.rule))
     if not pairs:
         raise ValueError(f"pairs: no pair could be built ({counts}); every prompt's responses tie or lack ratings")
     out = root / cfg.paths.feedback / OUTPUT
