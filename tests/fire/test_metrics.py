@@ -61,12 +61,25 @@ def test_edge_cases() -> None:
         free_dialogue_metrics([[3], []])
 
 
-def test_rr_equals_the_accuracy_curve_form_when_correct_dialogues_stop() -> None:
-    # FIRE's dialogues stop once correct, so RR = (acc_last - acc_1) / (1 - acc_1) (reference/fire.md check)
-    dialogues = [[5, 8], [9], [3, 4], [2, 5, 9], [7, 6]]
-    acc_first = sum(d[0] >= 8 for d in dialogues) / len(dialogues)
-    acc_last = sum(d[-1] >= 8 for d in dialogues) / len(dialogues)
-    assert free_dialogue_metrics(dialogues)["RR"] == pytest.approx((acc_last - acc_first) / (1 - acc_first))
+def test_three_tiny_dialogues_by_hand() -> None:
+    # Definitions (FIRE-Bench free dialogue): s_i^t = teacher score of dialogue i at turn t, n_i its turns,
+    # correct = score >= T (T = 8).
+    #   AT  = mean n_i
+    #   ADR = mean (s_i^{n_i} - s_i^1)
+    #   ATR = mean over dialogues with n_i > 1 of (s_i^{n_i} - s_i^1) / (n_i - 1)
+    #   RR  = #(wrong at turn 1 and correct at the end) / #(wrong at turn 1)
+    # dialogue   n_i  first  last  gain  gain/(n_i-1)  wrong first  correct at end
+    # [4, 6, 9]   3     4      9     5      2.5           yes           yes
+    # [9]         1     9      9     0      -             no            -
+    # [2, 5]      2     2      5     3      3             yes           no
+    # AT = (3 + 1 + 2) / 3 = 2;  ADR = (5 + 0 + 3) / 3 = 8/3;  ATR = (2.5 + 3) / 2 = 2.75;  RR = 1 / 2.
+    # Dialogues stop once correct, so RR also equals (acc_last - acc_1) / (1 - acc_1) = (2/3 - 1/3) / (2/3) = 1/2.
+    m = free_dialogue_metrics([[4, 6, 9], [9], [2, 5]])
+    assert m["AT"] == pytest.approx(2.0)
+    assert m["ADR"] == pytest.approx(8 / 3)
+    assert m["ATR"] == pytest.approx(2.75)
+    assert m["RR"] == pytest.approx(0.5)
+    assert (m["dialogues"], m["wrong_first"], m["refined"], m["atr_dialogues"], m["unparsable"]) == (3, 2, 1, 2, 0)
 
 
 def test_at_normalised_to_a_baseline() -> None:
