@@ -68,7 +68,9 @@ def test_every_scene_gets_each_type_and_the_val_split(world: Path) -> None:
 def test_max_items_keeps_whole_scenes_and_items_are_stable(world: Path) -> None:
     full = build_mmhal_world(world)
     assert build_mmhal_world(world, max_items=20) == full[:16]  # rounded down to whole scenes
-    assert build_mmhal_world(world, max_items=7) == [] and build_mmhal_world(world, max_items=8) == full[:8]
+    assert build_mmhal_world(world, max_items=0) == [] and build_mmhal_world(world, max_items=8) == full[:8]
+    with pytest.raises(ValueError, match="max_items 7 is less than one scene's 8 items"):
+        build_mmhal_world(world, max_items=7)
     # an item depends on (seed, scene, type) only: dropping scenes in front changes no other item
     from silkfire.feedback.oracle import load_world
 

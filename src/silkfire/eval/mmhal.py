@@ -196,8 +196,11 @@ def build_mmhal_items(scenes: Sequence[Scene], config: WorldConfig, seed: int = 
                       max_items: int | None = None) -> list[dict[str, Any]]:
     """One item of each of the 8 types per scene (in order), types in MMHAL_TYPES order, so the type of item i
     is MMHAL_TYPES[i % 8] as in the benchmark. ``max_items`` caps items, keeping whole scenes (rounded down to
-    a multiple of 8)."""
+    a multiple of 8; 1..7 is an error, it would keep nothing)."""
     if max_items is not None:
+        if 0 < max_items < len(MMHAL_TYPES):  # would round down to nothing: say so rather than score no item
+            raise ValueError(f"mmhal: max_items {max_items} is less than one scene's {len(MMHAL_TYPES)} items "
+                             f"(whole scenes are kept); use {len(MMHAL_TYPES)} or more")
         scenes = scenes[:max(0, max_items) // len(MMHAL_TYPES)]
     items = []
     for scene in scenes:
