@@ -156,7 +156,7 @@ def test_render_markdown_of_a_hand_made_report() -> None:
     assert "| MMHal-style score (0-6) | 2.500 [-3.853, 8.853] | 4.000 no CI (n=1) |" in text
     assert "| DPO - SFT: MMHal-style score (0-6) | 1.250 | [0.500, 2.000] | 1.000, 1.500 | yes | 16, 16 items |" in text
     assert "- DPO - SFT: MMHal-style score (0-6): 1.250, 95% CI [0.500, 2.000] excludes 0." in text
-    assert "- FIRE - SFT baseline: AT: -0.100, 95% CI [-0.400, 0.200] includes 0" in text
+    assert "- FIRE - SFT baseline: AT: -0.100, 95% CI [-0.400, 0.200] includes 0 (no difference shown at this level)" in text
     assert "1 of 2 logged stage metrics agree" in text and "seed 1 evaluate_dpo dpo.mmhal_score logged 4.500" in text
 
 
@@ -238,6 +238,8 @@ def seed_files(folder: Path, seed: int) -> dict[str, dict[str, Path]]:
     for label, accuracy in (("sft", 0.8), ("base", 0.5), ("blind", 0.55)):
         files["evaluate"][f"predictions/mme_predictions_{label}.jsonl"] = write_jsonl(
             folder / "evaluate" / f"mme_predictions_{label}.jsonl", mme_records(rng, accuracy))
+    files["evaluate"]["predictions/val/mme_predictions_sft.jsonl"] = write_jsonl(
+        folder / "evaluate" / "val" / "mme_predictions_sft.jsonl", mme_records(rng, 0.7, images=3))
     for label, accuracy, mean in (("sft", 0.75, 3.0), ("dpo", 0.8, 4.5)):
         files["evaluate_dpo"][f"predictions/mme_predictions_{label}.jsonl"] = write_jsonl(
             folder / "evaluate_dpo" / f"mme_predictions_{label}.jsonl", mme_records(rng, accuracy))
@@ -264,6 +266,8 @@ def logged_metrics(files: dict[str, dict[str, Path]]) -> dict[str, dict[str, flo
         scores = score_mme_file(files["evaluate"][f"predictions/mme_predictions_{label}.jsonl"])
         out["evaluate"] |= {f"mme.{label}.perception": scores["perception"],
                             f"mme.{label}.cognition": scores["cognition"]}
+    val = score_mme_file(files["evaluate"]["predictions/val/mme_predictions_sft.jsonl"])
+    out["evaluate"] |= {"val.mme.sft.perception": val["perception"], "val.mme.sft.cognition": val["cognition"]}
     for label in ("sft", "dpo"):
         mmhal = score_mmhal_file(files["evaluate_dpo"][f"predictions/mmhal_rated_{label}.jsonl"])
         mme = score_mme_file(files["evaluate_dpo"][f"predictions/mme_predictions_{label}.jsonl"])
@@ -361,6 +365,8 @@ def test_report_end_to_end(store: Any, mlflow_root: Path, tmp_path: Path, monkey
     assert report["git_commits"] == ["abc123def4567890"]
     assert all(set(run["stages"]) == {"evaluate", "evaluate_dpo", "fire_bench"} for run in report["runs"])
 
+    val = next(t for t in report["tables"] if "validation" in t["title"])
+    assert val["columns"] == ["sft"] and val["rows"][-2]["metric"] == "**perception (total)**"
     # per-seed values are the library's scores of each seed's files
     silkie = next(t for t in report["tables"] if t["title"].startswith("Silkie"))
     score_row = next(r for r in silkie["rows"] if r["metric"].startswith("MMHal"))
@@ -382,7 +388,7 @@ def test_report_end_to_end(store: Any, mlflow_root: Path, tmp_path: Path, monkey
     # every logged stage metric was checked; only the planted wrong one disagrees
     bad = [c for c in report["checks"] if not c["agree"]]
     assert [(c["seed"], c["metric"]) for c in bad] == [(1, "dpo.mmhal_score")]
-    assert len(report["checks"]) == 2 * (6 + 6 + 10)
+    assert len(report["checks"]) == 2 * (6 + 2 + 6 + 10)  # evaluate test + val, evaluate_dpo, fire_bench
     # the cached evaluate of seed 1 was followed to the run that made its outputs
     seed1 = next(r for r in report["runs"] if r["seed"] == 1)
     assert client.get_run(seed1["stages"]["evaluate"]).info.run_name == "evaluate"

@@ -21,7 +21,8 @@ import json
 import math
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -692,12 +693,29 @@ def _machine(runs: Sequence[SeedRun]) -> dict[str, Any]:
     return {"cpu": values("silkfire.cpu"), "threads": values("silkfire.threads"), "versions": versions}
 
 
+@contextmanager
+def _download_bars(shown: bool) -> Iterator[None]:
+    """MLflow draws a progress bar per downloaded file: quiet unless asked (--verbose)."""
+    import os
+
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "true" if shown else "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def build_report(client: Any, sweep: str, *, B: int = DEFAULT_B, bootstrap_seed: int = 0,
                  experiments: Sequence[str] | None = None, progress: bool = False) -> dict[str, Any]:
     """The whole report as a JSON-able dict (see the module docstring)."""
-    seed_runs = sorted(find_seed_runs(client, sweep, experiments), key=lambda r: r.seed)
     checks: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="silkfire-report-") as folder:
+    with tempfile.TemporaryDirectory(prefix="silkfire-report-") as folder, _download_bars(progress):
+        seed_runs = sorted(find_seed_runs(client, sweep, experiments), key=lambda r: r.seed)
         seeds = [read_seed(client, run, Path(folder), checks, progress) for run in seed_runs]
     runs = [{"seed": r.seed, "run_id": r.run.info.run_id, "name": r.run.info.run_name,
              "start": _iso(r.run.info.start_time), "end": _iso(r.run.info.end_time),
@@ -722,14 +740,17 @@ def build_report(client: Any, sweep: str, *, B: int = DEFAULT_B, bootstrap_seed:
 
 
 # ---- rendering ---------------------------------------------------------------------------------------------------
-def fmt(value: float | None) -> str:
+def fmt(value: float | None, like: float | None = None) -> str:
+    """1 decimal for MME-style scores (0-200 and sums), 3 for rates, turns and ratings; `like` picks the decimals
+    (an interval is written with its mean's)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
+    scale = abs(value if like is None or math.isnan(like) else like)
+    return f"{value:.1f}" if scale >= 10 else f"{value:.3f}"
 
 
-def _interval(ci: Sequence[float] | None) -> str:
-    return "no CI (n=1)" if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+def _interval(ci: Sequence[float] | None, mean: float) -> str:
+    return "no CI (n=1)" if ci is None else f"[{fmt(ci[0], mean)}, {fmt(ci[1], mean)}]"
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -753,7 +774,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for row in table["rows"]:
             cells = [row["cells"].get(c) for c in columns]
             lines.append(f"| {row['metric']} | " + " | ".join(
-                "-" if cell is None else f"{fmt(cell['mean'])} {_interval(cell['ci'])}" for cell in cells) + " |")
+                "-" if cell is None else f"{fmt(cell['mean'])} {_interval(cell['ci'], cell['mean'])}" for cell in cells) + " |")
         if table.get("note"):
             lines += ["", table["note"]]
         lines.append("")
@@ -762,13 +783,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   "| difference | mean | 95% CI | per seed | excludes 0 | paired units per seed |",
                   "|---|---:|---|---|---|---|"]
         for diff in report["differences"]:
-            lines.append(f"| {diff['name']} | {fmt(diff['mean'])} | {_interval(diff['ci'])} | "
-                         f"{', '.join(fmt(v) for v in diff['per_seed'])} | {'yes' if diff['excludes_zero'] else 'no'} "
+            lines.append(f"| {diff['name']} | {fmt(diff['mean'])} | {_interval(diff['ci'], diff['mean'])} | "
+                         f"{', '.join(fmt(v, diff['mean']) for v in diff['per_seed'])} | {'yes' if diff['excludes_zero'] else 'no'} "
                          f"| {', '.join(map(str, diff['items']))} {diff['unit']} |")
         lines.append("")
         for diff in report["differences"]:
-            verdict = "excludes 0" if diff["excludes_zero"] else "includes 0 (no difference shown)"
-            lines.append(f"- {diff['name']}: {fmt(diff['mean'])}, 95% CI {_interval(diff['ci'])} {verdict}.")
+            verdict = "excludes 0" if diff["excludes_zero"] else "includes 0 (no difference shown at this level)"
+            lines.append(f"- {diff['name']}: {fmt(diff['mean'])}, 95% CI {_interval(diff['ci'], diff['mean'])} "
+                         f"{verdict}.")
         lines.append("")
     bad = [c for c in report["checks"] if not c["agree"]]
     lines.append(f"Recomputed from the per-item artefacts; {len(report['checks']) - len(bad)} of "
