@@ -753,50 +753,69 @@ def _interval(ci: Sequence[float] | None, mean: float) -> str:
     return "no CI (n=1)" if ci is None else f"[{fmt(ci[0], mean)}, {fmt(ci[1], mean)}]"
 
 
+def _cell(cell: Mapping[str, Any] | None) -> str:
+    return "-" if cell is None else f"{fmt(cell['mean'])} {_interval(cell['ci'], cell['mean'])}"
+
+
+def _header_lines(report: Mapping[str, Any]) -> list[str]:
+    seeds, machine, stats = report["seeds"], report["machine"], report["statistics"]
+    commits = ", ".join(f"`{commit[:12]}`" for commit in report["git_commits"]) or "unknown"
+    one_seed = " With one seed the over-seed intervals are not defined and the bootstrap resamples items only."
+    return [f"### Results: sweep `{report['sweep']}`", "",
+            f"Seeds {', '.join(map(str, seeds))} (n = {len(seeds)}); measured {report['measured']['start']} to "
+            f"{report['measured']['end']}; commit(s) {commits}; CPU {', '.join(machine['cpu']) or 'unknown'}, "
+            f"threads {', '.join(machine['threads']) or 'unknown'}.", "",
+            f"Cells: mean over seeds [{int(stats['confidence'] * 100)}% Student-t interval]. Differences: "
+            f"{stats['differences']}, B = {stats['B']}, bootstrap seed {stats['bootstrap_seed']}."
+            + (one_seed if len(seeds) == 1 else ""), ""]
+
+
+def _table_lines(table: Mapping[str, Any]) -> list[str]:
+    columns = table["columns"]
+    lines = [f"#### {table['title']}", "", "| metric | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for row in table["rows"]:
+        lines.append(f"| {row['metric']} | " + " | ".join(_cell(row["cells"].get(c)) for c in columns) + " |")
+    return lines + (["", table["note"]] if table.get("note") else []) + [""]
+
+
+def _difference_lines(differences: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not differences:
+        return []
+    lines = ["#### Differences (paired bootstrap)", "",
+             "| difference | mean | 95% CI | per seed | excludes 0 | paired units per seed |",
+             "|---|---:|---|---|---|---|"]
+    for diff in differences:
+        per_seed = ", ".join(fmt(value, diff["mean"]) for value in diff["per_seed"])
+        lines.append(f"| {diff['name']} | {fmt(diff['mean'])} | {_interval(diff['ci'], diff['mean'])} | {per_seed} "
+                     f"| {'yes' if diff['excludes_zero'] else 'no'} | {', '.join(map(str, diff['items']))} "
+                     f"{diff['unit']} |")
+    lines.append("")
+    for diff in differences:
+        verdict = "excludes 0" if diff["excludes_zero"] else "includes 0 (no difference shown at this level)"
+        lines.append(f"- {diff['name']}: {fmt(diff['mean'])}, 95% CI {_interval(diff['ci'], diff['mean'])} "
+                     f"{verdict}.")
+    return lines + [""]
+
+
+def _checks_line(checks: Sequence[Mapping[str, Any]]) -> str:
+    bad = [check for check in checks if not check["agree"]]
+    line = (f"Recomputed from the per-item artefacts; {len(checks) - len(bad)} of {len(checks)} logged stage "
+            "metrics agree.")
+    if bad:
+        line += " Disagreeing: " + "; ".join(
+            f"seed {c['seed']} {c['stage']} {c['metric']} logged {fmt(c['logged'])} recomputed "
+            f"{fmt(c['recomputed'])}" for c in bad) + "."
+    return line
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """report.md, from report.json alone (so a committed README block can be checked against the JSON)."""
-    seeds = report["seeds"]
-    machine = report["machine"]
-    stats = report["statistics"]
-    lines = [f"### Results: sweep `{report['sweep']}`", "",
-             f"Seeds {', '.join(map(str, seeds))} (n = {len(seeds)}); measured {report['measured']['start']} to "
-             f"{report['measured']['end']}; commit(s) {', '.join(f'`{c[:12]}`' for c in report['git_commits']) or 'unknown'}; "
-             f"CPU {', '.join(machine['cpu']) or 'unknown'}, threads {', '.join(machine['threads']) or 'unknown'}.",
-             "",
-             f"Cells: mean over seeds [{int(stats['confidence'] * 100)}% Student-t interval]. Differences: "
-             f"{stats['differences']}, B = {stats['B']}, bootstrap seed {stats['bootstrap_seed']}."
-             + (" With one seed the over-seed intervals are not defined and the bootstrap resamples items only."
-                if len(seeds) == 1 else ""), ""]
+    lines = _header_lines(report)
     for table in report["tables"]:
-        columns = table["columns"]
-        lines += [f"#### {table['title']}", "", "| metric | " + " | ".join(columns) + " |",
-                  "|---|" + "---:|" * len(columns)]
-        for row in table["rows"]:
-            cells = [row["cells"].get(c) for c in columns]
-            lines.append(f"| {row['metric']} | " + " | ".join(
-                "-" if cell is None else f"{fmt(cell['mean'])} {_interval(cell['ci'], cell['mean'])}" for cell in cells) + " |")
-        if table.get("note"):
-            lines += ["", table["note"]]
-        lines.append("")
-    if report["differences"]:
-        lines += ["#### Differences (paired bootstrap)", "",
-                  "| difference | mean | 95% CI | per seed | excludes 0 | paired units per seed |",
-                  "|---|---:|---|---|---|---|"]
-        for diff in report["differences"]:
-            lines.append(f"| {diff['name']} | {fmt(diff['mean'])} | {_interval(diff['ci'], diff['mean'])} | "
-                         f"{', '.join(fmt(v, diff['mean']) for v in diff['per_seed'])} | {'yes' if diff['excludes_zero'] else 'no'} "
-                         f"| {', '.join(map(str, diff['items']))} {diff['unit']} |")
-        lines.append("")
-        for diff in report["differences"]:
-            verdict = "excludes 0" if diff["excludes_zero"] else "includes 0 (no difference shown at this level)"
-            lines.append(f"- {diff['name']}: {fmt(diff['mean'])}, 95% CI {_interval(diff['ci'], diff['mean'])} "
-                         f"{verdict}.")
-        lines.append("")
-    bad = [c for c in report["checks"] if not c["agree"]]
-    lines.append(f"Recomputed from the per-item artefacts; {len(report['checks']) - len(bad)} of "
-                 f"{len(report['checks'])} logged stage metrics agree." + ("" if not bad else " Disagreeing: " + "; ".join(
-                     f"seed {c['seed']} {c['stage']} {c['metric']} logged {fmt(c['logged'])} recomputed "
-                     f"{fmt(c['recomputed'])}" for c in bad) + "."))
+        lines += _table_lines(table)
+    lines += _difference_lines(report["differences"])
+    lines.append(_checks_line(report["checks"]))
     return "\n".join(lines) + "\n"
 
 
