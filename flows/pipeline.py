@@ -24,7 +24,7 @@ from silkfire.config import project_root, write_params
 from silkfire.reporting import (GATE_STAGES, StageRow, collect_row, experiment_label, headline_metrics,
                                  markdown_table, parent_run_name, print_table)
 from silkfire.stages import pipeline_stages
-from silkfire.tracking.runs import KIND_TAG, PARENT_RUN_ENV, description, run_tags, safe_params
+from silkfire.tracking.runs import KIND_TAG, PARENT_RUN_ENV, description, machine_tags, run_tags, safe_params
 from silkfire.versioning import has_default_remote, push, reproduce_stage
 from silkfire.workspace import crash_dead_flow_runs, note_holder, workspace_lock
 
@@ -117,8 +117,9 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True,
         rows: list[StageRow] = []
         started = time.perf_counter()
         name = parent_run_name(overrides, cfg.seed, flow_run_name())
-        tags = run_tags(root) | {KIND_TAG: "pipeline", "silkfire.experiment": experiment_label(overrides),
-                                 "silkfire.flow_run": flow_run_name(), "silkfire.flow_run_id": flow_run_id()}
+        tags = run_tags(root) | machine_tags(cfg) | {
+            KIND_TAG: "pipeline", "silkfire.experiment": experiment_label(overrides),
+            "silkfire.flow_run": flow_run_name(), "silkfire.flow_run_id": flow_run_id()}
         with mlflow.start_run(run_name=name, tags=tags) as parent:
             logger.info("MLflow run %r: %s", name, run_url(experiment_id, parent.info.run_id))
             mlflow.log_params(safe_params(cfg))

@@ -18,7 +18,8 @@ from silkfire.tracking.runs import STAGE_TAG, run_tags
 # of the pipeline run. Gate verdicts come from the run itself (a failing gate stops it): `gates.passed`.
 HEADLINE: dict[str, tuple[str, ...]] = {
     "sft": ("train_loss", "eval_loss"),
-    "evaluate": ("mme.sft.perception", "mme.sft.cognition", "mme.blind.perception", "mme.blind.cognition"),
+    "evaluate": ("mme.sft.perception", "mme.sft.cognition", "mme.blind.perception", "mme.blind.cognition",
+                 "val.mme.sft.perception"),
     "evaluate_dpo": ("dpo.mme_perception", "dpo.mme_cognition", "dpo.mmhal_score", "dpo.hallucination_rate",
                      "sft.mmhal_score", "sft.hallucination_rate"),
     "fire_bench": ("free.oracle.fire.AT", "free.oracle.fire.RR", "free.oracle.sft.AT", "free.oracle.sft.RR"),

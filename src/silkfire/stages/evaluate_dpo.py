@@ -5,7 +5,8 @@
   short-answer suffix, rated 0-6 by the oracle (default) or by an OpenAI-compatible judge
   (`silkie.evaluate.mmhal_rater: api`, client settings from `silkie.judge` of kind api);
   MMHal score, hallucination rate (share of ratings < 3) and per-type scores.
-Writes predictions and a Markdown comparison table (also an MLflow artefact).
+Both sets twice: on the test scenes (the reported figures, top-level metric keys) and on the val scenes (under
+`val`: what choices read). Writes predictions and a Markdown comparison table (also an MLflow artefact).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-PARAMS = ("seed", "silkie.evaluate", "silkie.judge", "runtime", "paths.world", "paths.sft", "paths.dpo",
+PARAMS = ("world.seed", "silkie.evaluate", "silkie.judge", "runtime", "paths.world", "paths.sft", "paths.dpo",
           "paths.reports")
 MODELS = ("sft", "dpo")
 REPORT = "evaluate_dpo"
@@ -62,12 +63,10 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> str:
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
-    from silkfire.eval.generate import generate_answers
-    from silkfire.eval.mme import WORLD_CATEGORY_GROUPS, score_mme
-    from silkfire.eval.mmhal import build_mmhal_world, score_mmhal
-    from silkfire.io import read_records, write_jsonl
+    from silkfire.eval.mmhal import build_mmhal_world
+    from silkfire.io import read_records
     from silkfire.models.loading import load_vlm
-    from silkfire.runtime import from_config, oom_hint
+    from silkfire.runtime import from_config
     from silkfire.stages.evaluate import cap_pairs
     from silkfire.tracking.plots import subtask_bars
 
@@ -79,30 +78,27 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     world = root / cfg.paths.world
     out_dir = root / cfg.paths.reports / REPORT
     out_dir.mkdir(parents=True, exist_ok=True)
-    mme_records = cap_pairs(read_records(world / "mme.jsonl"), options.mme_max_items)
-    items = build_mmhal_world(world, out_dir / "mmhal_items.jsonl", seed=int(cfg.seed),
-                              max_items=options.mmhal_max_items)
-    questions = [{"question": item["question"], "image": item["image_path"]} for item in items]
+    world_seed = int(cfg.world.seed)  # items depend on the world only: every pipeline seed answers the same ones
+    # split -> (MME-style records, MMHal-style items, output folder). Test gives the reported figures (top-level
+    # keys); val (the val scenes) is what choices read, under "val".
+    splits = {"test": (cap_pairs(read_records(world / "mme.jsonl"), options.mme_max_items),
+                       build_mmhal_world(world, out_dir / "mmhal_items.jsonl", seed=world_seed,
+                                         max_items=options.mmhal_max_items), out_dir)}
+    if options.get("val", True):
+        val_dir = out_dir / "val"
+        splits["val"] = (cap_pairs(read_records(world / "mme_val.jsonl"), options.mme_max_items),
+                         build_mmhal_world(world, val_dir / "mmhal_items.jsonl", seed=world_seed,
+                                           max_items=options.get("val_mmhal_max_items"), split="val"), val_dir)
     rater = _rater(cfg, root)
     sources = {"sft": root / cfg.paths.sft / "model", "dpo": root / cfg.paths.dpo / "model"}
 
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {split: {} for split in splits}
     try:
         for label, source in sources.items():
             model, processor = load_vlm(source, dtype=runtime.dtype, device=runtime.device)
-            batch = int(options.batch_size)
-            oom = {"silkie.evaluate.batch_size": batch}
-            with oom_hint(f"evaluate_dpo ({label}, MME)", oom, runtime=runtime):
-                mme_answers = generate_answers(model, processor, mme_records, world, batch_size=batch,
-                                               max_new_tokens=int(options.mme_max_new_tokens))
-            scored = [record | {"prediction": answer} for record, answer in zip(mme_records, mme_answers)]
-            write_jsonl(out_dir / f"mme_predictions_{label}.jsonl", scored)
-            with oom_hint(f"evaluate_dpo ({label}, MMHal)", oom, runtime=runtime):
-                mmhal_answers = generate_answers(model, processor, questions, world, batch_size=batch,
-                                                 max_new_tokens=int(options.mmhal_max_new_tokens))
-            rated = rater.rate([item | {"model_answer": answer} for item, answer in zip(items, mmhal_answers)])
-            write_jsonl(out_dir / f"mmhal_rated_{label}.jsonl", rated)
-            results[label] = {"mme": score_mme(scored, WORLD_CATEGORY_GROUPS), "mmhal": score_mmhal(rated)}
+            for split, (mme_records, items, folder) in splits.items():
+                results[split][label] = _evaluate_model(model, processor, label, mme_records, items, rater, world,
+                                                        folder, options, runtime)
             del model, processor
             gc.collect()
     finally:
@@ -110,11 +106,48 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         if callable(close):
             close()
 
-    table = comparison_table(results)
+    table = comparison_table(results["test"])
     (out_dir / "comparison.md").write_text(table, encoding="utf-8")
     mlflow.log_text(table, "comparison.md")
-    mlflow.log_figure(subtask_bars({label: r["mme"] for label, r in results.items()}), "plots/mme_subtasks.png")
+    mlflow.log_figure(subtask_bars({label: r["mme"] for label, r in results["test"].items()}),
+                      "plots/mme_subtasks.png")
     mlflow.log_artifacts(str(out_dir), artifact_path="predictions")
+    metrics = split_metrics(results["test"], len(splits["test"][0]), len(splits["test"][1]))
+    if "val" in results:
+        metrics["val"] = split_metrics(results["val"], len(splits["val"][0]), len(splits["val"][1]))
+    if hasattr(rater, "metrics"):
+        metrics.update(rater.metrics())
+    return metrics
+
+
+def _evaluate_model(model: Any, processor: Any, label: str, mme_records: list[dict[str, Any]],
+                    items: list[dict[str, Any]], rater: Any, world: Path, folder: Path, options: Any,
+                    runtime: Any) -> dict[str, Any]:
+    """One model on one split: MME-style answers scored by MME's rules, MMHal-style answers rated; files written."""
+    from silkfire.eval.generate import generate_answers
+    from silkfire.eval.mme import WORLD_CATEGORY_GROUPS, score_mme
+    from silkfire.eval.mmhal import score_mmhal
+    from silkfire.io import write_jsonl
+    from silkfire.runtime import oom_hint
+
+    batch = int(options.batch_size)
+    oom = {"silkie.evaluate.batch_size": batch}
+    with oom_hint(f"evaluate_dpo ({label}, MME)", oom, runtime=runtime):
+        mme_answers = generate_answers(model, processor, mme_records, world, batch_size=batch,
+                                       max_new_tokens=int(options.mme_max_new_tokens))
+    scored = [record | {"prediction": answer} for record, answer in zip(mme_records, mme_answers)]
+    write_jsonl(folder / f"mme_predictions_{label}.jsonl", scored)
+    questions = [{"question": item["question"], "image": item["image_path"]} for item in items]
+    with oom_hint(f"evaluate_dpo ({label}, MMHal)", oom, runtime=runtime):
+        mmhal_answers = generate_answers(model, processor, questions, world, batch_size=batch,
+                                         max_new_tokens=int(options.mmhal_max_new_tokens))
+    rated = rater.rate([item | {"model_answer": answer} for item, answer in zip(items, mmhal_answers)])
+    write_jsonl(folder / f"mmhal_rated_{label}.jsonl", rated)
+    return {"mme": score_mme(scored, WORLD_CATEGORY_GROUPS), "mmhal": score_mmhal(rated)}
+
+
+def split_metrics(results: dict[str, dict[str, Any]], mme_questions: int, mmhal_items: int) -> dict[str, Any]:
+    """One split's metrics: per model (sft, dpo) the headline figures, and the DPO - SFT gains."""
     sft, dpo = results["sft"], results["dpo"]
     metrics: dict[str, Any] = {
         label: {"mmhal_score": r["mmhal"]["score"], "hallucination_rate": r["mmhal"]["hallucination_rate"],
@@ -129,9 +162,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         "mme_perception": round(dpo["mme"]["perception"] - sft["mme"]["perception"], 3),
         "mme_cognition": round(dpo["mme"]["cognition"] - sft["mme"]["cognition"], 3),
     }
-    metrics["mme_questions"], metrics["mmhal_items"] = len(mme_records), len(items)
-    if hasattr(rater, "metrics"):
-        metrics.update(rater.metrics())
+    metrics["mme_questions"], metrics["mmhal_items"] = mme_questions, mmhal_items
     return metrics
 
 

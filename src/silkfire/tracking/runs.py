@@ -60,6 +60,35 @@ def safe_params(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[s
     return params
 
 
+def machine_tags(cfg: Any) -> dict[str, str]:
+    """What a figure depends on beyond the config: the pipeline seed, the CPU, the thread count, library versions.
+
+    Figures from the same commit and seed moved between machines (a knife-edge plateau in SFT), so every pipeline
+    run records where it ran; `silkfire report` prints it beside the figures.
+    """
+    import json
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux names the model in /proc/cpuinfo; platform.processor() is often empty there
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("torch", "transformers", "peft", "mlflow", "dvc", "prefect", "great_expectations", "numpy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return {"silkfire.seed": str(cfg.seed), "silkfire.cpu": cpu, "silkfire.cpu_count": str(os.cpu_count()),
+            "silkfire.threads": str(cfg.train.num_threads), "silkfire.python": platform.python_version(),
+            "silkfire.versions": json.dumps(versions, sort_keys=True)}
+
+
 def run_tags(root: Path, stage: str | None = None) -> dict[str, str]:
     tags = {"silkfire.project_root": str(root)}
     if token := current_token():  # a crash leaves the run RUNNING: the next holder finds it by this tag
