@@ -256,7 +256,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     try:
         report = build_report(_tracking_client(), args.sweep, B=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
                               progress=args.verbose)
-        paths = write_report(report, args.out or Path("results") / args.sweep)
+        from silkfire.config import project_root
+
+        paths = write_report(report, args.out or project_root() / "results" / args.sweep)
         if args.readme:
             args.readme.write_text(replace_readme_block(args.readme.read_text(encoding="utf-8"), report),
                                    encoding="utf-8")
