@@ -432,9 +432,14 @@ def test_report_names_a_stage_without_artefacts(store: Any, tmp_path: Path) -> N
         R.build_report(mlflow.MlflowClient(), "partial", B=50)
 
 
-def test_report_without_runs(store: Any) -> None:
+def test_report_without_runs(store: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import silkfire.cli as cli
+
     with pytest.raises(R.ReportError, match="no pipeline runs tagged silkfire.sweep='nothing'"):
         R.build_report(store.MlflowClient(), "nothing")
+    monkeypatch.setattr(cli, "_tracking_client", lambda: store.MlflowClient())
+    assert cli.main(["report", "--sweep", "nothing"]) == 2
+    assert capsys.readouterr().err.startswith("error: no pipeline runs tagged silkfire.sweep='nothing'")
 
 
 def test_one_seed_report_says_there_is_no_interval(store: Any, tmp_path: Path) -> None:
