@@ -37,10 +37,10 @@ def shrink(overrides: list[str], **values: object) -> list[str]:
 SMOKE = [
     *shrink([o for o in SILKIE_TINY if not o.startswith("experiment=")],
             silkie__sample__max_instructions=8, silkie__dpo__max_steps=2, silkie__dpo__save_steps=1,
-            silkie__dpo__eval_fraction=0.25, silkie__evaluate__mme_max_items=8, silkie__evaluate__mmhal_max_items=4,
+            silkie__dpo__eval_fraction=0.25, silkie__evaluate__mme_max_items=8, silkie__evaluate__mmhal_max_items=8,
             silkie__evaluate__mmhal_max_new_tokens=6),
     *shrink(FIRE_TINY, world__train_scenes=6, world__val_scenes=1, world__test_scenes=8,
-            fire__dialogues__train_questions=16, fire__dialogues__test_questions=4,
+            fire__dialogues__train_questions=16, fire__dialogues__test_questions=4, fire__dialogues__val_questions=4,
             fire__sft__student__max_steps=2, fire__sft__teacher__max_steps=2, fire__sft__student__batch_size=4,
             fire__sft__teacher__batch_size=4, fire__sft__student__max_eval_samples=4,
             fire__sft__teacher__max_eval_samples=4, fire__bench__max_dialogues=3, fire__bench__fixed_items=3,
@@ -107,9 +107,12 @@ def test_both_branches_run_stage_by_stage(mlflow_root: Path, monkeypatch: pytest
     for label in ("sft", "dpo"):
         assert 0 <= metrics["evaluate_dpo"][label]["mmhal_score"] <= 6
 
-    assert metrics["validate_dialogues"]["train"]["success"]
+    assert metrics["validate_dialogues"]["train"]["success"] and metrics["validate_dialogues"]["val"]["success"]
     for role in ("student", "teacher"):
         assert metrics["fire_sft"][role]["global_step"] == 2
         assert (root / f"models/fire_{role}/model/model.safetensors").is_file()
     assert metrics["fire_bench"]["free"]["oracle"]["fire"]["dialogues"] == 3
     assert (root / "reports/fire_bench/fire_bench.md").is_file()
+    val = metrics["fire_bench"]["val"]  # FIRE-Bench on the val split too, beside test (issue 14)
+    assert 0 < val["free"]["oracle"]["fire"]["dialogues"] <= 3 and "AT_norm" in val["free"]["oracle"]["fire"]
+    assert set(val["fixed"]["student"]) == {"sft", "fire"} and (root / "reports/fire_bench/val/fire_bench.md").is_file()

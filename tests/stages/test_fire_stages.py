@@ -17,7 +17,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 TINY = [
     "world.train_scenes=10", "world.val_scenes=2", "world.test_scenes=4",
-    "fire.dialogues.train_questions=40", "fire.dialogues.test_questions=12", "fire.dialogues.progress=false",
+    "fire.dialogues.train_questions=40", "fire.dialogues.test_questions=12", "fire.dialogues.val_questions=6",
+    "fire.dialogues.progress=false",
     "fire.sft.val_fraction=0.1", "fire.sft.mix_sft=0.25",
     "fire.sft.student.max_steps=4", "fire.sft.student.batch_size=8", "fire.sft.student.progress=false",
     "fire.sft.student.logging_steps=2", "fire.sft.student.max_eval_samples=8",
@@ -59,7 +60,7 @@ def test_fire_branch_stages_end_to_end(project: Path) -> None:
 
     run_stage("validate", project)  # the world gate: fire_sft mixes world records and checks its verdict
     dialogues = run_stage("dialogues", project)
-    for split, count in (("train", 40), ("test", 12)):
+    for split, count in (("train", 40), ("test", 12), ("val", 6)):
         path = project / "data" / "fire" / "dialogues" / f"{split}.jsonl"
         records, rejected = read_dialogues(path)
         assert not rejected and len(records) == dialogues[split]["dialogues"] == count
@@ -67,10 +68,12 @@ def test_fire_branch_stages_end_to_end(project: Path) -> None:
         assert all(d.extra.get("family") in ("open", "probe") for d in records)
     test_images = {d.image for d in read_dialogues(project / "data/fire/dialogues/test.jsonl")[0]}
     assert all(image.startswith("images/test-") for image in test_images)  # held-out scenes only
+    val_images = {d.image for d in read_dialogues(project / "data/fire/dialogues/val.jsonl")[0]}
+    assert all(image.startswith("images/val-") for image in val_images)  # val scenes only
     assert dialogues["train"]["RR"] > 0  # the scripted students do refine
 
     gate = run_stage("validate_dialogues", project)
-    assert gate["train"]["success"] and gate["test"]["success"]
+    assert gate["train"]["success"] and gate["test"]["success"] and gate["val"]["success"]
     assert (project / "reports" / "validate_dialogues" / "report.md").is_file()
 
     trained = run_stage("fire_sft", project)
@@ -110,6 +113,11 @@ def test_fire_branch_stages_end_to_end(project: Path) -> None:
     assert json.loads((project / "metrics" / "fire_bench.json").read_text())["free"]["oracle"]["fire"]["dialogues"] == 6
     artifacts = {a.path for a in client.list_artifacts(bench["mlflow_run_id"], "fire_bench")}
     assert "fire_bench/fire_bench.md" in artifacts
+    val = bench["val"]  # the same figures on the val split, its files under val/
+    assert val["val_dialogues"] == 6 and set(val["free"]) == {"oracle", "trained"}
+    assert val["free"]["oracle"]["fire"]["dialogues"] == 6 and set(val["fixed"]["teacher"]) == {"sft", "teacher"}
+    assert (report / "val" / "free_oracle_fire.jsonl").is_file()
+    assert "FIRE-Bench (val split)" in (report / "val" / "fire_bench.md").read_text()
 
 
 def test_branch_lock_outputs_are_part_of_the_lineage(tmp_path: Path) -> None:

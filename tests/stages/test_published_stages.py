@@ -114,6 +114,7 @@ def test_fire_100k_is_a_dialogue_source_and_passes_the_fire_gate(mlflow_root: Pa
     metrics = run_stage("dialogues", root)
     assert metrics["source"] == "published"
     assert metrics["train"]["dialogues"] == 3 and metrics["test"]["dialogues"] == 4
+    assert "val" not in metrics and not (root / "data/fire/dialogues/val.jsonl").exists()  # FIRE has no val split
     train = read_records(root / "data/fire/dialogues/train.jsonl")
     published = json.loads((root / "FIRE" / "FIRE-train-100K.json").read_text())
     assert all(record in published for record in train)  # copied as released
@@ -123,7 +124,23 @@ def test_fire_100k_is_a_dialogue_source_and_passes_the_fire_gate(mlflow_root: Pa
         require_passed(OmegaConf.load(root / "params.yaml"), root, "fire_sft")
     gate = run_stage("validate_dialogues", root)
     assert gate["train"]["success"] and gate["train"]["images_checked"] == 3
+    assert "val" not in gate
     require_passed(OmegaConf.load(root / "params.yaml"), root, "fire_sft")  # fire_sft may train on it
+
+
+def test_a_published_val_file_becomes_the_val_split_and_is_gated(mlflow_root: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    root = fire_project(mlflow_root, monkeypatch)
+    make.make_fire(root / "FIRE", "FIRE-val.json")
+    cfg = OmegaConf.load(root / "params.yaml")
+    cfg.fire.dialogues.published.val_file = "FIRE/FIRE-val.json"
+    cfg.fire.dialogues.val_questions = 2
+    OmegaConf.save(cfg, root / "params.yaml")
+    metrics = run_stage("dialogues", root)
+    assert metrics["val"]["dialogues"] == 2
+    assert len(read_records(root / "data/fire/dialogues/val.jsonl")) == 2
+    gate = run_stage("validate_dialogues", root)
+    assert gate["val"]["success"] and gate["val"]["rows"] == 2
 
 
 def test_fire_sft_trains_student_and_teacher_on_published_dialogues(mlflow_root: Path,
