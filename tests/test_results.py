@@ -448,4 +448,6 @@ def test_one_seed_report_says_there_is_no_interval(store: Any, tmp_path: Path) -
     report = R.build_report(mlflow.MlflowClient(), "single", B=100)
     text = R.render_markdown(report)
     assert "no CI (n=1)" in text and "resamples items only" in text
+    paths = R.write_report(report, tmp_path / "out")  # the figure draws a mean without an interval too
+    assert paths["png"].stat().st_size > 0 and paths["md"].read_text(encoding="utf-8") == text
     assert all(not math.isnan(d["mean"]) and d["ci"] is not None for d in report["differences"])
