@@ -114,6 +114,9 @@ def test_comparison_table_names_models_teachers_and_the_paper() -> None:
     assert "| sft (baseline) | 1.000 | 2.000 | 1.000 | 0.500 | 0.200 |" in text
     assert "| fire | 0.750 |" in text and "| teacher | 0.500 | 0.400 | 0.300 | 0.200 | 1.200 | 0.700 | 1 | 5 |" in text
     assert "0.84" in text and "1.88" in text  # the paper's numbers for context
+    assert text.startswith("# FIRE-Bench\n")
+    val = bench.comparison_markdown(free, {}, {}, baseline="sft", title="FIRE-Bench (val split)")
+    assert val.startswith("# FIRE-Bench (val split)\n")  # the val table says which split it is
 
 
 def test_a_real_tiny_model_through_both_protocols(fire_world: Path, fire_model: Path, test_dialogues) -> None:
