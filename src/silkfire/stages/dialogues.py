@@ -17,9 +17,9 @@ plus the world's ``id``/``family``/``category``; the `validate_dialogues` gate c
 (``test_file``, FIRE-test.json) the test dialogues, each a seeded sample of ``train_questions`` /
 ``test_questions`` records (null: all), copied as they are (any extra keys kept) in file order. FIRE publishes no
 validation split: val dialogues exist only when ``published.val_file`` names one (capped by ``val_questions``);
-otherwise there is no val.jsonl and FIRE-Bench reports test only. Their image
-paths resolve against ``fire.dialogues.published.image_root`` (:func:`image_root`), which the FIRE gate reads
-through the image path policy. Read with :mod:`silkfire.data.published` (JSON list, JSONL or parquet); a file
+otherwise there is no val.jsonl and FIRE-Bench reports test only (:func:`splits`). Their image paths resolve
+against ``fire.dialogues.published.image_root`` (:func:`image_root`), which the FIRE gate reads through the image
+path policy. Read with :mod:`silkfire.data.published` (JSON list, JSONL or parquet); a file
 that cannot be read stops the stage naming file and record; bad records are the gate's to report.
 """
 
