@@ -144,25 +144,73 @@ def test_a_missing_aspect_is_averaged_by_the_silkie_rule(tmp_path: Path) -> None
         build_pairs([raw], rule="loose")
 
 
-def test_the_gate_refuses_what_silkie_keeps(tmp_path: Path) -> None:
-    """The pairs gate (policy fail) refuses repeated (image, prompt, chosen, rejected) and equal texts, which
-    the released rule keeps: the strict rule is what passes it."""
-    from silkfire.io import write_jsonl
+def _gate_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "merged_images").mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "merged_images" / "d.jpg")
+
+
+def _gate(path: Path, rule: str | None, report: Path, image_root: Path):
     from silkfire.quality.config import QualityConfig
     from silkfire.quality.pairs import validate_pairs
 
-    (tmp_path / "merged_images").mkdir()
-    from PIL import Image
+    config = QualityConfig.from_mapping({} if rule is None else {"pairs": {"rule": rule}})
+    return validate_pairs(path, config, report, image_root=image_root)
 
-    Image.new("RGB", (8, 8)).save(tmp_path / "merged_images" / "d.jpg")
-    results = {}
+
+def test_the_gate_checks_under_the_rule_that_built_the_pairs(tmp_path: Path) -> None:
+    """Silkie output -- repeated (image, prompt, chosen, rejected) from different completion pairs and records,
+    equal texts rated differently -- passes the gate under rule silkie and fails the same file under strict
+    (the gate's default on its own); strict output passes under both."""
+    from silkfire.io import write_jsonl
+
+    _gate_images(tmp_path)
+    raw = duplicated()
     for rule in ("silkie", "strict"):
-        pairs, _ = build_pairs([read_one(duplicated())], rule=rule)
+        pairs, _ = build_pairs([read_one(raw), read_one(dict(raw, id="d2"))], rule=rule)
         write_jsonl(tmp_path / f"{rule}.jsonl", pairs)
-        results[rule] = validate_pairs(tmp_path / f"{rule}.jsonl", QualityConfig.from_mapping({}),
-                                       tmp_path / f"report-{rule}", image_root=tmp_path)
-    assert results["strict"].success, str(results["strict"])
-    assert not results["silkie"].success
+    silkie = _gate(tmp_path / "silkie.jsonl", "silkie", tmp_path / "r1", tmp_path)
+    assert silkie.success, str(silkie)
+    assert silkie.summary()["rows_out"] == 10
+    for rule in ("strict", None):
+        refused = _gate(tmp_path / "silkie.jsonl", rule, tmp_path / f"r2-{rule}", tmp_path)
+        assert not refused.success
+        text = refused.to_text()
+        assert "chosen__differs" in text or "'chosen' differs from 'rejected'" in text, text
+        assert "duplicate" in text, text
+    for rule in ("silkie", "strict"):
+        assert _gate(tmp_path / "strict.jsonl", rule, tmp_path / f"r3-{rule}", tmp_path).success
+
+
+def test_the_silkie_gate_keeps_every_other_check(tmp_path: Path) -> None:
+    """Under silkie the ids stay unique (one per completion pair) and chosen_score > rejected_score holds."""
+    from silkfire.io import write_jsonl
+
+    _gate_images(tmp_path)
+    pairs, _ = build_pairs([read_one(duplicated())])
+    for name, bad in (("repeated_id", [*pairs, pairs[0]]),
+                      ("tie", [*pairs[1:], dict(pairs[0], rejected_score=pairs[0]["chosen_score"])]),
+                      ("no_image", [*pairs[1:], {k: v for k, v in pairs[0].items() if k != "img_path"}])):
+        write_jsonl(tmp_path / f"{name}.jsonl", bad)
+        assert not _gate(tmp_path / f"{name}.jsonl", "silkie", tmp_path / name, tmp_path).success, name
+    with pytest.raises(ValueError, match="rule must be one of"):
+        _gate(tmp_path / "tie.jsonl", "loose", tmp_path / "loose", tmp_path)
+
+
+def test_validate_cli_takes_the_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from silkfire.io import write_jsonl
+
+    _gate_images(tmp_path)
+    pairs, _ = build_pairs([read_one(duplicated())])
+    path = tmp_path / "pairs.jsonl"
+    write_jsonl(path, pairs)
+    common = ["validate", "pairs", str(path), "--image-root", str(tmp_path), "--set", "data_docs=false"]
+    assert main([*common, "--report-dir", str(tmp_path / "a"), "--rule", "silkie"]) == 0
+    assert main([*common, "--report-dir", str(tmp_path / "b"), "--rule", "strict"]) == 1
+    assert main([*common, "--report-dir", str(tmp_path / "c")]) == 1  # strict unless told
+    assert main([*common, "--report-dir", str(tmp_path / "d"), "--set", "pairs.rule=silkie"]) == 0
+    capsys.readouterr()
 
 
 def read_one(raw: dict) -> dict:

@@ -1,4 +1,4 @@
-"""``silkfire validate KIND PATH [--image-root DIR]``: any file through its gate, a report, an exit code.
+"""``silkfire validate KIND PATH [--image-root DIR] [--rule silkie|strict]``: any file through its gate, a report, an exit code.
 
 The top-level CLI (``silkfire.cli``) parses the arguments and calls :func:`validate_command`; everything
 else lives here so the command can be tested without the CLI.
@@ -141,10 +141,16 @@ def add_arguments(parser: Any) -> None:
                         help="profile.json of the previous data version (drift checks)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a quality config override, repeatable: --set fire.policy=filter --set check_images=false")
+    parser.add_argument("--rule", choices=("silkie", "strict"), default=None,
+                        help="pairs only: the pair rule that built the file (= --set pairs.rule=RULE); silkie "
+                             "accepts repeated and equal chosen/rejected texts, strict (default) refuses them")
 
 
 def run_args(args: Any) -> int:
-    return validate_command(args.kind, args.path, args.image_root, list(args.overrides), report_dir=args.report_dir,
+    overrides = list(args.overrides)
+    if getattr(args, "rule", None):
+        overrides.append(f"pairs.rule={args.rule}")
+    return validate_command(args.kind, args.path, args.image_root, overrides, report_dir=args.report_dir,
                             previous_profile=args.previous_profile, progress=True)
 
 

@@ -18,6 +18,7 @@ from silkfire.images import DEFAULT_MAX_PIXELS
 
 POLICIES = ("fail", "filter")  # fail: any failed expectation stops the pipeline; filter: quarantine bad rows
 KINDS = ("world", "vlfeedback", "pairs", "fire", "mme", "mmhal")
+PAIR_RULES = ("silkie", "strict")  # = silkfire.feedback.pairs.RULES (the gate does not import the builder)
 
 _DEFAULT_FAMILIES: dict[str, tuple[str, ...]] = {
     "mme": ("existence", "count", "position", "color", "numerical_calculation", "comparison"),
@@ -175,11 +176,21 @@ class VLFeedbackConfig(GateConfig):
 
 @dataclass(frozen=True)
 class PairsConfig(GateConfig):
-    """Preference pairs (docs/quality.md): chosen differs from rejected, chosen_score > rejected_score."""
+    """Preference pairs (docs/quality.md): chosen_score > rejected_score; under rule ``strict`` also chosen differs
+    from rejected and no (image, prompt, chosen, rejected) repeats."""
 
     min_margin: float = 0.0  # chosen_score - rejected_score must be > this (0: strictly greater)
+    # the pair rule that built the file (silkfire.feedback.pairs): strict refuses repeated (image, prompt, chosen,
+    # rejected) and chosen == rejected; silkie (vlf-silkie's run_dpo.py) keeps both, as the released code does.
+    # The `pairs` stage sets it from silkie.pairs.rule; a file checked on its own is checked strictly by default.
+    rule: str = "strict"
 
     KIND: ClassVar[str] = "pairs"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rule not in PAIR_RULES:
+            raise ValueError(f"rule must be one of {list(PAIR_RULES)}, got {self.rule!r}")
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,22 @@
 
 ``{"id", "prompt", "image" | "img_path", "chosen", "rejected", "chosen_score", "rejected_score"}`` plus
 optional provenance (``source_id``, ``chosen_model``, ``rejected_model``, ``aspect``, ...; other keys are
-ignored). Rules: an image path (``image``, else ``img_path``), chosen and rejected non-blank and different
-(after collapsing whitespace), both scores numbers (not booleans), ``chosen_score > rejected_score`` (by more
-than ``pairs.min_margin``), no duplicate (image, prompt, chosen, rejected).
+ignored). Rules: an image path (``image``, else ``img_path``), chosen and rejected non-blank, both scores numbers
+(not booleans), ``chosen_score > rejected_score`` (by more than ``pairs.min_margin``), unique ids; and under
+``pairs.rule`` ``strict`` (the default of a file checked on its own) also chosen and rejected different (after
+collapsing whitespace) and no duplicate (image, prompt, chosen, rejected).
+
+Under ``pairs.rule`` ``silkie`` (what the `pairs` stage builds by default: vlf-silkie's run_dpo.py) those two are
+allowed: the released code forms all C(4, 2) pairs of each record's completions without comparing texts, so when
+several policies give the same answer ("Yes") the same (prompt, chosen, rejected) texts come from different
+completion pairs (different ids, still unique), and two equal texts rated differently make a pair.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +86,15 @@ def derive_pairs(records: Sequence[dict[str, Any]], status: Sequence[str], cfg: 
 
 
 def pairs_checks(frame: Any, cfg: PairsConfig, config: QualityConfig) -> list[Check]:
-    checks = [
-        is_ok("image__given", "every pair names its image ('image' or 'img_path')", HINT, field="image"),
-        is_ok("chosen__differs", "'chosen' differs from 'rejected' (whitespace aside)",
-              "drop the pair (nothing to prefer); " + HINT, field="chosen"),
+    checks = [is_ok("image__given", "every pair names its image ('image' or 'img_path')", HINT, field="image")]
+    if cfg.rule == "strict":
+        checks.append(is_ok("chosen__differs", "'chosen' differs from 'rejected' (whitespace aside)",
+                            "drop the pair (nothing to prefer); " + HINT, field="chosen"))
+    # Under silkie a pair whose chosen and rejected texts are equal is kept: its DPO gradient is exactly zero (the
+    # policy and the reference give both sides the same log-probabilities, so the logit is 0 whatever the model),
+    # it only dilutes the batch -- but vlf-silkie keeps such pairs and the paper trained on them, so the gate
+    # accepts what the reproduced rule produces; rule strict (the builder's and the gate's) refuses them.
+    checks += [
         greater("chosen_score", "rejected_score", "'chosen_score' is greater than 'rejected_score'",
                 "swap chosen and rejected, or drop ties; " + HINT),
     ]
@@ -108,6 +120,8 @@ SPEC = KindSpec(
     image_field="image",
     texts=("prompt", "chosen", "rejected"),
 )
+# rule silkie: repeated (image, prompt, chosen, rejected) texts are allowed (ids stay unique: one per completion pair)
+SPECS = {"strict": SPEC, "silkie": replace(SPEC, duplicate=())}
 
 
 def validate_pairs(
@@ -119,6 +133,6 @@ def validate_pairs(
     previous_profile: str | Path | None = None,
     progress: bool = False,
 ) -> GateResult:
-    """Validate a preference-pair file (JSONL or a JSON list); see :func:`validate_file`."""
-    return validate_file(SPEC, path, config, report_dir, image_root, previous_profile=previous_profile,
+    """Validate a preference-pair file (JSONL or a JSON list) under ``config.pairs.rule``; see :func:`validate_file`."""
+    return validate_file(SPECS[config.pairs.rule], path, config, report_dir, image_root, previous_profile=previous_profile,
                          progress=progress)

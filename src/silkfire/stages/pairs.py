@@ -1,12 +1,13 @@
 """Stage `pairs`: VLFeedback's pair rule (mean of the 3 aspect ratings; ties dropped, non-numeric skipped; optional
-margin and cap per prompt) on the gated records, then the `pairs` quality gate on the result."""
+margin and cap per prompt) on the gated records, then the `pairs` quality gate on the result -- under the same
+rule (``silkie.pairs.rule`` becomes ``quality.pairs.rule``: silkie's repeated and equal texts pass, strict's not)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 PARAMS = ("quality", "silkie.pairs", "silkie.sample.source", "silkie.sample.image_root", "paths.world",
           "paths.feedback", "paths.reports")
@@ -18,6 +19,16 @@ def gated_pairs(cfg: DictConfig, root: Path) -> Path:
     """The pairs DPO must read: the gate's clean copy when its policy filtered pairs."""
     clean = root / cfg.paths.reports / REPORT / "clean" / OUTPUT
     return clean if clean.is_file() else root / cfg.paths.feedback / OUTPUT
+
+
+def gate_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``quality.pairs.rule`` = ``silkie.pairs.rule``: the gate checks what this rule may produce."""
+    import copy
+
+    gated = copy.deepcopy(cfg)
+    with open_dict(gated):
+        gated.quality.pairs.rule = str(cfg.silkie.pairs.rule)
+    return gated
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
@@ -39,7 +50,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     write_jsonl(out, pairs)
     reports = root / cfg.paths.reports / REPORT
     reports.mkdir(parents=True, exist_ok=True)
-    gate = run_gate("pairs", out, cfg, root, reports, image_root(cfg, root))
+    gate = run_gate("pairs", out, gate_config(cfg), root, reports, image_root(cfg, root))
     wins = Counter(pair["chosen_model"] for pair in pairs)
     losses = Counter(pair["rejected_model"] for pair in pairs)
     win_rate = {model: round(wins[model] / (wins[model] + losses[model]), 3) for model in sorted(wins | losses)}
