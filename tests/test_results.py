@@ -251,6 +251,18 @@ def seed_files(folder: Path, seed: int) -> dict[str, dict[str, Path]]:
     for label, noise in (("sft", 4), ("teacher", 1)):
         files["fire_bench"][f"fire_bench/fixed_teacher_{label}.jsonl"] = write_jsonl(
             folder / "fire" / f"fixed_teacher_{label}.jsonl", fixed_rows(rng, noise))
+    # the val split of the branches: the same layout one folder down (smaller sets)
+    for label, accuracy, mean in (("sft", 0.7, 3.0), ("dpo", 0.75, 4.0)):
+        files["evaluate_dpo"][f"predictions/val/mme_predictions_{label}.jsonl"] = write_jsonl(
+            folder / "evaluate_dpo" / "val" / f"mme_predictions_{label}.jsonl", mme_records(rng, accuracy, 3))
+        files["evaluate_dpo"][f"predictions/val/mmhal_rated_{label}.jsonl"] = write_jsonl(
+            folder / "evaluate_dpo" / "val" / f"mmhal_rated_{label}.jsonl", mmhal_items(rng, mean, 8))
+    for label, good in (("sft", 0.3), ("fire", 0.5)):
+        files["fire_bench"][f"fire_bench/val/free_oracle_{label}.jsonl"] = write_jsonl(
+            folder / "fire" / "val" / f"free_oracle_{label}.jsonl", fire_records(rng, good, 6))
+    for label, noise in (("sft", 3), ("teacher", 1)):
+        files["fire_bench"][f"fire_bench/val/fixed_teacher_{label}.jsonl"] = write_jsonl(
+            folder / "fire" / "val" / f"fixed_teacher_{label}.jsonl", fixed_rows(rng, noise, 6))
     return files
 
 
@@ -268,20 +280,21 @@ def logged_metrics(files: dict[str, dict[str, Path]]) -> dict[str, dict[str, flo
                             f"mme.{label}.cognition": scores["cognition"]}
     val = score_mme_file(files["evaluate"]["predictions/val/mme_predictions_sft.jsonl"])
     out["evaluate"] |= {"val.mme.sft.perception": val["perception"], "val.mme.sft.cognition": val["cognition"]}
-    for label in ("sft", "dpo"):
-        mmhal = score_mmhal_file(files["evaluate_dpo"][f"predictions/mmhal_rated_{label}.jsonl"])
-        mme = score_mme_file(files["evaluate_dpo"][f"predictions/mme_predictions_{label}.jsonl"])
-        out["evaluate_dpo"] |= {f"{label}.mmhal_score": mmhal["score"],
-                                f"{label}.hallucination_rate": mmhal["hallucination_rate"],
-                                f"{label}.mme_perception": mme["perception"]}
-    for label in ("sft", "fire"):
-        free = score_fire_file(files["fire_bench"][f"fire_bench/free_oracle_{label}.jsonl"], threshold=8)
-        out["fire_bench"] |= {f"free.oracle.{label}.{k}": free[k] for k in ("AT", "ADR", "ATR", "RR")}
+    for folder, prefix in (("", ""), ("val/", "val.")):
+        for label in ("sft", "dpo"):
+            mmhal = score_mmhal_file(files["evaluate_dpo"][f"predictions/{folder}mmhal_rated_{label}.jsonl"])
+            mme = score_mme_file(files["evaluate_dpo"][f"predictions/{folder}mme_predictions_{label}.jsonl"])
+            out["evaluate_dpo"] |= {f"{prefix}{label}.mmhal_score": mmhal["score"],
+                                    f"{prefix}{label}.hallucination_rate": mmhal["hallucination_rate"],
+                                    f"{prefix}{label}.mme_perception": mme["perception"]}
+        for label in ("sft", "fire"):
+            free = score_fire_file(files["fire_bench"][f"fire_bench/{folder}free_oracle_{label}.jsonl"], threshold=8)
+            out["fire_bench"] |= {f"{prefix}free.oracle.{label}.{k}": free[k] for k in ("AT", "ADR", "ATR", "RR")}
+        for label in ("sft", "teacher"):
+            rows = read_records(files["fire_bench"][f"fire_bench/{folder}fixed_teacher_{label}.jsonl"])
+            out["fire_bench"][f"{prefix}fixed.teacher.{label}.MAE"] = score_mae(
+                [r["generated"] for r in rows], [r["reference"] for r in rows])["MAE"]
     out["fire_bench"]["free.oracle.sft.threshold"] = 8.0
-    for label in ("sft", "teacher"):
-        rows = read_records(files["fire_bench"][f"fire_bench/fixed_teacher_{label}.jsonl"])
-        out["fire_bench"][f"fixed.teacher.{label}.MAE"] = score_mae([r["generated"] for r in rows],
-                                                                    [r["reference"] for r in rows])["MAE"]
     return out
 
 
@@ -361,12 +374,21 @@ def test_report_end_to_end(store: Any, mlflow_root: Path, tmp_path: Path, monkey
 
     report = R.build_report(client, "seeds", B=300)
     assert report["seeds"] == [0, 1]
-    assert report["machine"] == {"cpu": ["Test CPU"], "threads": ["2"], "versions": [VERSIONS]}
+    assert report["machine"] == {"cpu": ["Test CPU"], "cpu_count": [], "threads": ["2"], "python": [],
+                                 "versions": [VERSIONS]}
     assert report["git_commits"] == ["abc123def4567890"]
     assert all(set(run["stages"]) == {"evaluate", "evaluate_dpo", "fire_bench"} for run in report["runs"])
 
-    val = next(t for t in report["tables"] if "validation" in t["title"])
+    splits = [(t["split"], t["title"].split(":")[0]) for t in report["tables"]]
+    assert splits == [(split, title) for split in ("test", "val")
+                      for title in ("Foundation", "Silkie", "FIRE free dialogue, oracle teacher",
+                                    "FIRE fixed dialogue")]
+    val = report["tables"][4]
     assert val["columns"] == ["sft"] and val["rows"][-2]["metric"] == "**perception (total)**"
+    val_rr = next(d for d in report["differences"] if d["key"] == "val.fire.RR")
+    assert val_rr["split"] == "val" and val_rr["items"] == [6, 6] and val_rr["name"].endswith("(val)")
+    # val has no base/blind runs: no foundation difference there
+    assert not any(d["key"].startswith("val.foundation") for d in report["differences"])
     # per-seed values are the library's scores of each seed's files
     silkie = next(t for t in report["tables"] if t["title"].startswith("Silkie"))
     score_row = next(r for r in silkie["rows"] if r["metric"].startswith("MMHal"))
@@ -377,18 +399,21 @@ def test_report_end_to_end(store: Any, mlflow_root: Path, tmp_path: Path, monkey
     assert score_row["cells"]["dpo"]["ci"] is not None
 
     rr = next(d for d in report["differences"] if d["key"] == "fire.RR")
+    assert rr["split"] == "test" and rr["name"] == "FIRE - SFT baseline: RR (test)"
     free = [{label: score_fire_file(tmp_path / "runs" / f"seed{s}" / "fire" / f"free_oracle_{label}.jsonl")
              for label in ("sft", "fire")} for s in (0, 1)]
     assert rr["per_seed"] == pytest.approx([f["fire"]["RR"] - f["sft"]["RR"] for f in free])
     assert rr["ci"][0] <= rr["mean"] <= rr["ci"][1] and rr["items"] == [10, 10] and rr["unpaired"] == [0, 0]
     keys = {d["key"] for d in report["differences"]}
     assert {"silkie.mmhal_score", "silkie.hallucination_rate", "silkie.mme_perception", "fire.AT", "fire.ADR",
-            "fire.ATR", "fire.teacher_mae", "foundation.sft_minus_blind.mme_perception"} <= keys
+            "fire.ATR", "fire.teacher_mae", "foundation.sft_minus_blind.mme_perception",
+            "val.silkie.mmhal_score", "val.fire.teacher_mae"} <= keys
 
     # every logged stage metric was checked; only the planted wrong one disagrees
     bad = [c for c in report["checks"] if not c["agree"]]
     assert [(c["seed"], c["metric"]) for c in bad] == [(1, "dpo.mmhal_score")]
-    assert len(report["checks"]) == 2 * (6 + 2 + 6 + 10)  # evaluate test + val, evaluate_dpo, fire_bench
+    # per seed: evaluate 6 (test) + 2 (val), evaluate_dpo 6 + 6, fire_bench 10 + 10
+    assert len(report["checks"]) == 2 * (6 + 2 + 6 + 6 + 10 + 10)
     # the cached evaluate of seed 1 was followed to the run that made its outputs
     seed1 = next(r for r in report["runs"] if r["seed"] == 1)
     assert client.get_run(seed1["stages"]["evaluate"]).info.run_name == "evaluate"
@@ -451,3 +476,14 @@ def test_one_seed_report_says_there_is_no_interval(store: Any, tmp_path: Path) -
     paths = R.write_report(report, tmp_path / "out")  # the figure draws a mean without an interval too
     assert paths["png"].stat().st_size > 0 and paths["md"].read_text(encoding="utf-8") == text
     assert all(not math.isnan(d["mean"]) and d["ci"] is not None for d in report["differences"])
+
+
+def test_a_missing_val_file_drops_that_val_table_only(store: Any, tmp_path: Path) -> None:
+    mlflow = store
+    pipeline_run(mlflow, "oldval", make_sweep(mlflow, "oldval", "0"), 0, tmp_path,
+                 skip="predictions/val/mmhal_rated_dpo.jsonl")
+    report = R.build_report(mlflow.MlflowClient(), "oldval", B=50)
+    titles = [t["title"].split(":")[0] + " " + t["split"] for t in report["tables"]]
+    assert "Silkie val" not in titles and "Silkie test" in titles and "FIRE fixed dialogue val" in titles
+    assert not any(d["key"].startswith("val.silkie") for d in report["differences"])
+    assert any(d["key"] == "val.fire.RR" for d in report["differences"])

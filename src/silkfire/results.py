@@ -508,12 +508,53 @@ def _threshold(stage_run: Any, pipeline_run: Any) -> float:
 
 @dataclass
 class SeedData:
-    """Everything read from one seed's artefacts."""
+    """Everything read from one seed's artefacts, per split ("test"; "val" where the stage wrote it)."""
 
     seed: int
-    mme: dict[str, Any]  # split ("test", "val") -> label -> scored (evaluate)
-    silkie: dict[str, Any] | None = None
-    fire: dict[str, Any] | None = None
+    mme: dict[str, Any]  # split -> label -> scored (evaluate)
+    silkie: dict[str, Any] | None = None  # split -> {"mme", "mmhal"} (evaluate_dpo)
+    fire: dict[str, Any] | None = None  # split -> {"free", "fixed", "threshold"} (fire_bench)
+
+
+SPLITS = {"test": ("", ""), "val": ("val/", "val.")}  # split -> (artefact sub-folder, logged metric prefix)
+
+
+def _read_silkie(client: Any, stage: Any, split: str, work: Path, checks: list[dict[str, Any]],
+                 seed: int) -> dict[str, Any] | None:
+    folder, metric = SPLITS[split]
+    required = split == "test"  # val files are secondary: absent (an older run) means no val table
+    paths = {f"{kind}_{label}": download(client, stage, f"predictions/{folder}{name}_{label}.jsonl",
+                                         work / "evaluate_dpo" / split, required=required)
+             for kind, name in (("mme", "mme_predictions"), ("mmhal", "mmhal_rated")) for label in ("sft", "dpo")}
+    if any(path is None for path in paths.values()):
+        return None
+    mme = score_mme_files({label: paths[f"mme_{label}"] for label in ("sft", "dpo")})
+    mmhal = {label: read_mmhal(paths[f"mmhal_{label}"]) for label in ("sft", "dpo")}
+    for label in ("sft", "dpo"):
+        _check(checks, seed, stage, f"{metric}{label}.mmhal_score", mmhal[label][0]["score"])
+        _check(checks, seed, stage, f"{metric}{label}.hallucination_rate", mmhal[label][0]["hallucination_rate"])
+        _check(checks, seed, stage, f"{metric}{label}.mme_perception", mme[label]["scores"]["perception"])
+    return {"mme": mme, "mmhal": mmhal}
+
+
+def _read_fire(client: Any, stage: Any, split: str, work: Path, checks: list[dict[str, Any]], seed: int,
+               threshold: float) -> dict[str, Any] | None:
+    folder, metric = SPLITS[split]
+    required = split == "test"
+    names = [f"free_oracle_{label}" for label in ("sft", "fire")] + [f"fixed_teacher_{label}"
+                                                                      for label in ("sft", "teacher")]
+    paths = {name: download(client, stage, f"fire_bench/{folder}{name}.jsonl", work / "fire" / split,
+                            required=required) for name in names}
+    if any(path is None for path in paths.values()):
+        return None
+    free = {label: read_free(paths[f"free_oracle_{label}"], threshold) for label in ("sft", "fire")}
+    fixed = {label: read_fixed_teacher(paths[f"fixed_teacher_{label}"]) for label in ("sft", "teacher")}
+    for label in ("sft", "fire"):
+        for name in FREE_STATISTICS:
+            _check(checks, seed, stage, f"{metric}free.oracle.{label}.{name}", free[label][0][name])
+    for label in ("sft", "teacher"):
+        _check(checks, seed, stage, f"{metric}fixed.teacher.{label}.MAE", fixed[label][0]["MAE"])
+    return {"free": free, "fixed": fixed, "threshold": threshold}
 
 
 def read_seed(client: Any, seed_run: SeedRun, folder: Path, checks: list[dict[str, Any]],
@@ -524,42 +565,27 @@ def read_seed(client: Any, seed_run: SeedRun, folder: Path, checks: list[dict[st
     evaluate = seed_run.stages["evaluate"]
     say(f"seed {seed}: evaluate artefacts of run {evaluate.info.run_id}")
     data = SeedData(seed, {})
-    for split, prefix, metric_prefix in (("test", "predictions", "mme"), ("val", "predictions/val", "val.mme")):
+    for split, (subfolder, metric) in SPLITS.items():
         files = {}
         for label in ("sft", "base", "blind"):
-            path = download(client, evaluate, f"{prefix}/mme_predictions_{label}.jsonl", work / "evaluate",
-                            required=split == "test" and label == "sft")
+            path = download(client, evaluate, f"predictions/{subfolder}mme_predictions_{label}.jsonl",
+                            work / "evaluate" / split, required=split == "test" and label == "sft")
             if path is not None:
                 files[label] = path
         if files:
             data.mme[split] = score_mme_files(files)
             for label, scored in data.mme[split].items():
                 for group in ("perception", "cognition"):
-                    _check(checks, seed, evaluate, f"{metric_prefix}.{label}.{group}", scored["scores"][group])
+                    _check(checks, seed, evaluate, f"{metric}mme.{label}.{group}", scored["scores"][group])
     if (stage := seed_run.stages.get("evaluate_dpo")) is not None:
         say(f"seed {seed}: evaluate_dpo artefacts of run {stage.info.run_id}")
-        mme = score_mme_files({label: download(client, stage, f"predictions/mme_predictions_{label}.jsonl",
-                                               work / "evaluate_dpo") for label in ("sft", "dpo")})
-        mmhal = {label: read_mmhal(download(client, stage, f"predictions/mmhal_rated_{label}.jsonl",
-                                            work / "evaluate_dpo")) for label in ("sft", "dpo")}
-        for label in ("sft", "dpo"):
-            _check(checks, seed, stage, f"{label}.mmhal_score", mmhal[label][0]["score"])
-            _check(checks, seed, stage, f"{label}.hallucination_rate", mmhal[label][0]["hallucination_rate"])
-            _check(checks, seed, stage, f"{label}.mme_perception", mme[label]["scores"]["perception"])
-        data.silkie = {"mme": mme, "mmhal": mmhal}
+        data.silkie = {split: block for split in SPLITS
+                       if (block := _read_silkie(client, stage, split, work, checks, seed)) is not None}
     if (stage := seed_run.stages.get("fire_bench")) is not None:
         say(f"seed {seed}: fire_bench artefacts of run {stage.info.run_id}")
         threshold = _threshold(stage, seed_run.run)
-        free = {label: read_free(download(client, stage, f"fire_bench/free_oracle_{label}.jsonl", work / "fire"),
-                                 threshold) for label in ("sft", "fire")}
-        fixed = {label: read_fixed_teacher(download(client, stage, f"fire_bench/fixed_teacher_{label}.jsonl",
-                                                    work / "fire")) for label in ("sft", "teacher")}
-        for label in ("sft", "fire"):
-            for name in FREE_STATISTICS:
-                _check(checks, seed, stage, f"free.oracle.{label}.{name}", free[label][0][name])
-        for label in ("sft", "teacher"):
-            _check(checks, seed, stage, f"fixed.teacher.{label}.MAE", fixed[label][0]["MAE"])
-        data.fire = {"free": free, "fixed": fixed, "threshold": threshold}
+        data.fire = {split: block for split in SPLITS
+                     if (block := _read_fire(client, stage, split, work, checks, seed, threshold)) is not None}
     return data
 
 
@@ -604,73 +630,86 @@ def _difference(name: str, key: str, paired: Sequence[Paired], statistic: Statis
             "t": t_interval(result["per_seed"])}
 
 
+def _in_every(seeds: Sequence[SeedData], branch: str, split: str) -> bool:
+    return all(getattr(s, branch) is not None and split in getattr(s, branch) for s in seeds)
+
+
 def differences(seeds: Sequence[SeedData], B: int = DEFAULT_B, seed: int = 0) -> list[dict[str, Any]]:
-    """Every difference of the report with its two-level paired bootstrap CI."""
+    """Every difference of the report with its two-level paired bootstrap CI: test first, then val (secondary)."""
+    return [diff for split in SPLITS for diff in _split_differences(seeds, split, B, seed)]
+
+
+def _split_differences(seeds: Sequence[SeedData], split: str, B: int, seed: int) -> list[dict[str, Any]]:
     from silkfire.eval.mme import WORLD_CATEGORY_GROUPS
 
     codes = {category: index for index, category in enumerate(WORLD_CATEGORY_GROUPS)}
     perception = mme_group_statistic(_group_codes("perception", codes, WORLD_CATEGORY_GROUPS))
+    tag, prefix = f" ({split})", "" if split == "test" else f"{split}."
     out = []
 
     def add(name: str, key: str, pairs: list[tuple[Paired, int]], statistic: Statistic, unit: str) -> None:
-        out.append(_difference(name, key, [p for p, _ in pairs], statistic, [u for _, u in pairs], B, seed, unit))
+        out.append({"split": split, **_difference(name + tag, prefix + key, [p for p, _ in pairs], statistic,
+                                                  [u for _, u in pairs], B, seed, unit)})
 
-    labels = seeds[0].mme["test"]
     for other in ("base", "blind"):
-        if other in labels:
-            add(f"SFT - {other}: MME-style perception (test)", f"foundation.sft_minus_{other}.mme_perception",
-                [mme_paired(s.mme["test"], other, "sft", f"seed {s.seed} evaluate") for s in seeds], perception,
+        if all(split in s.mme and {"sft", other} <= set(s.mme[split]) for s in seeds):
+            add(f"SFT - {other}: MME-style perception", f"foundation.sft_minus_{other}.mme_perception",
+                [mme_paired(s.mme[split], other, "sft", f"seed {s.seed} evaluate") for s in seeds], perception,
                 "images")
-    if seeds[0].silkie is not None:
-        mmhal = [_pair(s.silkie["mmhal"]["sft"][1], s.silkie["mmhal"]["dpo"][1], f"seed {s.seed} mmhal")
-                 for s in seeds]
+    if _in_every(seeds, "silkie", split):
+        blocks = [(s.seed, s.silkie[split]) for s in seeds]
+        mmhal = [_pair(b["mmhal"]["sft"][1], b["mmhal"]["dpo"][1], f"seed {n} mmhal") for n, b in blocks]
         add("DPO - SFT: MMHal-style score (0-6)", "silkie.mmhal_score", mmhal, mean_of(0), "items")
         add("DPO - SFT: hallucination rate", "silkie.hallucination_rate", mmhal, share_below(0, 3), "items")
         add("DPO - SFT: MME-style perception", "silkie.mme_perception",
-            [mme_paired(s.silkie["mme"], "sft", "dpo", f"seed {s.seed} evaluate_dpo") for s in seeds],
-            perception, "images")
-    if seeds[0].fire is not None:
-        free = [_pair(s.fire["free"]["sft"][1], s.fire["free"]["fire"][1], f"seed {s.seed} free dialogue")
-                for s in seeds]
+            [mme_paired(b["mme"], "sft", "dpo", f"seed {n} evaluate_dpo") for n, b in blocks], perception, "images")
+    if _in_every(seeds, "fire", split):
+        blocks = [(s.seed, s.fire[split]) for s in seeds]
+        free = [_pair(b["free"]["sft"][1], b["free"]["fire"][1], f"seed {n} free dialogue") for n, b in blocks]
         for name, statistic in FREE_STATISTICS.items():
             add(f"FIRE - SFT baseline: {name}", f"fire.{name}", free, statistic, "dialogues")
-        fixed = [_pair(s.fire["fixed"]["sft"][1], s.fire["fixed"]["teacher"][1], f"seed {s.seed} fixed teacher")
-                 for s in seeds]
+        fixed = [_pair(b["fixed"]["sft"][1], b["fixed"]["teacher"][1], f"seed {n} fixed teacher")
+                 for n, b in blocks]
         add("trained - untrained teacher: score MAE", "fire.teacher_mae", fixed, mean_of(0), "items")
     return out
 
 
 def tables(seeds: Sequence[SeedData]) -> list[dict[str, Any]]:
-    out = [_table("Foundation: MME-style test set (score 0-200 per subtask)", ["sft", "base", "blind"],
-                  _mme_rows("test", seeds), seeds,
-                  "base = the untrained model, blind = SFT on blank images (the floor for reading the image)")]
-    if all("val" in s.mme for s in seeds):
-        out.append(_table("Foundation: MME-style validation set (secondary)", ["sft", "base", "blind"],
-                          _mme_rows("val", seeds), seeds))
-    if seeds[0].silkie is not None:
+    """The results tables: test first (the headline figures), then val (secondary) where every seed has it."""
+    return [{"split": split, **table} for split in SPLITS for table in _split_tables(seeds, split)]
+
+
+def _split_tables(seeds: Sequence[SeedData], split: str) -> list[dict[str, Any]]:
+    tag = "test" if split == "test" else f"{split}, secondary"
+    out = []
+    if all(split in s.mme for s in seeds):
+        out.append(_table(f"Foundation: MME-style ({tag}; score 0-200 per subtask)", ["sft", "base", "blind"],
+                          _mme_rows(split, seeds), seeds,
+                          "base = the untrained model, blind = SFT on blank images (the floor for reading the image)"
+                          if split == "test" else ""))
+    if _in_every(seeds, "silkie", split):
         def mmhal(key: str) -> Callable[[SeedData, str], float]:
-            return lambda s, label: s.silkie["mmhal"][label][0][key]
+            return lambda s, label: s.silkie[split]["mmhal"][label][0][key]
 
         def mme(group: str) -> Callable[[SeedData, str], float]:
-            return lambda s, label: s.silkie["mme"][label]["scores"][group]
+            return lambda s, label: s.silkie[split]["mme"][label]["scores"][group]
 
-        out.append(_table("Silkie: SFT vs DPO (test)", ["sft", "dpo"],
+        out.append(_table(f"Silkie: SFT vs DPO ({tag})", ["sft", "dpo"],
                           [("MMHal-style score (0-6)", mmhal("score")),
                            ("hallucination rate", mmhal("hallucination_rate")),
                            ("MME-style perception", mme("perception")), ("MME-style cognition", mme("cognition"))],
                           seeds))
-    if seeds[0].fire is not None:
+    if _in_every(seeds, "fire", split):
         def free(key: str) -> Callable[[SeedData, str], float]:
-            return lambda s, label: s.fire["free"][label][0][key]
-
-        out.append(_table("FIRE free dialogue (oracle teacher): SFT baseline vs FIRE", ["sft", "fire"],
-                          [(key, free(key)) for key in FREE_STATISTICS], seeds,
-                          "AT: average turns (lower is better); ADR, ATR, RR: higher is better"))
+            return lambda s, label: s.fire[split]["free"][label][0][key]
 
         def fixed(key: str) -> Callable[[SeedData, str], float]:
-            return lambda s, label: s.fire["fixed"][label][0][key]
+            return lambda s, label: s.fire[split]["fixed"][label][0][key]
 
-        out.append(_table("FIRE fixed dialogue: teacher score MAE (untrained SFT vs trained teacher)",
+        out.append(_table(f"FIRE free dialogue, oracle teacher: SFT baseline vs FIRE ({tag})", ["sft", "fire"],
+                          [(key, free(key)) for key in FREE_STATISTICS], seeds,
+                          "AT: average turns (lower is better); ADR, ATR, RR: higher is better"))
+        out.append(_table(f"FIRE fixed dialogue: teacher score MAE, untrained SFT vs trained teacher ({tag})",
                           ["sft", "teacher"], [("score MAE", fixed("MAE")), ("unparsable", fixed("unparsable"))],
                           seeds, "lower is better; an unparsable score counts as an error of 10"))
     return out
@@ -690,7 +729,8 @@ def _machine(runs: Sequence[SeedRun]) -> dict[str, Any]:
             versions.append(json.loads(text))
         except ValueError:
             versions.append(text)
-    return {"cpu": values("silkfire.cpu"), "threads": values("silkfire.threads"), "versions": versions}
+    return {"cpu": values("silkfire.cpu"), "cpu_count": values("silkfire.cpu_count"),
+            "threads": values("silkfire.threads"), "python": values("silkfire.python"), "versions": versions}
 
 
 @contextmanager
@@ -855,13 +895,13 @@ def plot_report(report: Mapping[str, Any]) -> Any:
     import matplotlib.pyplot as plt
 
     panels: list[tuple[str, list[str], list[dict[str, Any]], bool]] = []
-    for table in report["tables"][:1] + [t for t in report["tables"][1:] if "validation" not in t["title"]]:
+    for table in [t for t in report["tables"] if t.get("split", "test") == "test"]:  # the headline figures
         for row in table["rows"]:
             if row["metric"] in HEADLINE_ROWS:
                 columns = list(row["cells"])
                 panels.append((f"{row['metric'].strip('*')}\n{table['title'].split(':')[0]}", columns,
                                [row["cells"][c] for c in columns], False))
-    for diff in report["differences"]:
+    for diff in [d for d in report["differences"] if d.get("split", "test") == "test"]:
         panels.append((diff["name"].replace(": ", "\n", 1), ["difference"],
                        [{"per_seed": diff["per_seed"], "mean": diff["mean"], "ci": diff["ci"]}], True))
     cols = 4
