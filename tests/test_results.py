@@ -130,7 +130,8 @@ def hand_made_report() -> dict[str, Any]:
     return {
         "schema": 1, "sweep": "demo", "seeds": [0, 1],
         "measured": {"start": "2026-12-01T10:00:00+00:00", "end": "2026-12-01T12:00:00+00:00"},
-        "git_commits": ["0123456789abcdef0123"], "machine": {"cpu": ["Test CPU"], "threads": ["2"], "versions": []},
+        "git_commits": ["0123456789abcdef0123"], "machine": {"cpu": ["Test CPU"], "threads": ["2"],
+                                                  "versions": [{"torch": "2.9.0", "numpy": "2.4.6"}]},
         "statistics": {"confidence": 0.95, "over_seeds": "mean, Student-t interval", "differences": "two-level",
                        "B": 2000, "bootstrap_seed": 0},
         "runs": [],
@@ -152,7 +153,8 @@ def hand_made_report() -> dict[str, Any]:
 def test_render_markdown_of_a_hand_made_report() -> None:
     text = R.render_markdown(hand_made_report())
     assert "### Results: sweep `demo`" in text
-    assert "Seeds 0, 1 (n = 2)" in text and "`0123456789ab`" in text and "CPU Test CPU, threads 2" in text
+    assert "Seeds 0, 1 (n = 2)" in text and "`0123456789ab`" in text
+    assert "CPU Test CPU, threads 2; numpy 2.4.6, torch 2.9.0." in text
     assert "| MMHal-style score (0-6) | 2.500 [-3.853, 8.853] | 4.000 no CI (n=1) |" in text
     assert "| DPO - SFT: MMHal-style score (0-6) | 1.250 | [0.500, 2.000] | 1.000, 1.500 | yes | 16, 16 items |" in text
     assert "- DPO - SFT: MMHal-style score (0-6): 1.250, 95% CI [0.500, 2.000] excludes 0." in text

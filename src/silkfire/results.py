@@ -797,6 +797,14 @@ def _cell(cell: Mapping[str, Any] | None) -> str:
     return "-" if cell is None else f"{fmt(cell['mean'])} {_interval(cell['ci'], cell['mean'])}"
 
 
+def _versions(versions: Sequence[Any]) -> str:
+    if not versions:
+        return "library versions unknown"
+    if len(versions) > 1 or not isinstance(versions[0], Mapping):
+        return "library versions differ between the runs (report.json has them)"
+    return ", ".join(f"{name} {version}" for name, version in sorted(versions[0].items()))
+
+
 def _header_lines(report: Mapping[str, Any]) -> list[str]:
     seeds, machine, stats = report["seeds"], report["machine"], report["statistics"]
     commits = ", ".join(f"`{commit[:12]}`" for commit in report["git_commits"]) or "unknown"
@@ -804,7 +812,7 @@ def _header_lines(report: Mapping[str, Any]) -> list[str]:
     return [f"### Results: sweep `{report['sweep']}`", "",
             f"Seeds {', '.join(map(str, seeds))} (n = {len(seeds)}); measured {report['measured']['start']} to "
             f"{report['measured']['end']}; commit(s) {commits}; CPU {', '.join(machine['cpu']) or 'unknown'}, "
-            f"threads {', '.join(machine['threads']) or 'unknown'}.", "",
+            f"threads {', '.join(machine['threads']) or 'unknown'}; {_versions(machine['versions'])}.", "",
             f"Cells: mean over seeds [{int(stats['confidence'] * 100)}% Student-t interval]. Differences: "
             f"{stats['differences']}, B = {stats['B']}, bootstrap seed {stats['bootstrap_seed']}."
             + (one_seed if len(seeds) == 1 else ""), ""]
