@@ -141,7 +141,7 @@ def hand_made_report() -> dict[str, Any]:
                         "dpo": {"per_seed": [4.0], "mean": 4.0, "ci": None}}}]}],
         "differences": [{"name": "DPO - SFT: MMHal-style score (0-6)", "mean": 1.25, "ci": [0.5, 2.0],
                          "per_seed": [1.0, 1.5], "excludes_zero": True, "items": [16, 16], "unit": "items"},
-                        {"name": "FIRE - SFT baseline: AT", "mean": -0.1, "ci": [-0.4, 0.2],
+                        {"name": "FIRE - SFT baseline: AT", "mean": -0.1, "ci": [-0.4, 0.2], "unpaired": [0, 2],
                          "per_seed": [-0.1, -0.1], "excludes_zero": False, "items": [8, 8], "unit": "dialogues"}],
         "checks": [{"seed": 0, "stage": "evaluate_dpo", "metric": "sft.mmhal_score", "logged": 2.0,
                     "recomputed": 2.0, "agree": True},
@@ -157,6 +157,7 @@ def test_render_markdown_of_a_hand_made_report() -> None:
     assert "CPU Test CPU, threads 2; numpy 2.4.6, torch 2.9.0." in text
     assert "| MMHal-style score (0-6) | 2.500 [-3.853, 8.853] | 4.000 no CI (n=1) |" in text
     assert "| DPO - SFT: MMHal-style score (0-6) | 1.250 | [0.500, 2.000] | 1.000, 1.500 | yes | 16, 16 items |" in text
+    assert "| no | 8, 8 dialogues (2 unpaired left out) |" in text
     assert "- DPO - SFT: MMHal-style score (0-6): 1.250, 95% CI [0.500, 2.000] excludes 0." in text
     assert "- FIRE - SFT baseline: AT: -0.100, 95% CI [-0.400, 0.200] includes 0 (no difference shown" in text
     assert "1 of 2 logged stage metrics agree" in text and "seed 1 evaluate_dpo dpo.mmhal_score logged 4.500" in text

@@ -835,9 +835,10 @@ def _difference_lines(differences: Sequence[Mapping[str, Any]]) -> list[str]:
              "|---|---:|---|---|---|---|"]
     for diff in differences:
         per_seed = ", ".join(fmt(value, diff["mean"]) for value in diff["per_seed"])
+        left_out = sum(diff.get("unpaired") or [])  # items only one model's file had: not compared
         lines.append(f"| {diff['name']} | {fmt(diff['mean'])} | {_interval(diff['ci'], diff['mean'])} | {per_seed} "
                      f"| {'yes' if diff['excludes_zero'] else 'no'} | {', '.join(map(str, diff['items']))} "
-                     f"{diff['unit']} |")
+                     f"{diff['unit']}{f' ({left_out} unpaired left out)' if left_out else ''} |")
     lines.append("")
     for diff in differences:
         verdict = "excludes 0" if diff["excludes_zero"] else "includes 0 (no difference shown at this level)"
