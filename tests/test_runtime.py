@@ -238,7 +238,7 @@ def test_an_injected_oom_in_evaluation_names_eval_batch_size(project: Path, monk
     monkeypatch.setattr(loading, "load_vlm", fake_load)
     monkeypatch.setattr(generate, "generate_answers", out_of_memory)
     cfg = compose(["eval.batch_size=48"], project)
-    with pytest.raises(OutOfMemory, match=r"evaluate \(sft\): CUDA out of memory on cpu .*lower eval\.batch_size "
+    with pytest.raises(OutOfMemory, match=r"evaluate \(sft, test\): CUDA out of memory on cpu .*lower eval\.batch_size "
                                           r"\(now 48\)"):
         evaluate.run(cfg, project)
     assert seen == {"dtype": "float32", "device": "cpu"}  # the resolved runtime, passed to the loader

@@ -34,14 +34,18 @@ def test_oracle_records_and_pairs_pass_the_gates(small_world: Path, tmp_path: Pa
     gate = validate_vlfeedback(path, QualityConfig.from_mapping({}), tmp_path / "r1", image_root=small_world)
     assert gate.success, str(gate)
 
-    pairs, counts = build_pairs(read_feedback(path, require_annotations=True))
-    assert counts["records"] == len(records) and counts["skipped"] == 0
-    assert counts["pairs"] + counts["ties"] + counts["duplicates"] == 6 * len(records)
-    assert counts["duplicates"] > 0  # scripted profiles often give the same short answer
-    write_jsonl(tmp_path / "pairs.jsonl", pairs)
-    gate = validate_pairs(tmp_path / "pairs.jsonl", QualityConfig.from_mapping({}), tmp_path / "r2",
-                          image_root=small_world)
-    assert gate.success, str(gate)
+    feedback = read_feedback(path, require_annotations=True)
+    strict_pairs, strict = build_pairs(feedback, rule="strict")
+    assert strict["records"] == len(records) and strict["skipped"] == 0
+    assert strict["pairs"] + strict["ties"] + strict["duplicates"] == 6 * len(records)
+    assert strict["duplicates"] > 0  # scripted profiles often give the same short answer
+    pairs, counts = build_pairs(feedback)  # the default: vlf-silkie's rule keeps those repeated texts
+    assert counts["pairs"] + counts["ties"] == 6 * len(records) and counts["pairs"] > strict["pairs"]
+    for name, rule, built in (("silkie", "silkie", pairs), ("strict", "strict", strict_pairs)):
+        write_jsonl(tmp_path / f"pairs_{name}.jsonl", built)
+        gate = validate_pairs(tmp_path / f"pairs_{name}.jsonl", QualityConfig.from_mapping({"pairs": {"rule": rule}}),
+                              tmp_path / f"r_{name}", image_root=small_world)
+        assert gate.success, str(gate)
 
     means: dict[str, list[float]] = {}
     for record in annotated:
