@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-all ui setup clean
+.PHONY: run test test-all ui setup clean seeds
 
 run: $(STAMP)  ## run the default pipeline (Prefect flow over the DVC stages, tracked in MLflow)
 	$(BIN)/silkfire run $(ARGS)
@@ -23,6 +23,18 @@ test: $(STAMP)  ## the default test suite (slow tests excluded)
 
 test-all: $(STAMP)  ## every test, slow ones included
 	$(BIN)/pytest -m "" $(ARGS)
+
+# Whole-pipeline seeds (issue 14): the foundation and both branches at SEEDS, the foundation alone at more seeds
+# (FOUNDATION_SEEDS: is the plateau escape reliable?), then the results tables with CIs into results/seeds and the
+# README's results block. ~25 min per whole seed and ~12 per foundation seed on 2 cores.
+SEEDS            ?= 0,1,2
+FOUNDATION_SEEDS ?= 3,4
+seeds: $(STAMP)  ## whole-pipeline seeds + `silkfire report` (mean +- 95% CI, paired bootstrap differences)
+	$(BIN)/silkfire sweep seed=$(SEEDS) 'pipeline.branches=[silkie,fire]' --mode flow \
+		--metric evaluate.val.mme.sft.perception --name seeds
+	$(BIN)/silkfire sweep seed=$(FOUNDATION_SEEDS) --mode flow --metric evaluate.val.mme.sft.perception \
+		--name foundation-seeds
+	$(BIN)/silkfire report --sweep seeds --sweep foundation-seeds --out results/seeds --readme README.md
 
 ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000
 	$(BIN)/silkfire ui
