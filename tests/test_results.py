@@ -234,15 +234,17 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def seed_files(folder: Path, seed: int) -> dict[str, dict[str, Path]]:
-    """Every per-item file of one seed, as the stages write them (paths relative to their artefact root)."""
+def seed_files(folder: Path, seed: int, val_accuracy: float = 0.7) -> dict[str, dict[str, Path]]:
+    """Every per-item file of one seed, as the stages write them (paths relative to their artefact root).
+
+    val_accuracy 1.0: val perception 400 (existence and count at 200 each: just left the plateau); 0.0: 0."""
     rng = random.Random(seed)
     files = {"evaluate": {}, "evaluate_dpo": {}, "fire_bench": {}}
     for label, accuracy in (("sft", 0.8), ("base", 0.5), ("blind", 0.55)):
         files["evaluate"][f"predictions/mme_predictions_{label}.jsonl"] = write_jsonl(
             folder / "evaluate" / f"mme_predictions_{label}.jsonl", mme_records(rng, accuracy))
     files["evaluate"]["predictions/val/mme_predictions_sft.jsonl"] = write_jsonl(
-        folder / "evaluate" / "val" / "mme_predictions_sft.jsonl", mme_records(rng, 0.7, images=3))
+        folder / "evaluate" / "val" / "mme_predictions_sft.jsonl", mme_records(rng, val_accuracy, images=3))
     for label, accuracy, mean in (("sft", 0.75, 3.0), ("dpo", 0.8, 4.5)):
         files["evaluate_dpo"][f"predictions/mme_predictions_{label}.jsonl"] = write_jsonl(
             folder / "evaluate_dpo" / f"mme_predictions_{label}.jsonl", mme_records(rng, accuracy))
@@ -315,8 +317,10 @@ def log_stage(mlflow: Any, stage: str, files: dict[str, Path], metrics: dict[str
 
 
 def pipeline_run(mlflow: Any, sweep: str, sweep_id: str, seed: int, folder: Path, *, status: str = "FINISHED",
-                 cached_evaluate: bool = False, wrong_metric: bool = False, skip: str | None = None) -> str:
-    files = seed_files(folder / f"seed{seed}", seed)
+                 cached_evaluate: bool = False, wrong_metric: bool = False, skip: str | None = None,
+                 branches: tuple[str, ...] = ("silkie", "fire"), val_accuracy: float = 0.7) -> str:
+    """A pipeline run of the sweep; branches=() is a foundation-only pipeline (no evaluate_dpo, no fire_bench)."""
+    files = seed_files(folder / f"seed{seed}", seed, val_accuracy)
     logged = logged_metrics(files)
     if wrong_metric:
         logged["evaluate_dpo"]["dpo.mmhal_score"] += 1.0
@@ -327,8 +331,9 @@ def pipeline_run(mlflow: Any, sweep: str, sweep_id: str, seed: int, folder: Path
             "silkfire.seed": str(seed), "silkfire.cpu": "Test CPU", "silkfire.threads": "2",
             "silkfire.versions": json.dumps(VERSIONS), "silkfire.git_commit": "abc123def4567890"}
     with mlflow.start_run(run_name=f"pipeline · seed {seed}", tags=tags) as run:
-        mlflow.log_params({"seed": seed, "pipeline.branches": "['silkie', 'fire']"})
-        for stage in ("generate", "sft", "evaluate", "evaluate_dpo", "fire_bench"):
+        mlflow.log_params({"seed": seed, "pipeline.branches": str(list(branches))})
+        stages = {"silkie": "evaluate_dpo", "fire": "fire_bench"}
+        for stage in ("generate", "sft", "evaluate", *(stages[branch] for branch in branches)):
             if stage == "evaluate" and producer:
                 with mlflow.start_run(run_name="evaluate (cached)", nested=True,
                                       tags={"silkfire.stage": "evaluate", "silkfire.cached": "true",
@@ -490,3 +495,97 @@ def test_a_missing_val_file_drops_that_val_table_only(store: Any, tmp_path: Path
     assert "Silkie val" not in titles and "Silkie test" in titles and "FIRE fixed dialogue val" in titles
     assert not any(d["key"].startswith("val.silkie") for d in report["differences"])
     assert any(d["key"] == "val.fire.RR" for d in report["differences"])
+
+
+# ---- several sweeps, the plateau ---------------------------------------------------------------------------------
+
+
+def test_several_sweeps_merge_foundation_only_seeds(store: Any, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    mlflow = store
+    full = make_sweep(mlflow, "seeds", "0,1,2")
+    for seed in (0, 1, 2):
+        pipeline_run(mlflow, "seeds", full, seed, tmp_path / "full", val_accuracy=1.0)
+    foundation = make_sweep(mlflow, "foundation-seeds", "2,3")
+    newer = pipeline_run(mlflow, "foundation-seeds", foundation, 2, tmp_path / "found", branches=(),
+                         val_accuracy=1.0)  # seed 2 again, later, foundation only: this run counts
+    pipeline_run(mlflow, "foundation-seeds", foundation, 3, tmp_path / "found", branches=(), val_accuracy=0.0)
+    client = mlflow.MlflowClient()
+
+    report = R.build_report(client, ["seeds", "foundation-seeds"], B=100)
+    assert report["seeds"] == [0, 1, 2, 3] and report["sweep"] == "seeds + foundation-seeds"
+    assert report["sweeps"] == [{"name": "seeds", "seeds": [0, 1, 2], "branches": ["silkie", "fire"]},
+                                {"name": "foundation-seeds", "seeds": [2, 3], "branches": []}]
+    assert report["duplicates"] == [{"seed": 2, "sweeps": ["seeds", "foundation-seeds"],
+                                     "used_sweep": "foundation-seeds", "used_run_id": newer}]
+    assert next(r for r in report["runs"] if r["seed"] == 2)["run_id"] == newer
+    # foundation tables: every seed; branch tables and differences: the seeds that ran the branch
+    for table in report["tables"]:
+        expected = [0, 1, 2, 3] if table["title"].startswith("Foundation") else [0, 1]
+        assert (table["n"], table["seeds"]) == (len(expected), expected), table["title"]
+        for row in table["rows"]:
+            assert all(len(cell["per_seed"]) == len(expected) for cell in row["cells"].values())
+    assert {t["title"].split(":")[0] for t in report["tables"]} == {
+        "Foundation", "Silkie", "FIRE free dialogue, oracle teacher", "FIRE fixed dialogue"}
+    for diff in report["differences"]:
+        expected = [0, 1, 2, 3] if "foundation" in diff["key"] else [0, 1]
+        assert diff["seeds"] == expected and diff["n_seeds"] == len(expected), diff["key"]
+    assert report["omitted"] == []
+    text = R.render_markdown(report)
+    assert "### Results: sweeps `seeds` + `foundation-seeds`" in text
+    assert "Sweeps: `seeds`: seeds 0, 1, 2 (branches silkie, fire); `foundation-seeds`: seeds 2, 3 " \
+           "(foundation only)." in text
+    assert f"Seed 2 is in sweeps `seeds`, `foundation-seeds`: its newest finished run is used (sweep " \
+           f"`foundation-seeds`, run `{newer[:12]}`)." in text
+    assert "n = 4 seeds (0, 1, 2, 3)." in text and "n = 2 seeds (0, 1)." in text
+    assert "| 2 (0, 1) |" in text and "| 4 (0, 1, 2, 3) |" in text  # the differences' n
+
+    # the plateau: seed 3's val perception is 0 (< 400): "no"; the others are at 400 exactly: "yes"
+    plateau = report["plateau"]
+    assert [(row["seed"], row["val_perception"], row["left"]) for row in plateau["rows"]] == [
+        (0, 400.0, True), (1, 400.0, True), (2, 400.0, True), (3, 0.0, False)]
+    assert (plateau["k"], plateau["n"], plateau["threshold"]) == (3, 4, R.PLATEAU_THRESHOLD)
+    assert plateau["test_perception"]["n"] == 4
+    assert plateau["test_spread"] == [min(plateau["test_perception"]["per_seed"]),
+                                      max(plateau["test_perception"]["per_seed"])]
+    assert "| 3 | 0.0 |" in text and "| no |" in text
+    assert "Left the plateau on 3 of 4 seeds (failure rate 1/4)." in text
+    assert "VAL MME-style perception (SFT) is >= 400 (twice the constant answer" in text
+
+    # a report of foundation-only seeds: the branch tables are left out with one line each, not an error
+    alone = R.build_report(client, "foundation-seeds", B=50)
+    assert [t["title"].split(":")[0] for t in alone["tables"]] == ["Foundation", "Foundation"]
+    assert not any(d["key"].startswith(("silkie", "fire", "val.silkie", "val.fire")) for d in alone["differences"])
+    assert len(alone["omitted"]) == 2 and "none of seeds 2, 3 ran the silkie branch" in alone["omitted"][0]
+    assert alone["omitted"][1] in R.render_markdown(alone)
+
+    # the command: --sweep twice, --plateau-threshold
+    import silkfire.cli as cli
+
+    monkeypatch.setattr(cli, "_tracking_client", lambda: client)
+    out = tmp_path / "results" / "seeds"
+    assert cli.main(["report", "--sweep", "seeds", "--sweep", "foundation-seeds", "--out", str(out),
+                     "--bootstrap", "50", "--plateau-threshold", "0"]) == 0
+    written = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert written["plateau"]["k"] == 4 and written["plateau"]["threshold"] == 0.0
+    assert (out / "report.md").read_text(encoding="utf-8") == R.render_markdown(written)
+
+
+def test_plateau_of_hand_made_seeds() -> None:
+    def seed(number: int, val: float | None, test: float, blind: float) -> R.SeedData:
+        mme = {"test": {"sft": {"scores": {"perception": test}}, "blind": {"scores": {"perception": blind}}}}
+        if val is not None:
+            mme["val"] = {"sft": {"scores": {"perception": val}}}
+        return R.SeedData(number, mme)
+
+    result = R.plateau([seed(0, 620.0, 600.0, 231.0), seed(1, 399.9, 380.0, 229.0), seed(2, None, 500.0, 230.0)])
+    assert [row["left"] for row in result["rows"]] == [True, False, None]
+    assert (result["k"], result["n"], result["undecided"]) == (1, 2, [2])
+    assert result["test_spread"] == [380.0, 600.0] and result["test_perception"]["mean"] == pytest.approx(1480 / 3)
+    report = {**hand_made_report(), "plateau": result}
+    text = R.render_markdown(report)
+    assert "#### Foundation learns on every seed (SFT; n = 3 seeds)" in text
+    assert "| 1 | 399.9 | 380.0 | 229.0 | no |" in text and "| 0 | 620.0 | 600.0 | 231.0 | yes |" in text
+    assert "Left the plateau on 1 of 2 seeds (failure rate 1/2); undecided (no val perception): seeds 2." in text
+    assert "spread 380.0 to 600.0 (max - min 220.0); mean 493.3 [" in text
+    assert "plateau" not in R.render_markdown(hand_made_report())  # an older report.json: no section

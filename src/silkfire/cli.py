@@ -250,15 +250,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    """The results tables of a seed sweep with CIs (silkfire.results): exit 0, or 2 naming what is missing."""
-    from silkfire.results import ReportError, build_report, replace_readme_block, write_report
+    """The results tables of one or more seed sweeps with CIs (silkfire.results): exit 0, or 2 naming what is
+    missing."""
+    from silkfire.results import PLATEAU_THRESHOLD, ReportError, build_report, replace_readme_block, write_report
 
     try:
+        threshold = PLATEAU_THRESHOLD if args.plateau_threshold is None else args.plateau_threshold
         report = build_report(_tracking_client(), args.sweep, B=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
-                              progress=args.verbose)
+                              progress=args.verbose, plateau_threshold=threshold)
         from silkfire.config import project_root
 
-        paths = write_report(report, args.out or project_root() / "results" / args.sweep)
+        paths = write_report(report, args.out or project_root() / "results" / args.sweep[0])
         if args.readme:
             args.readme.write_text(replace_readme_block(args.readme.read_text(encoding="utf-8"), report),
                                    encoding="utf-8")
@@ -404,12 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", default=None, help="sweep name; DVC experiments are NAME-0, NAME-1, ...")
     sweep.set_defaults(func=_cmd_sweep)
 
-    report = sub.add_parser("report", help="results tables with CIs of a seed sweep (report.json/.md/.png)")
-    report.add_argument("--sweep", required=True, help="the sweep's --name")
-    report.add_argument("--out", type=Path, default=None, help="default: results/SWEEP")
+    report = sub.add_parser("report", help="results tables with CIs of seed sweeps (report.json/.md/.png)")
+    report.add_argument("--sweep", required=True, action="append",
+                        help="the sweep's --name; repeat to merge sweeps into one report (a seed in two: its newest "
+                             "finished run)")
+    report.add_argument("--out", type=Path, default=None, help="default: results/SWEEP (the first --sweep)")
     report.add_argument("--readme", type=Path, default=None, help="rewrite this file's silkfire-report block")
     report.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates B (default 2000)")
     report.add_argument("--bootstrap-seed", type=int, default=0)
+    report.add_argument("--plateau-threshold", type=float, default=None,
+                        help="val MME-style perception at which SFT has left the constant-answer plateau "
+                             "(default 400: twice the constant answer's 200)")
     report.add_argument("--verbose", action="store_true", help="say which artefacts are downloaded")
     report.set_defaults(func=_cmd_report)
 

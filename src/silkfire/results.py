@@ -5,6 +5,11 @@ MLflow, downloads the per-item artefacts of their evaluation stages, recomputes 
 own scoring functions (checking them against the stage's logged metrics), and writes ``report.json`` (everything),
 ``report.md`` (rendered from the JSON by :func:`render_markdown`, nothing else) and ``report.png``.
 
+Several sweeps can go into one report (``silkfire report --sweep seeds --sweep foundation-seeds``): every seed's
+foundation figures (evaluate) feed the foundation tables and the plateau section; a branch's tables and
+differences use only the seeds whose pipeline ran that branch (its ``evaluate_dpo`` / ``fire_bench`` stage run);
+every table carries its n. A seed found in two sweeps counts once: its newest FINISHED run (the report says so).
+
 Statistics (pure functions below):
 
 - a metric over seeds: mean and a 95% Student-t interval (n = 1: no interval, and the report says so);
@@ -34,7 +39,14 @@ REPORT_BEGIN = "<!-- silkfire-report:begin -->"
 REPORT_END = "<!-- silkfire-report:end -->"
 CONFIDENCE = 0.95
 DEFAULT_B = 2000
-SCHEMA = 1
+SCHEMA = 2  # 2: several sweeps (sweeps, duplicates), n per table and difference, omitted, plateau
+# The tiny model's plateau: a constant answer scores 50 per MME-style subtask (acc 50, acc+ 0), perception 200
+# (blind SFT lands within a few points, ~230). A seed "left the plateau" when its VAL MME-style perception is at
+# least twice that: 100 per subtask on average.
+PLATEAU_PERCEPTION = 200.0
+PLATEAU_THRESHOLD = 400.0
+BRANCH_STAGES = {"silkie": "evaluate_dpo", "fire": "fire_bench"}
+BRANCH_TITLES = {"silkie": "Silkie (SFT vs DPO)", "fire": "FIRE (free and fixed dialogue)"}
 
 
 class ReportError(ValueError):
@@ -349,6 +361,7 @@ class SeedRun:
     seed: int
     run: Any  # the pipeline (parent) run
     stages: dict[str, Any]  # evaluation stage -> the run that produced its outputs (cached records followed)
+    sweep: str = ""
 
 
 def _all_experiments(client: Any) -> list[str]:
@@ -412,7 +425,8 @@ def _branches(run: Any) -> list[str]:
 
 def find_seed_runs(client: Any, sweep: str, experiments: Sequence[str] | None = None) -> list[SeedRun]:
     """One FINISHED pipeline run per seed of the sweep (the newest when a seed was run again), with its evaluation
-    stages' producing runs; a ReportError names every seed that is missing, failed, or lacks a stage."""
+    stages' producing runs; a ReportError names every seed that is missing, failed, or lacks a stage. Seeds may
+    differ in the branches they ran (the tables of a branch use the seeds that ran it)."""
     experiments = list(experiments or _all_experiments(client))
     runs = _search(client, f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{KIND_TAG}` = 'pipeline'", experiments)
     expected, points = _expected_seeds(client, sweep, experiments)
@@ -441,15 +455,30 @@ def find_seed_runs(client: Any, sweep: str, experiments: Sequence[str] | None = 
     result = []
     for seed, run in chosen.items():
         try:
-            result.append(SeedRun(seed, run, _stage_runs(client, run, experiments)))
+            result.append(SeedRun(seed, run, _stage_runs(client, run, experiments), sweep))
         except ReportError as error:
             problems.append(f"seed {seed}: {error}")
     if problems:
         raise ReportError(f"sweep {sweep!r} cannot be reported:\n  " + "\n  ".join(problems))
-    stage_sets = {tuple(sorted(r.stages)) for r in result}
-    if len(stage_sets) > 1:
-        raise ReportError(f"sweep {sweep!r}: the seeds ran different stages {sorted(stage_sets)}")
     return result
+
+
+def merge_seed_runs(per_sweep: Sequence[Sequence[SeedRun]]) -> tuple[list[SeedRun], list[dict[str, Any]]]:
+    """One run per seed over several sweeps: a seed found in more than one takes its newest FINISHED pipeline run
+    (by start time); the second value lists those seeds (``{"seed", "sweeps", "used_sweep", "used_run_id"}``)."""
+    by_seed: dict[int, list[SeedRun]] = {}
+    for runs in per_sweep:
+        for seed_run in runs:
+            by_seed.setdefault(seed_run.seed, []).append(seed_run)
+    chosen, duplicates = [], []
+    for seed in sorted(by_seed):
+        candidates = by_seed[seed]
+        newest = max(candidates, key=lambda r: r.run.info.start_time or 0)
+        chosen.append(newest)
+        if len(candidates) > 1:
+            duplicates.append({"seed": seed, "sweeps": [r.sweep for r in candidates], "used_sweep": newest.sweep,
+                               "used_run_id": newest.run.info.run_id})
+    return chosen, duplicates
 
 
 def _stage_runs(client: Any, run: Any, experiments: Sequence[str]) -> dict[str, Any]:
@@ -602,7 +631,7 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[tuple[str, Callabl
         if cells:
             out_rows.append({"metric": name, "cells": cells})
     return {"title": title, "columns": [c for c in columns if any(c in r["cells"] for r in out_rows)],
-            "rows": out_rows, "note": note}
+            "rows": out_rows, "note": note, "n": len(seeds), "seeds": [s.seed for s in seeds]}
 
 
 def _mme_rows(split: str, seeds: Sequence[SeedData]) -> list[tuple[str, Callable[[SeedData, str], float | None]]]:
@@ -630,8 +659,18 @@ def _difference(name: str, key: str, paired: Sequence[Paired], statistic: Statis
             "t": t_interval(result["per_seed"])}
 
 
-def _in_every(seeds: Sequence[SeedData], branch: str, split: str) -> bool:
-    return all(getattr(s, branch) is not None and split in getattr(s, branch) for s in seeds)
+def branch_seeds(seeds: Sequence[SeedData], branch: str, split: str) -> list[SeedData]:
+    """The seeds whose pipeline ran the branch, when every one of them has the split (else none: a val split
+    missing from one of them, an older run, drops that val table rather than mixing seed sets)."""
+    ran = [s for s in seeds if getattr(s, branch) is not None]
+    return ran if all(split in getattr(s, branch) for s in ran) else []
+
+
+def omitted_branches(seeds: Sequence[SeedData]) -> list[str]:
+    """One line per branch no seed ran: its tables and differences are left out."""
+    return [f"{BRANCH_TITLES[branch]}: tables and differences omitted: none of seeds "
+            f"{', '.join(str(s.seed) for s in seeds)} ran the {branch} branch (no {stage} stage run)."
+            for branch, stage in BRANCH_STAGES.items() if all(getattr(s, branch) is None for s in seeds)]
 
 
 def differences(seeds: Sequence[SeedData], B: int = DEFAULT_B, seed: int = 0) -> list[dict[str, Any]]:
@@ -647,30 +686,33 @@ def _split_differences(seeds: Sequence[SeedData], split: str, B: int, seed: int)
     tag, prefix = f" ({split})", "" if split == "test" else f"{split}."
     out = []
 
-    def add(name: str, key: str, pairs: list[tuple[Paired, int]], statistic: Statistic, unit: str) -> None:
+    def add(name: str, key: str, pairs: list[tuple[Paired, int]], statistic: Statistic, unit: str,
+            used: Sequence[SeedData]) -> None:
         out.append({"split": split, **_difference(name + tag, prefix + key, [p for p, _ in pairs], statistic,
-                                                  [u for _, u in pairs], B, seed, unit)})
+                                                  [u for _, u in pairs], B, seed, unit),
+                    "seeds": [s.seed for s in used]})
 
     for other in ("base", "blind"):
         if all(split in s.mme and {"sft", other} <= set(s.mme[split]) for s in seeds):
             add(f"SFT - {other}: MME-style perception", f"foundation.sft_minus_{other}.mme_perception",
                 [mme_paired(s.mme[split], other, "sft", f"seed {s.seed} evaluate") for s in seeds], perception,
-                "images")
-    if _in_every(seeds, "silkie", split):
-        blocks = [(s.seed, s.silkie[split]) for s in seeds]
+                "images", seeds)
+    if silkie := branch_seeds(seeds, "silkie", split):
+        blocks = [(s.seed, s.silkie[split]) for s in silkie]
         mmhal = [_pair(b["mmhal"]["sft"][1], b["mmhal"]["dpo"][1], f"seed {n} mmhal") for n, b in blocks]
-        add("DPO - SFT: MMHal-style score (0-6)", "silkie.mmhal_score", mmhal, mean_of(0), "items")
-        add("DPO - SFT: hallucination rate", "silkie.hallucination_rate", mmhal, share_below(0, 3), "items")
+        add("DPO - SFT: MMHal-style score (0-6)", "silkie.mmhal_score", mmhal, mean_of(0), "items", silkie)
+        add("DPO - SFT: hallucination rate", "silkie.hallucination_rate", mmhal, share_below(0, 3), "items", silkie)
         add("DPO - SFT: MME-style perception", "silkie.mme_perception",
-            [mme_paired(b["mme"], "sft", "dpo", f"seed {n} evaluate_dpo") for n, b in blocks], perception, "images")
-    if _in_every(seeds, "fire", split):
-        blocks = [(s.seed, s.fire[split]) for s in seeds]
+            [mme_paired(b["mme"], "sft", "dpo", f"seed {n} evaluate_dpo") for n, b in blocks], perception, "images",
+            silkie)
+    if fire := branch_seeds(seeds, "fire", split):
+        blocks = [(s.seed, s.fire[split]) for s in fire]
         free = [_pair(b["free"]["sft"][1], b["free"]["fire"][1], f"seed {n} free dialogue") for n, b in blocks]
         for name, statistic in FREE_STATISTICS.items():
-            add(f"FIRE - SFT baseline: {name}", f"fire.{name}", free, statistic, "dialogues")
+            add(f"FIRE - SFT baseline: {name}", f"fire.{name}", free, statistic, "dialogues", fire)
         fixed = [_pair(b["fixed"]["sft"][1], b["fixed"]["teacher"][1], f"seed {n} fixed teacher")
                  for n, b in blocks]
-        add("trained - untrained teacher: score MAE", "fire.teacher_mae", fixed, mean_of(0), "items")
+        add("trained - untrained teacher: score MAE", "fire.teacher_mae", fixed, mean_of(0), "items", fire)
     return out
 
 
@@ -687,7 +729,7 @@ def _split_tables(seeds: Sequence[SeedData], split: str) -> list[dict[str, Any]]
                           _mme_rows(split, seeds), seeds,
                           "base = the untrained model, blind = SFT on blank images (the floor for reading the image)"
                           if split == "test" else ""))
-    if _in_every(seeds, "silkie", split):
+    if silkie := branch_seeds(seeds, "silkie", split):
         def mmhal(key: str) -> Callable[[SeedData, str], float]:
             return lambda s, label: s.silkie[split]["mmhal"][label][0][key]
 
@@ -698,8 +740,8 @@ def _split_tables(seeds: Sequence[SeedData], split: str) -> list[dict[str, Any]]
                           [("MMHal-style score (0-6)", mmhal("score")),
                            ("hallucination rate", mmhal("hallucination_rate")),
                            ("MME-style perception", mme("perception")), ("MME-style cognition", mme("cognition"))],
-                          seeds))
-    if _in_every(seeds, "fire", split):
+                          silkie))
+    if fire := branch_seeds(seeds, "fire", split):
         def free(key: str) -> Callable[[SeedData, str], float]:
             return lambda s, label: s.fire[split]["free"][label][0][key]
 
@@ -707,12 +749,44 @@ def _split_tables(seeds: Sequence[SeedData], split: str) -> list[dict[str, Any]]
             return lambda s, label: s.fire[split]["fixed"][label][0][key]
 
         out.append(_table(f"FIRE free dialogue, oracle teacher: SFT baseline vs FIRE ({tag})", ["sft", "fire"],
-                          [(key, free(key)) for key in FREE_STATISTICS], seeds,
+                          [(key, free(key)) for key in FREE_STATISTICS], fire,
                           "AT: average turns (lower is better); ADR, ATR, RR: higher is better"))
         out.append(_table(f"FIRE fixed dialogue: teacher score MAE, untrained SFT vs trained teacher ({tag})",
                           ["sft", "teacher"], [("score MAE", fixed("MAE")), ("unparsable", fixed("unparsable"))],
-                          seeds, "lower is better; an unparsable score counts as an error of 10"))
+                          fire, "lower is better; an unparsable score counts as an error of 10"))
     return out
+
+
+def plateau_definition(threshold: float = PLATEAU_THRESHOLD) -> str:
+    twice = (" (twice the constant answer: 100 per subtask on average)" if threshold == 2 * PLATEAU_PERCEPTION
+             else "")
+    return (f"The tiny model's plateau is a constant answer: 50 per MME-style subtask, perception "
+            f"{PLATEAU_PERCEPTION:g} (within a few points of blind SFT, ~230). A seed left the plateau when its "
+            f"VAL MME-style perception (SFT) is >= {threshold:g}{twice}; test figures are reported, not used to "
+            "decide.")
+
+
+def plateau(seeds: Sequence[SeedData], threshold: float = PLATEAU_THRESHOLD) -> dict[str, Any]:
+    """Whether SFT left the constant-answer plateau on each seed (val perception >= threshold), the k of n count,
+    and the spread (min, max) and mean with t-interval of the SFT test perception over seeds."""
+    def perception(seed: SeedData, split: str, label: str) -> float | None:
+        scored = seed.mme.get(split, {}).get(label)
+        return None if scored is None else float(scored["scores"]["perception"])
+
+    rows = []
+    for s in seeds:
+        val = perception(s, "val", "sft")
+        rows.append({"seed": s.seed, "val_perception": val, "test_perception": perception(s, "test", "sft"),
+                     "blind_test_perception": perception(s, "test", "blind"),
+                     "left": None if val is None else bool(val >= threshold)})
+    decided = [row for row in rows if row["left"] is not None]
+    test = [row["test_perception"] for row in rows if row["test_perception"] is not None]
+    return {"threshold": float(threshold), "constant_answer_perception": PLATEAU_PERCEPTION,
+            "definition": plateau_definition(threshold), "rows": rows,
+            "k": sum(1 for row in decided if row["left"]), "n": len(decided),
+            "undecided": [row["seed"] for row in rows if row["left"] is None],
+            "test_perception": stat_cell(test) if test else None,
+            "test_spread": [min(test), max(test)] if test else None}
 
 
 def _iso(ms: int | None) -> str | None:
@@ -750,21 +824,31 @@ def _download_bars(shown: bool) -> Iterator[None]:
             os.environ[key] = before
 
 
-def build_report(client: Any, sweep: str, *, B: int = DEFAULT_B, bootstrap_seed: int = 0,
-                 experiments: Sequence[str] | None = None, progress: bool = False) -> dict[str, Any]:
-    """The whole report as a JSON-able dict (see the module docstring)."""
+def build_report(client: Any, sweep: str | Sequence[str], *, B: int = DEFAULT_B, bootstrap_seed: int = 0,
+                 experiments: Sequence[str] | None = None, progress: bool = False,
+                 plateau_threshold: float = PLATEAU_THRESHOLD) -> dict[str, Any]:
+    """The whole report as a JSON-able dict (see the module docstring); ``sweep``: one name or several."""
+    sweeps = [sweep] if isinstance(sweep, str) else list(dict.fromkeys(sweep))
+    if not sweeps:
+        raise ReportError("no sweep named")
     checks: list[dict[str, Any]] = []
+    experiments = list(experiments or _all_experiments(client))
     with tempfile.TemporaryDirectory(prefix="silkfire-report-") as folder, _download_bars(progress):
-        seed_runs = sorted(find_seed_runs(client, sweep, experiments), key=lambda r: r.seed)
+        found = {name: find_seed_runs(client, name, experiments) for name in sweeps}
+        seed_runs, duplicates = merge_seed_runs(list(found.values()))
         seeds = [read_seed(client, run, Path(folder), checks, progress) for run in seed_runs]
-    runs = [{"seed": r.seed, "run_id": r.run.info.run_id, "name": r.run.info.run_name,
+    runs = [{"seed": r.seed, "sweep": r.sweep, "run_id": r.run.info.run_id, "name": r.run.info.run_name,
              "start": _iso(r.run.info.start_time), "end": _iso(r.run.info.end_time),
              "git_commit": r.run.data.tags.get("silkfire.git_commit") or r.run.data.tags.get(
                  "mlflow.source.git.commit"),
              "stages": {stage: run.info.run_id for stage, run in r.stages.items()}} for r in seed_runs]
     return {
         "schema": SCHEMA,
-        "sweep": sweep,
+        "sweep": " + ".join(sweeps),
+        "sweeps": [{"name": name, "seeds": sorted(r.seed for r in found[name]),
+                    "branches": [branch for branch, stage in BRANCH_STAGES.items()
+                                 if any(stage in r.stages for r in found[name])]} for name in sweeps],
+        "duplicates": duplicates,
         "seeds": [r.seed for r in seed_runs],
         "measured": {"start": min(r["start"] for r in runs), "end": max(r["end"] or "" for r in runs) or None},
         "git_commits": sorted({r["git_commit"] for r in runs if r["git_commit"]}),
@@ -774,6 +858,8 @@ def build_report(client: Any, sweep: str, *, B: int = DEFAULT_B, bootstrap_seed:
                        "B": B, "bootstrap_seed": bootstrap_seed},
         "runs": runs,
         "tables": tables(seeds),
+        "omitted": omitted_branches(seeds),
+        "plateau": plateau(seeds, plateau_threshold),
         "differences": differences(seeds, B, bootstrap_seed),
         "checks": checks,
     }
@@ -809,7 +895,18 @@ def _header_lines(report: Mapping[str, Any]) -> list[str]:
     seeds, machine, stats = report["seeds"], report["machine"], report["statistics"]
     commits = ", ".join(f"`{commit[:12]}`" for commit in report["git_commits"]) or "unknown"
     one_seed = " With one seed the over-seed intervals are not defined and the bootstrap resamples items only."
-    return [f"### Results: sweep `{report['sweep']}`", "",
+    sweeps = report.get("sweeps") or []
+    names = " + ".join("`" + s["name"] + "`" for s in sweeps)
+    title = f"### Results: sweeps {names}" if len(sweeps) > 1 else f"### Results: sweep `{report['sweep']}`"
+    where = []
+    if len(sweeps) > 1:
+        where = ["Sweeps: " + "; ".join(f"`{s['name']}`: seeds {', '.join(map(str, s['seeds']))} "
+                           f"({'branches ' + ', '.join(s['branches']) if s['branches'] else 'foundation only'})"
+                           for s in sweeps) + ".", ""]
+    for dup in report.get("duplicates") or []:
+        where += [f"Seed {dup['seed']} is in sweeps {', '.join(f'`{name}`' for name in dup['sweeps'])}: its newest "
+                  f"finished run is used (sweep `{dup['used_sweep']}`, run `{dup['used_run_id'][:12]}`).", ""]
+    return [title, "", *where,
             f"Seeds {', '.join(map(str, seeds))} (n = {len(seeds)}); measured {report['measured']['start']} to "
             f"{report['measured']['end']}; commit(s) {commits}; CPU {', '.join(machine['cpu']) or 'unknown'}, "
             f"threads {', '.join(machine['threads']) or 'unknown'}; {_versions(machine['versions'])}.", "",
@@ -820,8 +917,11 @@ def _header_lines(report: Mapping[str, Any]) -> list[str]:
 
 def _table_lines(table: Mapping[str, Any]) -> list[str]:
     columns = table["columns"]
-    lines = [f"#### {table['title']}", "", "| metric | " + " | ".join(columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = [f"#### {table['title']}", ""]
+    if "n" in table:
+        lines += [f"n = {table['n']} seed{'s' if table['n'] != 1 else ''} "
+                  f"({', '.join(map(str, table['seeds']))}).", ""]
+    lines += ["| metric | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for row in table["rows"]:
         lines.append(f"| {row['metric']} | " + " | ".join(_cell(row["cells"].get(c)) for c in columns) + " |")
     return lines + (["", table["note"]] if table.get("note") else []) + [""]
@@ -831,19 +931,48 @@ def _difference_lines(differences: Sequence[Mapping[str, Any]]) -> list[str]:
     if not differences:
         return []
     lines = ["#### Differences (paired bootstrap)", "",
-             "| difference | mean | 95% CI | per seed | excludes 0 | paired units per seed |",
-             "|---|---:|---|---|---|---|"]
+             "| difference | mean | 95% CI | per seed | excludes 0 | paired units per seed | n (seeds) |",
+             "|---|---:|---|---|---|---|---|"]
     for diff in differences:
         per_seed = ", ".join(fmt(value, diff["mean"]) for value in diff["per_seed"])
         left_out = sum(diff.get("unpaired") or [])  # items only one model's file had: not compared
         lines.append(f"| {diff['name']} | {fmt(diff['mean'])} | {_interval(diff['ci'], diff['mean'])} | {per_seed} "
                      f"| {'yes' if diff['excludes_zero'] else 'no'} | {', '.join(map(str, diff['items']))} "
-                     f"{diff['unit']}{f' ({left_out} unpaired left out)' if left_out else ''} |")
+                     f"{diff['unit']}{f' ({left_out} unpaired left out)' if left_out else ''} | {_n_seeds(diff)} |")
     lines.append("")
     for diff in differences:
         verdict = "excludes 0" if diff["excludes_zero"] else "includes 0 (no difference shown at this level)"
         lines.append(f"- {diff['name']}: {fmt(diff['mean'])}, 95% CI {_interval(diff['ci'], diff['mean'])} "
                      f"{verdict}.")
+    return lines + [""]
+
+
+def _n_seeds(diff: Mapping[str, Any]) -> str:
+    n = diff.get("n_seeds", len(diff["per_seed"]))
+    return f"{n} ({', '.join(map(str, diff['seeds']))})" if diff.get("seeds") else str(n)
+
+
+def _plateau_lines(plateau: Mapping[str, Any] | None) -> list[str]:
+    if not plateau:
+        return []
+    rows = plateau["rows"]
+    lines = [f"#### Foundation learns on every seed (SFT; n = {len(rows)} seed{'s' if len(rows) != 1 else ''})", "",
+             plateau["definition"], "",
+             "| seed | val MME-style perception | test perception | blind test perception | left the plateau |",
+             "|---:|---:|---:|---:|---|"]
+    for row in rows:
+        left = "n/a (no val file)" if row["left"] is None else ("yes" if row["left"] else "no")
+        cells = [fmt(row[key], PLATEAU_PERCEPTION)  # MME-style sums: one decimal, 0 included
+                 for key in ("val_perception", "test_perception", "blind_test_perception")]
+        lines.append(f"| {row['seed']} | " + " | ".join(cells) + f" | {left} |")
+    k, n = plateau["k"], plateau["n"]
+    lines += ["", f"Left the plateau on {k} of {n} seeds (failure rate {n - k}/{n})"
+              + (f"; undecided (no val perception): seeds {', '.join(map(str, plateau['undecided']))}"
+                 if plateau["undecided"] else "") + "."]
+    if (cell := plateau.get("test_perception")) is not None:
+        low, high = plateau["test_spread"]
+        lines.append(f"SFT test MME-style perception over {cell['n']} seeds: spread {fmt(low)} to {fmt(high)} "
+                     f"(max - min {fmt(high - low, high)}); mean {_cell(cell)}.")
     return lines + [""]
 
 
@@ -863,6 +992,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines = _header_lines(report)
     for table in report["tables"]:
         lines += _table_lines(table)
+    for line in report.get("omitted") or []:
+        lines += [line, ""]
+    lines += _plateau_lines(report.get("plateau"))
     lines += _difference_lines(report["differences"])
     lines.append(_checks_line(report["checks"]))
     return "\n".join(lines) + "\n"
