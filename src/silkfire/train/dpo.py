@@ -100,6 +100,7 @@ class DPOConfig:
     dtype: str = "float32"  # compute precision (silkfire.runtime): auto | float32 | bfloat16 (fp32 master + autocast)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (runtime.device)
     gradient_checkpointing: bool = False  # runtime.gradient_checkpointing
+    shared_prefix: bool = False  # image + prompt once per pair (pair_logps); False: chosen and rejected rows apart
 
     def __post_init__(self) -> None:
         if self.beta <= 0 or self.rpo_alpha < 0:
@@ -286,6 +287,167 @@ def _image_extras(model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
     return extras
 
 
+# ---- the shared prefix: image + prompt once per pair -----------------------------------------------------------
+# Chosen and rejected share the image and the question (~83% of a row's tokens on the default world, and the vision
+# tower's work). With ``shared_prefix`` each pair is one packed row [prefix, chosen answer, rejected answer]: a 4-D
+# attention mask lets the rejected answer see the prefix and itself but not the chosen answer, and its position ids
+# restart right after the prefix, so every answer token sees exactly the keys (and positions) it sees in its own
+# row -- the same log-probs and gradients, one forward, the vision tower once per pair. A model or batch where that
+# cannot hold exactly keeps the two-row computation, saying why (once per reason).
+PACKED_FAMILIES = ("llava", "llava_next")  # a plain 1-D RoPE language model (position ids: one per token)
+PACKED_ATTENTION = ("sdpa", "eager")  # take a custom 4-D mask as it is (flash-attention and flex do not)
+_FALLBACKS: set[str] = set()
+
+
+def _base_config(model: Any) -> Any:
+    model = getattr(model, "module", model)  # DDP
+    return model.config if hasattr(model, "config") else model.get_base_model().config
+
+
+def shared_prefix_unsupported(model: Any) -> str | None:
+    """None when the packed pair rows compute exactly the two-row log-probs for ``model``, else the reason."""
+    from silkfire.models.families import UnsupportedModel, family_for_type
+
+    config = _base_config(model)
+    try:
+        family = family_for_type(getattr(config, "model_type", None)).name
+    except UnsupportedModel:
+        family = str(getattr(config, "model_type", None))
+    if family not in PACKED_FAMILIES:
+        return (f"family {family!r} is not one of {list(PACKED_FAMILIES)} (Qwen2-VL's M-RoPE position ids are "
+                "computed from the whole row)")
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    attention = getattr(text, "_attn_implementation", None)
+    if attention not in PACKED_ATTENTION:
+        return f"attention implementation {attention!r} does not take a custom 4-D mask (sdpa and eager do)"
+    return None
+
+
+def _fallback(reason: str) -> None:
+    """Log (once per kind of reason: the text before any ' (pair ') that a batch keeps two rows per pair."""
+    import logging
+
+    kind = reason.split(" (pair ")[0]
+    if kind not in _FALLBACKS:
+        _FALLBACKS.add(kind)
+        logging.getLogger(__name__).warning("dpo.shared_prefix: two rows per pair instead of one: %s", reason)
+
+
+def _answer_span(labels: Any) -> tuple[int, int] | None:
+    """(first, last) index of the trained tokens of one side, None when there is none."""
+    from silkfire.train.data import IGNORE_INDEX
+
+    trained = (labels != IGNORE_INDEX).nonzero().flatten()
+    return (int(trained[0]), int(trained[-1])) if len(trained) else None
+
+
+def collate_packed(data: PairData, indices: Sequence[int], pad_token_id: int, *, additive_dtype: Any = None
+                   ) -> dict[str, Any] | str:
+    """One packed row per pair, or the reason the batch cannot be packed exactly.
+
+    Row i: the shared prefix ``ids[:p]`` (every token before the first trained token of either side, which must be
+    the same in both), then the chosen side's tokens ``p .. last trained - 1``, then the rejected side's (a token
+    that only is a target is never an input). Position ``p - 1`` predicts the first answer token of both sides.
+    Returns the model inputs (``attention_mask`` 4-D: bool, or additive in ``additive_dtype`` for eager attention;
+    ``position_ids``; ``logits_to_keep``: every position from ``p - 1`` to the row's end) and ``targets``:
+    ``(flat logit index, token, output row)`` with output rows 0..B-1 the chosen sides, B..2B-1 the rejected ones.
+    """
+    import torch
+
+    from silkfire.train.data import IGNORE_INDEX, image_batch
+
+    size = len(indices)
+    rows = []
+    for i in indices:
+        chosen, rejected = data.chosen_ids[i], data.rejected_ids[i]
+        spans = _answer_span(data.chosen_labels[i]), _answer_span(data.rejected_labels[i])
+        if spans[0] is None or spans[1] is None:
+            return f"a side without trained tokens (pair {data.ids[i]!r})"
+        p = min(spans[0][0], spans[1][0])
+        if p < 1 or not torch.equal(chosen[:p], rejected[:p]):
+            return f"chosen and rejected tokens differ before the answer (pair {data.ids[i]!r})"
+        rows.append((p, chosen[p:spans[0][1]], rejected[p:spans[1][1]], spans))
+    length = max(p + len(c) + len(r) for p, c, r, _ in rows)
+    input_ids = torch.full((size, length), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((size, length), dtype=torch.long)
+    allowed = torch.eye(length, dtype=torch.bool).repeat(size, 1, 1)  # padding attends to itself only (no NaN)
+    keep = torch.zeros((size, length), dtype=torch.bool)
+    flat, tokens, out_rows = [], [], []
+    offset = 0
+    causal = torch.ones((length, length), dtype=torch.bool).tril()
+    for row, (i, (p, chosen, rejected, spans)) in enumerate(zip(indices, rows)):
+        lc, lr = len(chosen), len(rejected)
+        end_c, end = p + lc, p + lc + lr
+        input_ids[row, :p] = data.chosen_ids[i][:p]
+        input_ids[row, p:end_c] = chosen
+        input_ids[row, end_c:end] = rejected
+        position_ids[row, :end_c] = torch.arange(end_c)
+        position_ids[row, end_c:end] = torch.arange(p, p + lr)
+        allowed[row, :end_c, :end_c] = causal[:end_c, :end_c]
+        allowed[row, end_c:end, :p] = True
+        allowed[row, end_c:end, end_c:end] = causal[:lr, :lr]
+        keep[row, p - 1:end] = True
+        # kept logits of this row, flattened: p - 1 (both sides' first token), the chosen inputs, the rejected ones
+        for side, (labels, first_input, count) in enumerate(((data.chosen_labels[i], 1, lc),
+                                                            (data.rejected_labels[i], 1 + lc, lr))):
+            targets = labels[p:p + count + 1]
+            logit = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(first_input, first_input + count)])
+            trained = targets != IGNORE_INDEX
+            flat.append(offset + logit[trained])
+            tokens.append(targets[trained])
+            out_rows.append(torch.full((int(trained.sum()),), row + side * size, dtype=torch.long))
+        offset += end - (p - 1)
+    mask = allowed.unsqueeze(1)
+    if additive_dtype is not None:
+        mask = torch.zeros(mask.shape, dtype=additive_dtype).masked_fill(~mask, torch.finfo(additive_dtype).min)
+    images = [data.image_index[i] for i in indices]
+    return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids, "logits_to_keep": keep,
+            "targets": (torch.cat(flat), torch.cat(tokens), torch.cat(out_rows)),
+            **image_batch(data.pixel_values, data.image_extras, images)}
+
+
+def packed_logps(model: Any, batch: Mapping[str, Any], rows: int, runtime: Runtime | None = None
+                 ) -> tuple[Any, Any]:
+    """:func:`sequence_logps` of a :func:`collate_packed` batch: (sums, counts) of the 2B sides, chosen first."""
+    from contextlib import nullcontext
+
+    import torch
+
+    parameter = next(model.parameters())
+    dtype, device = parameter.dtype, parameter.device
+    flat, tokens, out_rows = (value.to(device) for value in batch["targets"])
+    inputs = {key: value.to(device, non_blocking=True) for key, value in batch.items() if key != "targets"}
+    with runtime.autocast() if runtime is not None else nullcontext():
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                       position_ids=inputs["position_ids"], pixel_values=inputs["pixel_values"].to(dtype),
+                       logits_to_keep=inputs["logits_to_keep"], use_cache=False,
+                       **_image_extras(model, inputs)).logits
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    token_logps = logits[flat].log_softmax(-1).gather(1, tokens.unsqueeze(-1)).squeeze(-1)
+    sums = torch.zeros(rows, dtype=token_logps.dtype, device=device).index_add(0, out_rows, token_logps)
+    counts = torch.zeros(rows, dtype=torch.long, device=device).index_add(0, out_rows, torch.ones_like(out_rows))
+    return sums, counts
+
+
+def pair_logps(model: Any, data: PairData, indices: Sequence[int], pad_token_id: int,
+               runtime: Runtime | None = None, shared_prefix: bool = False) -> tuple[Any, Any]:
+    """(answer log-prob sums, answer token counts) of the B pairs at ``indices``: 2B values, the chosen sides
+    first. ``shared_prefix``: one packed row per pair where that is exact (see above), else two rows per pair."""
+    if shared_prefix:
+        reason = shared_prefix_unsupported(model)
+        if reason is None:
+            text = _base_config(model)
+            text = text.get_text_config() if hasattr(text, "get_text_config") else text
+            eager = getattr(text, "_attn_implementation", None) == "eager"
+            batch = collate_packed(data, indices, pad_token_id,
+                                   additive_dtype=next(model.parameters()).dtype if eager else None)
+            if not isinstance(batch, str):
+                return packed_logps(model, batch, 2 * len(indices), runtime)
+            reason = batch
+        _fallback(reason)
+    return sequence_logps(model, collate_pairs(data, indices, pad_token_id), runtime)
+
+
 def dpo_loss(policy_chosen: Any, policy_rejected: Any, ref_chosen: Any, ref_rejected: Any, beta: float) -> tuple[Any, Any, Any]:
     """Sigmoid DPO loss per pair and the implicit rewards beta * (log pi - log ref) of chosen and rejected."""
     import torch.nn.functional as F
@@ -300,8 +462,7 @@ def batch_loss(model: Any, data: PairData, indices: Sequence[int], pad_token_id:
     """Loss of one batch (one concatenated forward) and its metrics."""
     import torch
 
-    batch = collate_pairs(data, indices, pad_token_id)
-    logps, counts = sequence_logps(model, batch, runtime)
+    logps, counts = pair_logps(model, data, indices, pad_token_id, runtime, config.shared_prefix)
     size = len(indices)
     chosen, rejected = logps[:size], logps[size:]
     ref_chosen = data.ref_chosen[list(indices)].to(logps.device)
@@ -321,8 +482,10 @@ def batch_loss(model: Any, data: PairData, indices: Sequence[int], pad_token_id:
 
 
 def reference_logps(model: Any, data: PairData, pad_token_id: int, batch_size: int, progress: bool = True, *,
-                    runtime: Runtime | None = None, shard: tuple[int, int] = (0, 1)) -> tuple[Any, Any]:
-    """Log-probs of every chosen and rejected response under the (frozen) reference model, one pass.
+                    runtime: Runtime | None = None, shard: tuple[int, int] = (0, 1),
+                    shared_prefix: bool = False) -> tuple[Any, Any]:
+    """Log-probs of every chosen and rejected response under the (frozen) reference model, one pass
+    (``shared_prefix``: see :func:`pair_logps`).
 
     ``shard=(k, n)``: only the batches b with b mod n == k (the others stay 0; process k of n sums them up)."""
     import torch
@@ -338,7 +501,7 @@ def reference_logps(model: Any, data: PairData, pad_token_id: int, batch_size: i
     with torch.no_grad():
         for start in tqdm(starts, desc="reference log-probs", unit="batch", disable=not progress):
             indices = order[start:start + batch_size]
-            logps, _ = sequence_logps(model, collate_pairs(data, indices, pad_token_id), runtime)
+            logps, _ = pair_logps(model, data, indices, pad_token_id, runtime, shared_prefix)
             logps = logps.float().cpu()
             chosen[indices] = logps[:len(indices)]
             rejected[indices] = logps[len(indices):]
@@ -565,8 +728,7 @@ def _micro_terms(model: Any, data: PairData, mine: Sequence[int], pad_id: int, c
     micro-batch, weighted by its share of the step's chunk) and its sums of :data:`STEP_SUMS` (float64)."""
     import torch
 
-    batch = collate_pairs(data, mine, pad_id)
-    logps, _ = sequence_logps(model, batch, runtime)
+    logps, _ = pair_logps(model, data, mine, pad_id, runtime, config.shared_prefix)
     size = len(mine)
     chosen, rejected = logps[:size], logps[size:]
     ref_chosen = data.ref_chosen[list(mine)].to(logps.device)
@@ -813,7 +975,8 @@ def train_dpo(
 
     # The reference pass: once, before any adapter or update; reused when the pairs and start model are the same.
     # Sharded: process k runs batches k, k+N, ...; the sums give every pair's log-probs to every process.
-    key = _digest(file_digest(pairs_path), str(start), _model_digest(start), max_length, runtime.dtype)
+    key = _digest(file_digest(pairs_path), str(start), _model_digest(start), max_length, runtime.dtype,
+                  *(["shared_prefix"] if config.shared_prefix else []))  # equal up to rounding; timed apart
     reference_path = out_dir / REFERENCE_FILE
     started = time.perf_counter()
     cached = load_file(str(reference_path)) if reference_path.is_file() else {}
@@ -823,7 +986,8 @@ def train_dpo(
         with runtime_policy.oom_hint(f"{what} (reference pass)", {f"{config_key}.ref_batch_size":
                                      config.ref_batch_size}, runtime=runtime):
             chosen, rejected = reference_logps(model, data, pad_id, config.ref_batch_size, progress,
-                                               runtime=runtime, shard=(job.rank, job.world))
+                                               runtime=runtime, shard=(job.rank, job.world),
+                                               shared_prefix=config.shared_prefix)
         both = job.sum(torch.stack([chosen, rejected]))
         data.ref_chosen, data.ref_rejected = both[0].contiguous(), both[1].contiguous()
         if job.main:

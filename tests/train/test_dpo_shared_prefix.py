@@ -1,0 +1,147 @@
+"""dpo.shared_prefix (issue 16): image + prompt once per pair, one packed row [prefix, chosen, rejected] with a 4-D
+mask -- the same per-pair log-probs and the same gradients as two rows per pair, on every family it claims; the
+families (and batches) it cannot do exactly fall back to two rows, say so, and still match."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from silkfire.io import read_records
+from silkfire.models.testing import make_real_checkpoint, make_test_model, make_test_world
+from silkfire.train.dpo import (
+    PACKED_FAMILIES,
+    DPOConfig,
+    batch_loss,
+    collate_pairs,
+    collate_packed,
+    encode_pairs,
+    pair_logps,
+    sequence_logps,
+    shared_prefix_unsupported,
+)
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_test_world(tmp_path_factory.mktemp("world") / "world", train_scenes=2, val_scenes=1, test_scenes=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _pairs(world: Path, n: int = 5) -> list[dict]:
+    """Prompts of different lengths, answers of different lengths on both sides (one a single word)."""
+    records = read_records(world / "train.jsonl")
+    prompts = sorted({r["question"] for r in records}, key=len)
+    prompts = [prompts[0], prompts[len(prompts) // 2], prompts[-1], "What is it?", prompts[1]]
+    answers = ["Yes.", "There is a red circle and a blue square next to it.", "No",
+               "There are three objects in the picture: a green triangle, a red circle and a blue square.",
+               "A purple hexagon."]
+    return [{"id": f"p{i}", "image": records[i % len(records)]["image"], "prompt": prompts[i % len(prompts)],
+             "chosen": answers[i % len(answers)], "rejected": answers[(i + 2) % len(answers)]} for i in range(n)]
+
+
+def _model(kind: str, tmp: Path, attention: str | None = None):
+    from silkfire.models.loading import load_vlm
+
+    path = make_test_model(tmp / kind) if kind == "test" else make_real_checkpoint(kind, tmp / kind)
+    model, processor = load_vlm(path, dtype="float32", device="cpu")
+    if attention is not None:
+        model.set_attn_implementation(attention)
+    return model, processor
+
+
+def _data(model, processor, world: Path):
+    data, kept = encode_pairs(_pairs(world), processor, world, max_length=None, progress=False)
+    assert len(kept) == 5
+    prefix = [int((labels != -100).nonzero()[0]) for labels in data.chosen_labels]
+    assert len(set(prefix)) > 1, "the batch should hold prefixes of different lengths"
+    assert len({len(ids) for ids in data.chosen_ids}) > 1
+    data.ref_chosen, data.ref_rejected = torch.zeros(len(data)) - 20.0, torch.zeros(len(data)) - 25.0
+    return data
+
+
+def _two_rows(model, data, indices, pad_id):
+    return sequence_logps(model, collate_pairs(data, indices, pad_id))
+
+
+def _grads(model, data, indices, pad_id, shared: bool) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    config = DPOConfig(rpo_alpha=1.0, shared_prefix=shared)
+    loss, _ = batch_loss(model, data, indices, pad_id, config)
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+CASES = [("test", None), ("llava", None), ("llava_next", None), ("test", "eager")]
+
+
+@pytest.mark.parametrize(("kind", "attention"), CASES, ids=[f"{k}-{a or 'default'}" for k, a in CASES])
+def test_packed_pairs_give_the_two_row_log_probs_and_gradients(kind: str, attention: str | None, tmp_path: Path,
+                                                              world: Path) -> None:
+    model, processor = _model(kind, tmp_path, attention)
+    assert shared_prefix_unsupported(model) is None
+    data = _data(model, processor, world)
+    pad_id = processor.tokenizer.pad_token_id
+    indices = [3, 0, 4, 1, 2]
+    packed = collate_packed(data, indices, pad_id)
+    assert not isinstance(packed, str), packed
+    two_rows = collate_pairs(data, indices, pad_id)
+    assert packed["input_ids"].numel() < 0.75 * two_rows["input_ids"].numel()  # the prefix once, not twice
+
+    with torch.no_grad():
+        want, want_counts = _two_rows(model, data, indices, pad_id)
+        got, got_counts = pair_logps(model, data, indices, pad_id, shared_prefix=True)
+    assert torch.equal(got_counts, want_counts)
+    assert torch.allclose(got, want, atol=ATOL, rtol=0), (got - want).abs().max()
+
+    model.train()
+    want_grads = _grads(model, data, indices, pad_id, shared=False)
+    got_grads = _grads(model, data, indices, pad_id, shared=True)
+    assert set(got_grads) == set(want_grads) and len(want_grads) > 10
+    for name, grad in want_grads.items():
+        assert torch.allclose(got_grads[name], grad, atol=ATOL, rtol=1e-4), (name, (got_grads[name] - grad).abs().max())
+
+
+def test_an_unsupported_family_falls_back_and_says_why(tmp_path: Path, world: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    model, processor = _model("qwen2_vl", tmp_path)
+    assert "qwen2_vl" not in PACKED_FAMILIES
+    assert "M-RoPE" in shared_prefix_unsupported(model)
+    data = _data(model, processor, world)
+    pad_id = processor.tokenizer.pad_token_id
+    indices = [0, 1, 2, 3]
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="silkfire.train.dpo"):
+        got, got_counts = pair_logps(model, data, indices, pad_id, shared_prefix=True)
+        want, want_counts = _two_rows(model, data, indices, pad_id)
+    assert torch.equal(got, want) and torch.equal(got_counts, want_counts)
+    assert "dpo.shared_prefix" in caplog.text and "M-RoPE" in caplog.text
+
+
+def test_a_batch_that_cannot_be_packed_exactly_keeps_two_rows(tmp_path: Path, world: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    model, processor = _model("test", tmp_path)
+    data = _data(model, processor, world)
+    pad_id = processor.tokenizer.pad_token_id
+    data.rejected_ids[1] = data.rejected_ids[1].clone()
+    data.rejected_ids[1][2] = (data.rejected_ids[1][2] + 1) % 50  # the two sides' prompts differ
+    reason = collate_packed(data, [0, 1], pad_id)
+    assert isinstance(reason, str) and "'p1'" in reason
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="silkfire.train.dpo"):
+        got, _ = pair_logps(model, data, [0, 1], pad_id, shared_prefix=True)
+        want, _ = _two_rows(model, data, [0, 1], pad_id)
+    assert torch.equal(got, want)
+    assert "differ before the answer" in caplog.text
+
+
+def test_the_option_defaults_off_and_reads_from_the_config() -> None:
+    assert DPOConfig().shared_prefix is False
+    assert DPOConfig.from_mapping({"shared_prefix": True}).shared_prefix is True
