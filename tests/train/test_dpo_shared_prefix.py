@@ -145,3 +145,39 @@ def test_a_batch_that_cannot_be_packed_exactly_keeps_two_rows(tmp_path: Path, wo
 def test_the_option_defaults_off_and_reads_from_the_config() -> None:
     assert DPOConfig().shared_prefix is False
     assert DPOConfig.from_mapping({"shared_prefix": True}).shared_prefix is True
+
+
+def test_train_dpo_with_a_shared_prefix_follows_the_two_row_run(tmp_path: Path, world: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole loop (reference pass, LoRA steps, eval): the same reference log-probs and the same curve."""
+    from safetensors.torch import load_file
+
+    import silkfire.train.dpo as dpo
+    from silkfire.io import write_jsonl
+    from silkfire.train.dpo import REFERENCE_FILE, train_dpo
+
+    packed_calls = []
+    packed = dpo.packed_logps
+    monkeypatch.setattr(dpo, "packed_logps", lambda *args, **kwargs: packed_calls.append(1) or packed(*args, **kwargs))
+
+    base = make_test_model(tmp_path / "base")
+    pairs = _pairs(world, 10)
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    runs = {}
+    for shared in (False, True):
+        config = DPOConfig.from_mapping(dict(
+            max_steps=3, batch_size=3, learning_rate=2e-3, warmup_ratio=0.0, lr_scheduler="constant", logging_steps=1,
+            save_steps=0, eval_fraction=0.2, ref_batch_size=4, num_threads=1, progress=False, seed=0,
+            lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}, shared_prefix=shared))
+        out = tmp_path / f"dpo-{shared}"
+        runs[shared] = (train_dpo(base, tmp_path / "pairs.jsonl", world, config, out), load_file(out / REFERENCE_FILE))
+        # packed (under PEFT) in the reference pass (3 batches), the 3 steps and the eval batch; never without
+        assert len(packed_calls) == (3 + 3 + 1 if shared else 0)
+    (two, ref_two), (packed, ref_packed) = runs[False], runs[True]
+    for side in ("chosen", "rejected"):
+        assert torch.allclose(ref_packed[side], ref_two[side], atol=ATOL, rtol=0)
+    assert len(two.history) == len(packed.history) == 3
+    for want, got in zip(two.history, packed.history):
+        for key in ("loss", "chosen_logp", "rejected_logp", "grad_norm"):
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (want["step"], key)
+    assert packed.metrics["eval_loss"] == pytest.approx(two.metrics["eval_loss"], rel=1e-4, abs=1e-5)

@@ -3,7 +3,9 @@
 Why not TRL's DPOTrainer: it refuses precomputed reference log-probs for vision data and runs the reference model
 every step; here the reference log-probs are computed once (one no-grad pass over the pairs before training,
 saved next to the model) and each step is one forward over the concatenated chosen + rejected batch
-(benchmarks/dpo_vs_trl.py measures the difference). Loss (Rafailov et al.; Silkie uses beta 0.1)::
+(benchmarks/dpo_vs_trl.py measures the difference). With ``shared_prefix`` a pair is one packed row instead of two:
+image + prompt once, then both answers, a 4-D attention mask keeping them apart (:func:`pair_logps`; exact, else
+two rows with a logged reason). Loss (Rafailov et al.; Silkie uses beta 0.1)::
 
     z = beta * ((log pi(c) - log ref(c)) - (log pi(r) - log ref(r)))
     loss = -log sigmoid(z) + rpo_alpha * NLL_token_mean(chosen | pi)
