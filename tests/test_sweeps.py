@@ -203,10 +203,10 @@ def test_fire_data_size_ablation_command_on_a_tiny_config(project: Path) -> None
     """docs/experiments.md's FIRE ablation (its key, target and metric) on a tiny world and tiny trainings."""
     from mlflow import MlflowClient
 
-    result = run_sweep(["fire.dialogues.train_questions=20,40", *FIRE_TINY], "fire_bench.free.oracle.fire.RR",
+    result = run_sweep(["fire.dialogues.train_questions=20,40", *FIRE_TINY], "fire_bench.val.free.oracle.fire.RR",
                        targets=["pipelines/fire/dvc.yaml"], name="fire-data-size", root=project)
     assert result["failed"] == 0, result["points"]
-    values = [row["fire_bench.free.oracle.fire.RR"] for row in result["points"]]
+    values = [row["fire_bench.val.free.oracle.fire.RR"] for row in result["points"]]
     assert all(0.0 <= value <= 1.0 for value in values)
     dialogues = [json.loads((project / "metrics" / "dialogues.json").read_text())]
     assert dialogues  # the last point's dialogues metrics are in the workspace
