@@ -294,9 +294,13 @@ def _image_extras(model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
 # tower's work). With ``shared_prefix`` each pair is one packed row [prefix, chosen answer, rejected answer]: a 4-D
 # attention mask lets the rejected answer see the prefix and itself but not the chosen answer, and its position ids
 # restart right after the prefix, so every answer token sees exactly the keys (and positions) it sees in its own
-# row -- the same log-probs and gradients, one forward, the vision tower once per pair. A model or batch where that
-# cannot hold exactly keeps the two-row computation, saying why (once per reason).
-PACKED_FAMILIES = ("llava", "llava_next")  # a plain 1-D RoPE language model (position ids: one per token)
+# row -- the same log-probs and gradients, one forward, the vision tower once per pair. Qwen2-VL's M-RoPE positions
+# of the prefix come from the model's own get_rope_index (run on the prefixes); answer tokens are text, one position
+# each after the prefix's largest. A model or batch where that cannot hold exactly keeps the two-row computation,
+# saying why (once per reason).
+PACKED_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl")  # each: tests/train/test_dpo_shared_prefix.py
+MROPE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+PACKED_TEXT_MODELS = ("llama", "mistral", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text")  # causal: mask + positions
 PACKED_ATTENTION = ("sdpa", "eager")  # take a custom 4-D mask as it is (flash-attention and flex do not)
 _FALLBACKS: set[str] = set()
 
@@ -316,9 +320,15 @@ def shared_prefix_unsupported(model: Any) -> str | None:
     except UnsupportedModel:
         family = str(getattr(config, "model_type", None))
     if family not in PACKED_FAMILIES:
-        return (f"family {family!r} is not one of {list(PACKED_FAMILIES)} (Qwen2-VL's M-RoPE position ids are "
-                "computed from the whole row)")
+        return f"family {family!r} is not one of {list(PACKED_FAMILIES)} (not verified exact)"
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "model_type", None) not in PACKED_TEXT_MODELS:
+        return f"language model {getattr(text, 'model_type', None)!r} is not one of {list(PACKED_TEXT_MODELS)}"
+    layer_types = getattr(text, "layer_types", None)
+    sliding = (any(kind != "full_attention" for kind in layer_types) if layer_types
+               else getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True))
+    if sliding:
+        return "sliding-window attention layers (their mask is built from a 2-D mask, a custom 4-D one replaces it)"
     attention = getattr(text, "_attn_implementation", None)
     if attention not in PACKED_ATTENTION:
         return f"attention implementation {attention!r} does not take a custom 4-D mask (sdpa and eager do)"
@@ -404,6 +414,7 @@ def collate_packed(data: PairData, indices: Sequence[int], pad_token_id: int, *,
         mask = torch.zeros(mask.shape, dtype=additive_dtype).masked_fill(~mask, torch.finfo(additive_dtype).min)
     images = [data.image_index[i] for i in indices]
     return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids, "logits_to_keep": keep,
+            "prefix_lengths": torch.tensor([row[0] for row in rows]),
             "targets": (torch.cat(flat), torch.cat(tokens), torch.cat(out_rows)),
             **image_batch(data.pixel_values, data.image_extras, images)}
 
@@ -419,9 +430,13 @@ def packed_logps(model: Any, batch: Mapping[str, Any], rows: int, runtime: Runti
     dtype, device = parameter.dtype, parameter.device
     flat, tokens, out_rows = (value.to(device) for value in batch["targets"])
     inputs = {key: value.to(device, non_blocking=True) for key, value in batch.items() if key != "targets"}
+    position_ids = inputs["position_ids"]
+    config = _base_config(model)
+    if config.model_type in MROPE_FAMILIES:
+        position_ids = _mrope_positions(model, config, inputs)
     with runtime.autocast() if runtime is not None else nullcontext():
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                       position_ids=inputs["position_ids"], pixel_values=inputs["pixel_values"].to(dtype),
+                       position_ids=position_ids, pixel_values=inputs["pixel_values"].to(dtype),
                        logits_to_keep=inputs["logits_to_keep"], use_cache=False,
                        **_image_extras(model, inputs)).logits
     logits = logits.float().reshape(-1, logits.shape[-1])
@@ -429,6 +444,30 @@ def packed_logps(model: Any, batch: Mapping[str, Any], rows: int, runtime: Runti
     sums = torch.zeros(rows, dtype=token_logps.dtype, device=device).index_add(0, out_rows, token_logps)
     counts = torch.zeros(rows, dtype=torch.long, device=device).index_add(0, out_rows, torch.ones_like(out_rows))
     return sums, counts
+
+
+def _mrope_positions(model: Any, config: Any, inputs: Mapping[str, Any]) -> Any:
+    """Qwen2-VL's / Qwen2.5-VL's (3, B, L) position ids of a packed batch: the prefixes' from the model's
+    get_rope_index (what it computes for a whole row, whose answer comes after the prefix), then each answer's text
+    positions (one per token, all three rows equal) from the prefix's largest position + 1 -- for the chosen and
+    again for the rejected one."""
+    import torch
+
+    from silkfire.train.data import mm_token_type_ids
+
+    rope_index = next(module.get_rope_index for module in model.modules()
+                      if callable(getattr(type(module), "get_rope_index", None)))
+    ids, prefix = inputs["input_ids"], inputs["prefix_lengths"]
+    longest = int(prefix.max())
+    prefix_mask = (torch.arange(longest, device=ids.device) < prefix[:, None]).long()
+    prefix_ids = ids[:, :longest]
+    positions, _ = rope_index(prefix_ids, mm_token_type_ids=mm_token_type_ids(prefix_ids, config.image_token_id),
+                              image_grid_thw=inputs["image_grid_thw"], attention_mask=prefix_mask)
+    start = positions.amax(dim=(0, 2)) + 1  # masked (other rows' answer) places hold 0
+    text = (inputs["position_ids"] - prefix[:, None] + start[:, None]).clamp(min=0)  # 1-D p.. -> start..
+    out = text.unsqueeze(0).repeat(3, 1, 1)
+    out[:, :, :longest] = torch.where(prefix_mask.bool(), positions, out[:, :, :longest])
+    return out
 
 
 def pair_logps(model: Any, data: PairData, indices: Sequence[int], pad_token_id: int,
