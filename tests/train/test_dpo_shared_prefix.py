@@ -142,6 +142,21 @@ def test_packed_pairs_give_the_two_row_log_probs_and_gradients(kind: str, attent
         assert torch.allclose(got_grads[name], grad, atol=ATOL, rtol=1e-4), (name, (got_grads[name] - grad).abs().max())
 
 
+def test_gradients_match_under_activation_checkpointing(tmp_path: Path, world: Path) -> None:
+    from silkfire.runtime import enable_gradient_checkpointing
+
+    model, processor = _model("test", tmp_path)
+    data = _data(model, processor, world)
+    pad_id = processor.tokenizer.pad_token_id
+    enable_gradient_checkpointing(model)
+    model.train()
+    want = _grads(model, data, [0, 1, 2, 3, 4], pad_id, shared=False)
+    got = _grads(model, data, [0, 1, 2, 3, 4], pad_id, shared=True)
+    assert set(got) == set(want)
+    for name, grad in want.items():
+        assert torch.allclose(got[name], grad, atol=ATOL, rtol=1e-4), name
+
+
 def test_a_model_it_cannot_pack_exactly_falls_back_and_says_why(tmp_path: Path, world: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     model, processor = _model("qwen2_vl_sliding", tmp_path)

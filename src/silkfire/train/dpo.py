@@ -359,7 +359,7 @@ def collate_packed(data: PairData, indices: Sequence[int], pad_token_id: int, *,
 
     Row i: the shared prefix ``ids[:p]`` (every token before the first trained token of either side, which must be
     the same in both), then the chosen side's tokens ``p .. last trained - 1``, then the rejected side's (a token
-    that only is a target is never an input). Position ``p - 1`` predicts the first answer token of both sides.
+    that is only a target is never an input). Position ``p - 1`` predicts the first answer token of both sides.
     Returns the model inputs (``attention_mask`` 4-D: bool, or additive in ``additive_dtype`` for eager attention;
     ``position_ids``; ``logits_to_keep``: every position from ``p - 1`` to the row's end) and ``targets``:
     ``(flat logit index, token, output row)`` with output rows 0..B-1 the chosen sides, B..2B-1 the rejected ones.
@@ -378,8 +378,8 @@ def collate_packed(data: PairData, indices: Sequence[int], pad_token_id: int, *,
         p = min(spans[0][0], spans[1][0])
         if p < 1 or not torch.equal(chosen[:p], rejected[:p]):
             return f"chosen and rejected tokens differ before the answer (pair {data.ids[i]!r})"
-        rows.append((p, chosen[p:spans[0][1]], rejected[p:spans[1][1]], spans))
-    length = max(p + len(c) + len(r) for p, c, r, _ in rows)
+        rows.append((p, chosen[p:spans[0][1]], rejected[p:spans[1][1]]))
+    length = max(p + len(c) + len(r) for p, c, r in rows)
     input_ids = torch.full((size, length), pad_token_id, dtype=torch.long)
     position_ids = torch.zeros((size, length), dtype=torch.long)
     allowed = torch.eye(length, dtype=torch.bool).repeat(size, 1, 1)  # padding attends to itself only (no NaN)
@@ -387,7 +387,7 @@ def collate_packed(data: PairData, indices: Sequence[int], pad_token_id: int, *,
     flat, tokens, out_rows = [], [], []
     offset = 0
     causal = torch.ones((length, length), dtype=torch.bool).tril()
-    for row, (i, (p, chosen, rejected, spans)) in enumerate(zip(indices, rows)):
+    for row, (i, (p, chosen, rejected)) in enumerate(zip(indices, rows)):
         lc, lr = len(chosen), len(rejected)
         end_c, end = p + lc, p + lc + lr
         input_ids[row, :p] = data.chosen_ids[i][:p]
