@@ -50,9 +50,13 @@ def test_parse_overrides_refuses_what_it_cannot_sweep(overrides: list[str], mess
         parse_overrides(overrides)
 
 
-def test_cli_reports_a_sweep_it_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_a_sweep_it_cannot_run(capsys: pytest.CaptureFixture[str], tmp_path: Path, copy_project,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from silkfire.cli import main
 
+    # a copy of the project: the command takes its workspace lock, which must not be the checkout's (a `make run`
+    # there would make this test fail with "busy", and a killed test run would leave a holder record behind)
+    monkeypatch.setenv("SILKFIRE_ROOT", str(copy_project(tmp_path / "project")))
     assert main(["sweep", "experiment=smoke", "--metric", "sft.eval_loss"]) == 2
     assert "nothing to sweep" in capsys.readouterr().err
 
