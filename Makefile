@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-all ui setup clean seeds
+.PHONY: run test test-all ui setup clean seeds bench
 
 run: $(STAMP)  ## run the default pipeline (Prefect flow over the DVC stages, tracked in MLflow)
 	$(BIN)/silkfire run $(ARGS)
@@ -38,6 +38,18 @@ seeds: $(STAMP)  ## whole-pipeline seeds + `silkfire report` (mean +- 95% CI, pa
 
 ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000
 	$(BIN)/silkfire ui
+
+# Our DPO trainer vs TRL 1.16's DPOTrainer (issue 16): the bench extra (trl, datasets) on top of the setup, then
+# benchmarks/dpo_vs_trl.py with its defaults (5 interleaved rounds, ~7-8 min on 2 cores; run it on a quiet machine:
+# a round that starts at a 1-minute load above 1.5 is refused). Table on stdout, raw JSON in benchmarks/results/.
+BENCH_STAMP := $(VENV)/.installed-bench
+bench: $(BENCH_STAMP)  ## DPO vs TRL benchmark (BENCH_ARGS: e.g. --rounds 7); writes benchmarks/results/dpo_vs_trl-*.json
+	$(BIN)/python benchmarks/dpo_vs_trl.py $(BENCH_ARGS)
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
+	$(VENV)/bin/pip check
+	touch $(BENCH_STAMP)
 
 setup: $(STAMP)
 
