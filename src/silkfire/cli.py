@@ -6,36 +6,15 @@ Heavy libraries are imported inside the commands that need them, so `silkfire sc
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
+
+from silkfire.flow import FLOW_MODULE, load_flow_module  # noqa: F401 -- importable from here too (tests, docs)
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
-FLOW_MODULE = "silkfire_pipeline_flow"
-
-
-def load_flow_module(root: Path | None = None) -> ModuleType:
-    """Import flows/pipeline.py of the project (flows/ lives beside src/, per the project layout).
-
-    The module is registered in sys.modules so Prefect can find the flow's source file for deployments.
-    """
-    from silkfire.config import project_root
-
-    path = (root or project_root()) / "flows" / "pipeline.py"
-    spec = importlib.util.spec_from_file_location(FLOW_MODULE, path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load the pipeline flow from {path}")
-    # Offline by design: the temporary Prefect server would log a failed telemetry call in every run (Prefect reads
-    # its settings when it is first imported, which the flow module does).
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[FLOW_MODULE] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _holding_workspace(what: str):  # noqa: ANN202 -- a context manager

@@ -3,6 +3,7 @@ that is local threads or processes here and a Dask or Ray cluster on real infras
 
     config = FanoutConfig(runner="dask", shards=32, address="tcp://scheduler:8786")
     annotated = fan_out(annotate_shard, records, config, judge=..., world_dir=..., root=..., image_root=...)
+    # annotate_shard: silkfire.feedback.judges (this module imports no other silkfire module)
 
 ``fn(shard, **kwargs) -> list`` must be a module-level function (it is pickled to the workers) that builds what
 it needs (a judge, a policy) from plain config inside the task: never ship an open HTTP client or a model.
@@ -220,11 +221,3 @@ def fanout_summary(config: FanoutConfig, shards: Sequence[ShardResult]) -> dict[
     seconds = [shard.seconds for shard in shards]
     return {"runner": config.runner, "shards": len(shards), "shard_seconds_total": round(sum(seconds), 3),
             "shard_seconds_max": max(seconds, default=0.0)}
-
-
-def annotate_shard(records: list[dict[str, Any]], *, judge: Mapping[str, Any], world_dir: str | None,
-                   root: str, image_root: str | None) -> list[dict[str, Any]]:
-    """Annotate one shard with the judge built from its config inside the task (the annotate stage's judge)."""
-    from silkfire.stages.annotate import judge_shard
-
-    return judge_shard(records, judge=judge, world_dir=world_dir, root=root, image_root=image_root)[0]

@@ -353,7 +353,7 @@ def _finish_parent(client: Any, parent_id: str, results: Sequence[PointResult], 
 
 
 def _flow_runner(root: Path) -> Callable[[list[str]], Any]:
-    from silkfire.cli import load_flow_module
+    from silkfire.flow import load_flow_module
 
     flows = load_flow_module(root)
     return lambda overrides: flows.pipeline(overrides=overrides, push_to_remote=False)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from silkfire.fanout import FanoutConfig, annotate_shard, fan_out, make_task_runner, split
+from silkfire.fanout import FanoutConfig, fan_out, make_task_runner, split
+from silkfire.feedback.judges import annotate_shard
 
 
 def test_split_keeps_order_and_balances() -> None:

@@ -263,6 +263,27 @@ def make_judge(cfg: Mapping[str, Any], *, world_dir: str | Path | None = None, r
     raise ValueError(f"judge: unknown kind {kind!r}; use 'oracle' or 'api' (conf/silkie/judge/)")
 
 
+def judge_shard(records: list[dict[str, Any]], *, judge: dict[str, Any], world_dir: str | None, root: str,
+                image_root: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One shard annotated by a judge built here from its plain config (never an open client shipped to a
+    worker); returns the records and ``{"metrics": judge.metrics(), "params": judge.params()}``. What the
+    `annotate` stage fans out (silkfire.fanout.fan_out_shards pickles it to the workers)."""
+    built = make_judge(dict(judge), world_dir=Path(world_dir) if world_dir else None, root=Path(root))
+    try:
+        annotated = list(built.annotate(records, image_root=image_root))
+    finally:
+        close = getattr(built, "close", None)
+        if callable(close):
+            close()
+    return annotated, {"metrics": built.metrics(), "params": built.params()}
+
+
+def annotate_shard(records: list[dict[str, Any]], *, judge: Mapping[str, Any], world_dir: str | None,
+                   root: str, image_root: str | None) -> list[dict[str, Any]]:
+    """The records of :func:`judge_shard` alone: the ``fn`` form :func:`silkfire.fanout.fan_out` takes."""
+    return judge_shard(records, judge=judge, world_dir=world_dir, root=root, image_root=image_root)[0]
+
+
 def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
     try:
         from omegaconf import DictConfig, OmegaConf

@@ -33,8 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from silkfire.fire.teacher import TeacherInput
-from silkfire.fire.text import format_teacher, student_answer
+from silkfire.fire.text import TeacherInput, format_teacher, student_answer
 from silkfire.world import templates as t
 from silkfire.world.config import WorldConfig
 from silkfire.world.scene import Scene, WorldObject, scene_from_record

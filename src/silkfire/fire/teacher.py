@@ -20,31 +20,13 @@ Teachers (``conf/fire/teacher/<kind>.yaml``, built by :func:`build_teacher`):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from silkfire.fire.prompts import teacher_instruction, teacher_messages, teacher_prompt
+from silkfire.fire.text import TeacherInput  # defined beside the turn texts; importable from here too
 
 TEACHER_KINDS = ("oracle", "api", "trained")
-
-
-@dataclass(frozen=True)
-class TeacherInput:
-    """What a teacher sees for one turn.
-
-    ``response``: the student's last turn (full text, "Thought: ...\\nAnswer: ..."). ``image``: path relative to
-    the image root. ``scene``: the world scene graph (a scenes.jsonl record or a ``Scene``), oracle only.
-    ``category``/``family``: the world question's, when known (the oracle infers them from the text otherwise).
-    """
-
-    question: str
-    groundtruth: str
-    response: str
-    image: str | None = None
-    scene: Any = None
-    category: str | None = None
-    family: str | None = None
 
 
 @runtime_checkable

@@ -2,7 +2,9 @@
 
 One implementation of each parse, used by the records reader, the metrics, the teachers, the dialogue loop, the
 SFT builders and the data-quality gate (``silkfire.quality.fire`` imports :func:`parse_score` and
-:func:`feedback_text` from here). This module imports nothing heavy.
+:func:`feedback_text` from here); :class:`TeacherInput` is the texts a teacher reads for one turn (every teacher,
+the oracle included, takes it from here; :mod:`silkfire.fire.teacher` re-exports it). This module imports nothing
+heavy.
 
 Published layout (MM-FIRE/FIRE raw records):
 
@@ -14,6 +16,8 @@ Published layout (MM-FIRE/FIRE raw records):
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
 _INT = re.compile(r"-?\d+")
 
@@ -75,3 +79,21 @@ def student_thought(text: str) -> str:
         return ""
     end = text.rfind("Answer:")
     return text[start + 8:end if end > start else len(text)].strip()
+
+
+@dataclass(frozen=True)
+class TeacherInput:
+    """What a teacher sees for one turn.
+
+    ``response``: the student's last turn (full text, "Thought: ...\\nAnswer: ..."). ``image``: path relative to
+    the image root. ``scene``: the world scene graph (a scenes.jsonl record or a ``Scene``), oracle only.
+    ``category``/``family``: the world question's, when known (the oracle infers them from the text otherwise).
+    """
+
+    question: str
+    groundtruth: str
+    response: str
+    image: str | None = None
+    scene: Any = None
+    category: str | None = None
+    family: str | None = None

@@ -2,8 +2,9 @@
 sampled response on VLFeedback's 3 aspects; token and cost accounting go to MLflow.
 
 Fan-out (`silkie.fanout`, src/silkfire/fanout.py): the records are cut into shards, each annotated by a judge that
-`judge_shard` builds from plain config inside its task; the shards' counters are summed into the same metrics one
-process reports (the API judge's cost recomputed from the summed tokens, as its client computes it).
+`silkfire.feedback.judges.judge_shard` builds from plain config inside its task; the shards' counters are summed
+into the same metrics one process reports (the API judge's cost recomputed from the summed tokens, as its client
+computes it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
     from silkfire.fanout import FanoutConfig, fan_out_shards, fanout_summary
+    from silkfire.feedback.judges import judge_shard
     from silkfire.feedback.records import read_feedback, write_feedback
     from silkfire.stages.sample import OUTPUT as SAMPLES
     from silkfire.stages.sample import image_root
@@ -40,22 +42,6 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     metrics["mean_rating"] = _mean_ratings(annotated)
     metrics["fanout"] = fanout_summary(fanout, shards)
     return metrics
-
-
-def judge_shard(records: list[dict[str, Any]], *, judge: dict[str, Any], world_dir: str | None, root: str,
-                image_root: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One shard annotated by a judge built here from its plain config (never an open client shipped to a
-    worker); returns the records and ``{"metrics": judge.metrics(), "params": judge.params()}``."""
-    from silkfire.feedback.judges import make_judge
-
-    built = make_judge(dict(judge), world_dir=Path(world_dir) if world_dir else None, root=Path(root))
-    try:
-        annotated = list(built.annotate(records, image_root=image_root))
-    finally:
-        close = getattr(built, "close", None)
-        if callable(close):
-            close()
-    return annotated, {"metrics": built.metrics(), "params": built.params()}
 
 
 def judge_totals(judge_cfg: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -437,8 +437,7 @@ def styled_answers(records: Sequence[Mapping[str, Any]], style: str) -> list[Map
     """Records with their training target in ``style``: ``plain`` keeps ``answer``; ``explained`` writes
     ``"<answer>, <rationale>."`` for records that carry a ``rationale`` (the world's yes/no questions) -- the
     answer still opens the reply, so MME's parser reads it as before."""
-    from silkfire.train.sft import ANSWER_STYLES
-    from silkfire.world.templates import explained
+    from silkfire.world.templates import ANSWER_STYLES, explained
 
     if style not in ANSWER_STYLES:
         raise ValueError(f"answer style must be one of {ANSWER_STYLES}, got {style!r}")

@@ -19,12 +19,11 @@ from typing import Any
 
 from silkfire.io import read_records, write_json
 from silkfire.models.config import build_dataclass, to_plain_mapping
+from silkfire.world.templates import ANSWER_STYLES  # importable from here too
 
 # Model parts that can be frozen, the same three names in every family (silkfire.models.families says where each
 # part lives: LLaVA's vision_tower / multi_modal_projector, Qwen2-VL's visual blocks / merger, ...).
 FREEZABLE = ("vision_tower", "projector", "language_model")
-# How a yes/no record's target is written (silkfire.train.data.styled_answers).
-ANSWER_STYLES = ("plain", "explained")
 HISTORY_FIELDS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss")
 
 

@@ -192,7 +192,12 @@ def a_total(verdict: str, total: int) -> str:
 # A short statement of the scene's truth behind a Yes or a No, written after it: "Yes, the triangle is red." /
 # "No, the triangle is blue.". A yes/no answer is one bit per question; its rationale names what the model had to
 # find in the image, which is the signal the tiny model needs to learn to look (see docs/grounding.md). The
-# answer still opens the reply, so MME's parser (first 4 characters) reads it unchanged.
+# answer still opens the reply, so MME's parser (first 4 characters) reads it unchanged. ANSWER_STYLES: the
+# training target styles (train.answer_style): the bare answer, or explained() where the record carries a rationale
+# (silkfire.train.data.styled_answers applies them, silkfire.train.sft.SFTConfig checks the name).
+ANSWER_STYLES = ("plain", "explained")
+
+
 def explained(answer: str, rationale: str) -> str:
     """'Yes, the triangle is red.' (the bare answer when there is no rationale)."""
     return f"{answer}, {rationale}." if rationale else answer
