@@ -63,7 +63,7 @@ def build_pool(entries: Mapping[str, Mapping[str, Any]], root: Path, defaults: S
     """Policies by name from the config's pool entries (paths relative to ``root``)."""
     from silkfire.policies.hf import HFPolicy
     from silkfire.policies.scripted import ScriptedPolicy
-    from silkfire.stages.base import resolve_base
+    from silkfire.artefacts import resolve_base
 
     pool: dict[str, PoolEntry] = {}
     for name, raw in entries.items():

@@ -14,8 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from silkfire.artefacts import ANNOTATED
+
 PARAMS = ("silkie.judge", "silkie.fanout", "quality.max_image_pixels", "silkie.sample.source", "silkie.sample.image_root", "paths.world", "paths.feedback")
-OUTPUT = "annotated.jsonl"
+OUTPUT = ANNOTATED
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
@@ -24,8 +26,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.fanout import FanoutConfig, fan_out_shards, fanout_summary
     from silkfire.feedback.judges import judge_shard
     from silkfire.feedback.records import read_feedback, write_feedback
-    from silkfire.stages.sample import OUTPUT as SAMPLES
-    from silkfire.stages.sample import image_root
+    from silkfire.artefacts import SAMPLES, feedback_image_root
     from silkfire.tracking.runs import safe_params
 
     feedback = root / cfg.paths.feedback
@@ -33,7 +34,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     judge_cfg = OmegaConf.to_container(cfg.silkie.judge, resolve=True)
     fanout = FanoutConfig.from_mapping(OmegaConf.to_container(cfg.silkie.fanout, resolve=True))
     shards = fan_out_shards(judge_shard, records, fanout, judge=judge_cfg, world_dir=str(root / cfg.paths.world),
-                            root=str(root), image_root=str(image_root(cfg, root)))
+                            root=str(root), image_root=str(feedback_image_root(cfg, root)))
     annotated = [record for shard in shards for record in shard.results]
     write_feedback(feedback / OUTPUT, annotated)
     mlflow.log_params(safe_params(shards[0].metrics["params"], prefix="judge."))

@@ -12,25 +12,17 @@ checkpoint rebuilt in place changes models/base and re-runs every stage that sta
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from silkfire.artefacts import BASE_SOURCE_FILE, resolve_base  # noqa: F401 -- resolve_base re-exported
 from silkfire.io import write_json
 
 PARAMS = ("seed", "world", "model", "paths.base_model")
-SOURCE_FILE = "source.json"
-
-
-def resolve_base(base_dir: Path) -> str | Path:
-    """What load_vlm needs for the base model the `base` stage prepared in `base_dir`."""
-    pointer = base_dir / SOURCE_FILE
-    if pointer.is_file():
-        return json.loads(pointer.read_text(encoding="utf-8"))["name_or_path"]
-    return base_dir
+SOURCE_FILE = BASE_SOURCE_FILE
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.fire.records import write_dialogues
     from silkfire.fire.students import build_student
     from silkfire.fire.teacher import build_teacher
-    from silkfire.stages.validate import gated_file
+    from silkfire.artefacts import gated_file
 
     settings = cfg.fire.dialogues
     seed = int(cfg.fire.seed)

@@ -41,22 +41,11 @@ def dpo_curves(history: Sequence[Mapping[str, Any]]) -> Any:
     return fig
 
 
-def mlflow_logger(prefix: str = "dpo/"):
-    """A train_dpo callback that logs each logged row to the active MLflow run at its step."""
-    import mlflow
-
-    def log(event: str, step: int, values: dict[str, Any]) -> None:
-        if event == "log":
-            mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items() if k != "step"}, step=step)
-
-    return log
-
-
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
-    from silkfire.stages.pairs import gated_pairs
-    from silkfire.stages.sample import image_root
+    from silkfire.artefacts import feedback_image_root, gated_pairs
+    from silkfire.tracking.callbacks import mlflow_logger
     from silkfire.tracking.datasets import log_dvc_dataset
     from silkfire.tracking.registry import log_and_register
     from silkfire.train.dpo import DPOConfig, train_dpo
@@ -65,7 +54,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     pairs = gated_pairs(cfg, root)
     log_dvc_dataset(root, f"{cfg.paths.feedback}/pairs.jsonl", pairs, "silkie-pairs", context="train")
     out_dir = root / cfg.paths.dpo
-    result = train_dpo(root / cfg.paths.sft / "model", pairs, image_root(cfg, root),
+    result = train_dpo(root / cfg.paths.sft / "model", pairs, feedback_image_root(cfg, root),
                        DPOConfig.from_mapping(cfg.silkie.dpo), out_dir, callbacks=[mlflow_logger()])
     plots_csv = root / cfg.paths.metrics / "dpo_history.csv"
     plots_csv.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.io import read_records, write_jsonl
     from silkfire.models.loading import load_vlm
     from silkfire.runtime import from_config, oom_hint
-    from silkfire.stages.base import resolve_base
+    from silkfire.artefacts import resolve_base
     from silkfire.tracking.plots import subtask_bars
 
     runtime = from_config(cfg)  # a GPU asked for and missing fails here, before any work

@@ -83,7 +83,7 @@ def _run(cfg: DictConfig, root: Path, runtime: Any) -> dict[str, Any]:
 
     from silkfire.fire import bench
     from silkfire.io import read_records
-    from silkfire.stages.validate_dialogues import gated_dialogues
+    from silkfire.artefacts import gated_dialogues
 
     settings = cfg.fire.bench
     stop = float(cfg.fire.dialogues.stop_score if settings.get("stop_score") is None else settings.stop_score)

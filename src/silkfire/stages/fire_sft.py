@@ -129,8 +129,7 @@ def build_sets(cfg: DictConfig, root: Path) -> dict[str, Any]:
     """Write <paths.fire>/sft/{student,teacher}_{train,val}.jsonl from the gated training dialogues."""
     from silkfire.fire.records import read_dialogues
     from silkfire.fire.sft_data import teacher_samples, write_sft
-    from silkfire.stages.validate import gated_file
-    from silkfire.stages.validate_dialogues import gated_dialogues
+    from silkfire.artefacts import gated_dialogues, gated_file
 
     settings = cfg.fire.sft
     seed = int(cfg.fire.seed)

@@ -106,23 +106,18 @@ def require(requirements: Sequence[Requirement], root: str | Path, stage: str) -
 
 def requirements(cfg: DictConfig, root: Path, stage: str) -> list[Requirement]:
     """The gates a training stage's inputs went through, and the exact files it reads."""
-    from silkfire.stages.validate import gated_file
-    from silkfire.stages.validate import report_dir as world_reports
+    from silkfire.artefacts import PAIRS_GATE, gated_dialogues, gated_feedback, gated_file, gated_pairs
+    from silkfire.artefacts import dialogue_report_dir as dialogue_reports
+    from silkfire.artefacts import feedback_report_dir as feedback_reports
+    from silkfire.artefacts import world_report_dir as world_reports
 
     if stage == "sft":
         return [Requirement("validate", world_reports(cfg, root),
                             (gated_file(cfg, root, "train.jsonl"), gated_file(cfg, root, "val.jsonl")))]
     if stage == "dpo":
-        from silkfire.stages.pairs import REPORT, gated_pairs
-        from silkfire.stages.validate_feedback import gated_feedback
-        from silkfire.stages.validate_feedback import report_dir as feedback_reports
-
         return [Requirement("validate_feedback", feedback_reports(cfg, root), (gated_feedback(cfg, root),)),
-                Requirement("pairs", root / cfg.paths.reports / REPORT, (gated_pairs(cfg, root),))]
+                Requirement("pairs", root / cfg.paths.reports / PAIRS_GATE, (gated_pairs(cfg, root),))]
     if stage == "fire_sft":
-        from silkfire.stages.validate_dialogues import gated_dialogues
-        from silkfire.stages.validate_dialogues import report_dir as dialogue_reports
-
         needed = [Requirement("validate_dialogues", dialogue_reports(cfg, root),
                               (gated_dialogues(cfg, root, "train"),))]
         if float(cfg.fire.sft.mix_sft) > 0:  # world records are mixed into the student's set

@@ -9,16 +9,12 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from silkfire.artefacts import PAIRS, PAIRS_GATE, gated_pairs  # noqa: F401 -- gated_pairs re-exported
+
 PARAMS = ("quality", "silkie.pairs", "silkie.sample.source", "silkie.sample.image_root", "paths.world",
           "paths.feedback", "paths.reports")
-OUTPUT = "pairs.jsonl"
-REPORT = "pairs"
-
-
-def gated_pairs(cfg: DictConfig, root: Path) -> Path:
-    """The pairs DPO must read: the gate's clean copy when its policy filtered pairs."""
-    clean = root / cfg.paths.reports / REPORT / "clean" / OUTPUT
-    return clean if clean.is_file() else root / cfg.paths.feedback / OUTPUT
+OUTPUT = PAIRS
+REPORT = PAIRS_GATE
 
 
 def gate_config(cfg: DictConfig) -> DictConfig:
@@ -37,8 +33,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.feedback.pairs import build_pairs
     from silkfire.feedback.records import iter_feedback
     from silkfire.io import write_jsonl
-    from silkfire.stages.sample import image_root
-    from silkfire.stages.validate_feedback import gated_feedback, run_gate
+    from silkfire.artefacts import feedback_image_root, gated_feedback
+    from silkfire.stages.validate_feedback import run_gate
 
     options = cfg.silkie.pairs
     cap = options.max_pairs_per_prompt
@@ -50,7 +46,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     write_jsonl(out, pairs)
     reports = root / cfg.paths.reports / REPORT
     reports.mkdir(parents=True, exist_ok=True)
-    gate = run_gate("pairs", out, gate_config(cfg), root, reports, image_root(cfg, root))
+    gate = run_gate("pairs", out, gate_config(cfg), root, reports, feedback_image_root(cfg, root))
     wins = Counter(pair["chosen_model"] for pair in pairs)
     losses = Counter(pair["rejected_model"] for pair in pairs)
     win_rate = {model: round(wins[model] / (wins[model] + losses[model]), 3) for model in sorted(wins | losses)}

@@ -19,25 +19,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from silkfire.artefacts import SAMPLES
+from silkfire.artefacts import feedback_image_root as image_root
+
 PARAMS = ("silkie.seed", "world", "runtime", "silkie.sample", "quality.max_image_pixels", "silkie.fanout", "paths.world", "paths.reports", "paths.base_model",
           "paths.sft", "paths.feedback")
-OUTPUT = "samples.jsonl"
-
-
-def image_root(cfg: DictConfig, root: Path) -> Path:
-    """Folder the records' img_path values are relative to: the world, or silkie.sample.image_root."""
-    sample = cfg.silkie.sample
-    if sample.source == "world":
-        return root / cfg.paths.world
-    if not sample.image_root:
-        raise ValueError("silkie.sample.image_root: set it to the folder the prompts' img_path values are "
-                         "relative to (needed when silkie.sample.source is vlfeedback)")
-    return root / str(sample.image_root)
+OUTPUT = SAMPLES
 
 
 def instructions_of(cfg: DictConfig, root: Path) -> list[Any]:
     from silkfire.policies.instructions import MMHAL_FAMILY, feedback_instructions, world_instructions
-    from silkfire.stages.validate import gated_file
+    from silkfire.artefacts import gated_file
 
     sample = cfg.silkie.sample
     limit = None if sample.max_instructions is None else int(sample.max_instructions)

@@ -23,8 +23,7 @@ PARAMS = (
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
-    from silkfire.stages.base import resolve_base
-    from silkfire.stages.validate import gated_file
+    from silkfire.artefacts import gated_file, resolve_base
     from silkfire.tracking.callbacks import MlflowMetricsCallback
     from silkfire.tracking.datasets import log_dvc_dataset
     from silkfire.tracking.plots import training_curves

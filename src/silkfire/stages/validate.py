@@ -15,20 +15,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from silkfire.artefacts import gated_file  # noqa: F401 -- defined with the other artefact paths
+from silkfire.artefacts import world_report_dir as report_dir
+
 PARAMS = ("quality", "paths.world", "paths.reports", "paths.metrics")
 FAILURE_REPORT = "report.md"  # the flow publishes it as a Prefect artefact when the gate fails
 FAILURE_TABLE = "failures.json"  # ... and this one as a Prefect table artefact
 PROFILE = "validate_profile.json"  # under paths.metrics: the profile of the last world that passed
-
-
-def report_dir(cfg: DictConfig, root: Path) -> Path:
-    return root / cfg.paths.reports / "validate"
-
-
-def gated_file(cfg: DictConfig, root: Path, name: str) -> Path:
-    """The world file a later stage must read: the gate's clean copy when the policy filtered rows."""
-    clean = report_dir(cfg, root) / "clean" / name
-    return clean if clean.is_file() else root / cfg.paths.world / name
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:

@@ -15,26 +15,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from silkfire.artefacts import dialogue_file, gated_dialogues  # noqa: F401 -- gated_dialogues re-exported
+from silkfire.artefacts import dialogue_report_dir as report_dir
+
 PARAMS = ("quality", "fire.validate", "fire.dialogues.source", "fire.dialogues.published", "paths.world", "paths.fire",
           "paths.reports")
 SPLITS = ("train", "test", "val")  # every split there can be; the ones this config makes: dialogues.splits(cfg)
 FAILURE_REPORT = "report.md"  # the flow publishes <reports>/<stage>/report.md when the stage fails
 FAILURE_TABLE = "failures.json"
-
-
-def report_dir(cfg: DictConfig, root: Path) -> Path:
-    return root / cfg.paths.reports / "validate_dialogues"
-
-
-def dialogue_file(cfg: DictConfig, root: Path, split: str) -> Path:
-    """The dialogues stage's output file of a split."""
-    return root / cfg.paths.fire / "dialogues" / f"{split}.jsonl"
-
-
-def gated_dialogues(cfg: DictConfig, root: Path, split: str) -> Path:
-    """The dialogue file later stages read: the gate's clean copy when the policy filtered dialogues."""
-    clean = report_dir(cfg, root) / split / "clean" / f"{split}.jsonl"
-    return clean if clean.is_file() else dialogue_file(cfg, root, split)
 
 
 def quality_config(cfg: DictConfig) -> Any:

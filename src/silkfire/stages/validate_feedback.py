@@ -12,21 +12,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from silkfire.artefacts import ANNOTATED, feedback_image_root, gated_feedback  # noqa: F401 -- re-exported
+from silkfire.artefacts import FEEDBACK_GATE as REPORT
+from silkfire.artefacts import feedback_report_dir as report_dir
+
 PARAMS = ("quality", "silkie.sample.source", "silkie.sample.image_root", "paths.world", "paths.feedback",
           "paths.reports")
-REPORT = "validate_feedback"
-
-
-def report_dir(cfg: DictConfig, root: Path) -> Path:
-    return root / cfg.paths.reports / REPORT
-
-
-def gated_feedback(cfg: DictConfig, root: Path) -> Path:
-    """The annotated file the next stage must read: the gate's clean copy when its policy filtered records."""
-    from silkfire.stages.annotate import OUTPUT
-
-    clean = report_dir(cfg, root) / "clean" / OUTPUT
-    return clean if clean.is_file() else root / cfg.paths.feedback / OUTPUT
 
 
 def run_gate(kind: str, path: Path, cfg: DictConfig, root: Path, reports: Path, image_root: Path) -> dict[str, Any]:
@@ -52,12 +43,10 @@ def run_gate(kind: str, path: Path, cfg: DictConfig, root: Path, reports: Path, 
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
-    from silkfire.stages.annotate import OUTPUT
-    from silkfire.stages.sample import image_root
-
     reports = report_dir(cfg, root)
     reports.mkdir(parents=True, exist_ok=True)
-    return run_gate("vlfeedback", root / cfg.paths.feedback / OUTPUT, cfg, root, reports, image_root(cfg, root))
+    return run_gate("vlfeedback", root / cfg.paths.feedback / ANNOTATED, cfg, root, reports,
+                    feedback_image_root(cfg, root))
 
 
 def summary(metrics: dict[str, Any]) -> str:

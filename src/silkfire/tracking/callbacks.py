@@ -1,4 +1,5 @@
-"""A transformers TrainerCallback that streams training curves into the active MLflow run.
+"""A transformers TrainerCallback that streams training curves into the active MLflow run (and :func:`mlflow_logger`,
+the same for silkfire.train.dpo's callbacks: the `dpo` stage and silkfire.train.launch_dpo).
 
 One name per metric (README "Look at the results"): curves live under ``train/`` and ``eval/`` and are logged at
 their optimiser step; the stage's final figures (``train_loss``, ``train_loss_mean``, ``eval_loss``, ...) are
@@ -52,3 +53,14 @@ class MlflowMetricsCallback(TrainerCallback):
         }
         if metrics:
             mlflow.log_metrics(metrics, step=state.global_step)
+
+
+def mlflow_logger(prefix: str = "dpo/"):
+    """A train_dpo callback that logs each logged row to the active MLflow run at its step."""
+    import mlflow
+
+    def log(event: str, step: int, values: dict[str, Any]) -> None:
+        if event == "log":
+            mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items() if k != "step"}, step=step)
+
+    return log

@@ -42,7 +42,7 @@ def is_main_process() -> bool:
 
 def base_model_path(cfg: Any, root: Path) -> str | Path:
     """The model to fine-tune: what the `base` stage prepared, else a pretrained name straight from the config."""
-    from silkfire.stages.base import resolve_base
+    from silkfire.artefacts import resolve_base
 
     base_dir = root / cfg.paths.base_model
     if base_dir.is_dir():
@@ -57,7 +57,7 @@ def base_model_path(cfg: Any, root: Path) -> str | Path:
 
 def world_files(cfg: Any, root: Path) -> dict[str, Path]:
     """train/val files that passed the gate (its clean copies when its policy filtered rows)."""
-    from silkfire.stages.validate import gated_file
+    from silkfire.artefacts import gated_file
 
     files = {split: gated_file(cfg, root, f"{split}.jsonl") for split in ("train", "val")}
     missing = [str(path) for path in files.values() if not path.is_file()]

@@ -34,8 +34,7 @@ RUN_NAME = "dpo (accelerate)"
 
 def dpo_inputs(cfg: Any, root: Path, start: Path | None = None) -> dict[str, Path]:
     """The gated pairs, their image folder and the start model; a missing one names the stage that makes it."""
-    from silkfire.stages.pairs import gated_pairs
-    from silkfire.stages.sample import image_root
+    from silkfire.artefacts import feedback_image_root, gated_pairs
 
     pairs = gated_pairs(cfg, root)
     model = start if start is not None else root / cfg.paths.sft / "model"
@@ -44,7 +43,7 @@ def dpo_inputs(cfg: Any, root: Path, start: Path | None = None) -> dict[str, Pat
         raise FileNotFoundError(f"DPO inputs missing: {', '.join(missing)}; run `dvc repro "
                                 "pipelines/silkie/dvc.yaml:pairs` (world, SFT, sampling, judging, pairs) first, or "
                                 "pass --start for another start model")
-    return {"pairs": pairs, "images": image_root(cfg, root), "start": model}
+    return {"pairs": pairs, "images": feedback_image_root(cfg, root), "start": model}
 
 
 def run(overrides: Sequence[str], out: Path | None = None, root: Path | None = None, track: bool = False,
@@ -63,7 +62,7 @@ def run(overrides: Sequence[str], out: Path | None = None, root: Path | None = N
     if track and is_main_process():
         mlflow_run = _start_tracking(cfg, root, overrides, RUN_NAME, ("seed", "silkie.seed", "silkie.dpo", "model",
                                                                       "runtime"))
-        from silkfire.stages.dpo import mlflow_logger
+        from silkfire.tracking.callbacks import mlflow_logger
 
         callbacks.append(mlflow_logger())
     try:
