@@ -21,11 +21,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from silkfire.config import project_root, write_params
-from silkfire.reporting import (GATE_STAGES, StageRow, collect_row, experiment_label, headline_metrics,
-                                 markdown_table, parent_run_name, print_table)
+from silkfire.reporting import (GATE_STAGES, StageRow, experiment_label, headline_metrics, markdown_table,
+                                 parent_run_name, print_table)
 from silkfire.stages import pipeline_stages
+from silkfire.stages.runner import collect_row, reproduce_stage
 from silkfire.tracking.runs import KIND_TAG, PARENT_RUN_ENV, description, machine_tags, run_tags, safe_params
-from silkfire.versioning import has_default_remote, push, reproduce_stage
+from silkfire.versioning import has_default_remote, push
 from silkfire.workspace import crash_dead_flow_runs, note_holder, workspace_lock
 
 

@@ -1,5 +1,6 @@
 """The end-of-run summary: one row per stage (status, key metrics, MLflow run, DVC digest), the headline metrics
-copied onto the pipeline's parent run, and the parent run's name."""
+copied onto the pipeline's parent run, and the parent run's name. A library module: the row of one stage, which
+needs the stage's own `summary`, is made by :func:`silkfire.stages.runner.collect_row`."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from silkfire.tracking.lineage import stage_digests
-from silkfire.tracking.runs import STAGE_TAG, run_tags
+from silkfire.tracking.runs import STAGE_TAG
 
 # The figures a reader looks for first, copied from metrics/<stage>.json onto the parent run under the name
 # `<stage>.<key>` (the FILE.KEY name `silkfire sweep --metric` and `dvc metrics show` use), when the stage is part
@@ -56,7 +56,7 @@ def headline_metrics(root: Path, cfg: DictConfig, stages: list[str]) -> dict[str
     """The HEADLINE figures of the stages this pipeline run went through (ran or cached), as `<stage>.<key>`."""
     found: dict[str, float] = {}
     for stage in stages:
-        metrics = _read_metrics(root, cfg, stage) if stage in HEADLINE else {}
+        metrics = stage_metrics(root, cfg, stage) if stage in HEADLINE else {}
         for key in HEADLINE.get(stage, ()):
             if (value := _lookup(metrics, key)) is not None:
                 found[f"{stage}.{key}"] = value
@@ -64,7 +64,7 @@ def headline_metrics(root: Path, cfg: DictConfig, stages: list[str]) -> dict[str
     if gates:
         found["gates.passed"] = 1.0  # every gate of the run let its data through (a failing one stops the run)
         found["gates.rows_quarantined"] = sum(
-            _lookup(_read_metrics(root, cfg, stage), "rows_quarantined") or 0.0 for stage in gates)
+            _lookup(stage_metrics(root, cfg, stage), "rows_quarantined") or 0.0 for stage in gates)
     return found
 
 
@@ -82,12 +82,12 @@ def parent_run_name(overrides: list[str] | None, seed: Any, flow_run: str) -> st
     return f"pipeline · {experiment_label(overrides)} · seed {seed} · {flow_run}"
 
 
-def _read_metrics(root: Path, cfg: DictConfig, stage: str) -> dict[str, Any]:
+def stage_metrics(root: Path, cfg: DictConfig, stage: str) -> dict[str, Any]:
     path = root / cfg.paths.metrics / f"{stage}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _latest_stage_run(stage: str, parent_run_id: str | None) -> str:
+def latest_stage_run(stage: str, parent_run_id: str | None) -> str:
     """Id of the newest finished run of `stage` (under `parent_run_id` when given), or '' if none."""
     import mlflow
 
@@ -106,29 +106,6 @@ def _latest_stage_run(stage: str, parent_run_id: str | None) -> str:
             break
         run = mlflow.get_run(produced_by)
     return run.info.run_id
-
-
-def collect_row(root: Path, cfg: DictConfig, stage: str, *, ran: bool, parent_run_id: str) -> StageRow:
-    """Summarise a finished stage. A stage DVC skipped still gets a nested run in this pipeline run, tagged
-    cached and pointing at the run that produced its outputs, so every pipeline run shows every stage."""
-    import mlflow
-
-    from silkfire.stages.runner import stage_module
-
-    metrics = _read_metrics(root, cfg, stage)
-    summary = stage_module(stage).summary(metrics) if metrics else "(no metrics)"
-    digests = stage_digests(root, stage)
-    # The stage's data/model directory identifies its version better than its small metrics files.
-    digest = next((d for d in digests.values() if d.endswith(".dir")), next(iter(digests.values()), ""))
-    if ran:
-        run_id = _latest_stage_run(stage, parent_run_id)
-    else:
-        run_id = _latest_stage_run(stage, None)
-        tags = run_tags(root, stage) | {"silkfire.cached": "true", "silkfire.produced_by": run_id}
-        with mlflow.start_run(run_name=f"{stage} (cached)", nested=True, tags=tags):
-            mlflow.log_dict(metrics, f"metrics/{stage}.json")
-    seconds = metrics.get("wall_seconds") if ran else None
-    return StageRow(stage, "ran" if ran else "cached", summary, run_id, digest, seconds)
 
 
 def markdown_table(rows: list[StageRow], parent_run_id: str, wall_seconds: float, *,

@@ -126,7 +126,7 @@ def test_ui_prints_the_runs_view_link(mlflow_root: Path, monkeypatch: pytest.Mon
 
 
 def test_a_cached_stage_points_at_the_run_that_trained_it(mlflow_root: Path) -> None:
-    from silkfire.reporting import _latest_stage_run
+    from silkfire.reporting import latest_stage_run
 
     configure(mlflow_root, "exp")
     with mlflow.start_run(run_name="sft", tags={"silkfire.stage": "sft"}) as trained:
@@ -138,7 +138,7 @@ def test_a_cached_stage_points_at_the_run_that_trained_it(mlflow_root: Path) -> 
     with mlflow.start_run(run_name="sft (cached)", tags={"silkfire.stage": "sft", "silkfire.cached": "true",
                                                           "silkfire.produced_by": first.info.run_id}):
         pass
-    assert _latest_stage_run("sft", None) == trained.info.run_id
+    assert latest_stage_run("sft", None) == trained.info.run_id
 
 
 def test_gate_report_renders_without_network(tmp_path: Path) -> None:

@@ -1,13 +1,17 @@
-"""Run one stage inside its MLflow run and write its metrics file (what `silkfire stage NAME` does)."""
+"""Run one stage: in this process inside its MLflow run, writing its metrics file (:func:`run_stage`, what
+`silkfire stage NAME` does), or through DVC (:func:`reproduce_stage`, what the flow does: DVC decides whether it is
+up to date); and the run table's row of a finished one (:func:`collect_row`, which needs the stage's `summary`)."""
 
 from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,6 +20,9 @@ from silkfire.images import DEFAULT_MAX_PIXELS, export_max_pixels
 from silkfire.io import write_json
 from silkfire.stages import ALL_STAGES
 from silkfire.tracking.runs import safe_params, stage_run
+
+if TYPE_CHECKING:
+    from silkfire.reporting import StageRow
 
 
 def stage_module(name: str) -> ModuleType:
@@ -58,3 +65,50 @@ def run_stage(name: str, root: Path | None = None) -> dict[str, Any]:
         mlflow.set_tag("silkfire.summary", module.summary(metrics))
         metrics["mlflow_run_id"] = run.info.run_id
     return metrics
+
+
+def _with_venv_on_path() -> None:
+    """DVC runs stage commands (`silkfire stage ...`) in a shell: make this interpreter's scripts findable."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if bin_dir not in path.split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + path
+
+
+def reproduce_stage(root: Path, stage: str) -> bool:
+    """`dvc repro --single-item STAGE`. Returns True when the stage ran (or was restored from DVC's run
+    cache), False when it was already up to date."""
+    from dvc.repo import Repo
+
+    from silkfire.stages import dvc_target
+
+    _with_venv_on_path()
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    with Repo(str(root)) as repo:
+        ran = repo.reproduce(targets=[dvc_target(stage)], single_item=True)
+    return bool(ran)
+
+
+def collect_row(root: Path, cfg: DictConfig, stage: str, *, ran: bool, parent_run_id: str) -> StageRow:
+    """Summarise a finished stage. A stage DVC skipped still gets a nested run in this pipeline run, tagged
+    cached and pointing at the run that produced its outputs, so every pipeline run shows every stage."""
+    import mlflow
+
+    from silkfire.reporting import StageRow, latest_stage_run, stage_metrics
+    from silkfire.tracking.lineage import stage_digests
+    from silkfire.tracking.runs import run_tags
+
+    metrics = stage_metrics(root, cfg, stage)
+    summary = stage_module(stage).summary(metrics) if metrics else "(no metrics)"
+    digests = stage_digests(root, stage)
+    # The stage's data/model directory identifies its version better than its small metrics files.
+    digest = next((d for d in digests.values() if d.endswith(".dir")), next(iter(digests.values()), ""))
+    if ran:
+        run_id = latest_stage_run(stage, parent_run_id)
+    else:
+        run_id = latest_stage_run(stage, None)
+        tags = run_tags(root, stage) | {"silkfire.cached": "true", "silkfire.produced_by": run_id}
+        with mlflow.start_run(run_name=f"{stage} (cached)", nested=True, tags=tags):
+            mlflow.log_dict(metrics, f"metrics/{stage}.json")
+    seconds = metrics.get("wall_seconds") if ran else None
+    return StageRow(stage, "ran" if ran else "cached", summary, run_id, digest, seconds)
