@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from silkfire.feedback.template import ASPECT_ORDER, NA, format_section, parse_annotation, render_prompt
+from silkfire.feedback.testing import published_reply
 
 
 def reply(ratings: list[tuple[int, int, int]]) -> str:
     """A judge reply in the published format; ratings per text in ASPECT_ORDER."""
-    parts = []
-    for a, aspect in enumerate(ASPECT_ORDER):
-        parts.append(f"#### {aspect} Assessment")
-        for k, triple in enumerate(ratings, start=1):
-            parts.append(f"##### Output for Text {k}\nRating: {triple[a]}\nRationale: reason {aspect} {k}.")
-    return "\n".join(parts)
+    return published_reply(ratings, lambda aspect, k: f"reason {aspect} {k}.")
 
 
 def ratings_of(parsed: list[dict]) -> list[tuple[str, ...]]:

@@ -4,6 +4,7 @@ and the check that an annotation holds exactly those ratings (served by silkfire
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from silkfire.feedback.template import ASPECT_ORDER
@@ -15,17 +16,24 @@ def expected(response: str, aspect: int) -> str:
     return str((len(response) + 2 * aspect) % 5 + 1)
 
 
+def published_reply(ratings: Sequence[Sequence[object]],
+                    rationale: Callable[[str, int], str] = lambda aspect, k: f"ok {k}") -> str:
+    """A judge reply in VLFeedback's published format: ``ratings[k - 1][a]`` is text k's rating on
+    ``ASPECT_ORDER[a]``, ``rationale(aspect, k)`` its rationale."""
+    parts = []
+    for a, aspect in enumerate(ASPECT_ORDER):
+        parts.append(f"#### {aspect} Assessment")
+        for k, row in enumerate(ratings, start=1):
+            parts.append(f"##### Output for Text {k}\nRating: {row[a]}\nRationale: {rationale(aspect, k)}")
+    return "\n".join(parts)
+
+
 def fake_judge(body: dict) -> str:
     """Reads the responses out of the annotation prompt and rates them in the published format."""
     text = next(part["text"] for part in body["messages"][0]["content"] if part["type"] == "text")
     annotation = text.split("## Annotation", 1)[1]
     responses = re.findall(r"^- <text \d+> (.*)$", annotation, re.M)
-    parts = []
-    for a, aspect in enumerate(ASPECT_ORDER):
-        parts.append(f"#### {aspect} Assessment")
-        for k, response in enumerate(responses, start=1):
-            parts.append(f"##### Output for Text {k}\nRating: {expected(response, a)}\nRationale: ok {k}")
-    return "\n".join(parts)
+    return published_reply([[expected(response, a) for a in range(len(ASPECT_ORDER))] for response in responses])
 
 
 def world_records(world: Path, n: int) -> list[dict]:
