@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-all ui setup clean seeds bench
+.PHONY: run test test-all ui setup clean seeds bench dvc-deps
 
 run: $(STAMP)  ## run the default pipeline (Prefect flow over the DVC stages, tracked in MLflow)
 	$(BIN)/silkfire run $(ARGS)
@@ -35,6 +35,11 @@ seeds: $(STAMP)  ## whole-pipeline seeds + `silkfire report` (mean +- 95% CI, pa
 	$(BIN)/silkfire sweep seed=$(FOUNDATION_SEEDS) --mode flow --metric evaluate.val.mme.sft.perception \
 		--name foundation-seeds
 	$(BIN)/silkfire report --sweep seeds --sweep foundation-seeds --out results/seeds --readme README.md
+
+# After adding or moving an import in a stage's code: each stage's code deps in the dvc.yaml files are its import
+# closure inside silkfire (a test fails while they are stale).
+dvc-deps: $(STAMP)  ## rewrite the dvc.yaml code deps from the stages' import closures
+	$(BIN)/python -m silkfire.stages.code_deps --write
 
 ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000
 	$(BIN)/silkfire ui

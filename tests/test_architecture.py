@@ -1,5 +1,5 @@
 """The import graph stays clean (issue 15, "layers"): pyproject.toml's import-linter contracts hold (the library
-imports no stage and no orchestration; the layers; stages independent but for the listed imports) and no
+imports no stage and no orchestration; the layers; no stage imports another) and no
 silkfire module imports itself back through others. grimp (import-linter's graph) counts every import, the lazy
 ones inside functions included."""
 

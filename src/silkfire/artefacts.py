@@ -85,7 +85,46 @@ def dialogue_report_dir(cfg: DictConfig, root: Path) -> Path:
 
 def dialogue_file(cfg: DictConfig, root: Path, split: str) -> Path:
     """The dialogues stage's output file of a split."""
-    return root / cfg.paths.fire / "dialogues" / f"{split}.jsonl"
+    return dialogue_dir(cfg, root) / f"{split}.jsonl"
+
+
+DIALOGUE_SOURCES = ("simulate", "published")  # fire.dialogues.source
+# world file of each dialogue split; val comes last so train and test draw exactly what they drew before it existed
+SPLIT_FILES = {"train": "train.jsonl", "test": "open.jsonl", "val": "val.jsonl"}
+
+
+def dialogue_dir(cfg: DictConfig, root: Path) -> Path:
+    """The `dialogues` stage's output folder (one ``<split>.jsonl`` per split)."""
+    return root / cfg.paths.fire / "dialogues"
+
+
+def dialogue_source(cfg: DictConfig) -> str:
+    """Where the dialogues come from: ``simulate`` (the world) or ``published`` (FIRE's files)."""
+    source = str(cfg.fire.dialogues.get("source") or "simulate")
+    if source not in DIALOGUE_SOURCES:
+        raise ValueError(f"fire.dialogues.source: expected one of {list(DIALOGUE_SOURCES)}, got {source!r}")
+    return source
+
+
+def dialogue_splits(cfg: DictConfig) -> tuple[str, ...]:
+    """The dialogue files this config makes: train, test and val; published data has val only when
+    ``fire.dialogues.published.val_file`` is set (FIRE releases no validation split)."""
+    if dialogue_source(cfg) == "published" and not (cfg.fire.dialogues.get("published") or {}).get("val_file"):
+        return ("train", "test")
+    return tuple(SPLIT_FILES)
+
+
+def dialogue_image_root(cfg: DictConfig, root: Path) -> Path:
+    """The folder the dialogues' image paths resolve against: the world, or ``fire.dialogues.published.image_root``
+    for published dialogues (FIRE ships no images: they come from its ~27 source sets)."""
+    if dialogue_source(cfg) == "simulate":
+        return root / cfg.paths.world
+    folder = (cfg.fire.dialogues.get("published") or {}).get("image_root")
+    if not folder:
+        raise ValueError("fire.dialogues.published.image_root: set it to the folder FIRE's image paths "
+                         "(e.g. mathvista/images/530.jpg) are relative to (needed when fire.dialogues.source is "
+                         "published)")
+    return root / str(folder)
 
 
 def gated_dialogues(cfg: DictConfig, root: Path, split: str) -> Path:

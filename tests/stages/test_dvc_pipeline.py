@@ -80,3 +80,40 @@ def test_unknown_branch_is_refused_with_the_known_ones() -> None:
         pipeline_stages(["nope"])
     assert pipeline_stages([]) == STAGES
     assert pipeline_stages(["fire"])[-len(BRANCHES["fire"]):] == BRANCHES["fire"]
+
+
+def test_code_deps_are_each_stage_import_closure() -> None:
+    """Every dvc.yaml lists exactly the files its stages can execute (`make dvc-deps` rewrites them)."""
+    from silkfire.stages.code_deps import code_deps, dvc_files, render
+
+    for path, stages in dvc_files(ROOT).items():
+        text = path.read_text(encoding="utf-8")
+        assert render(text, {stage: code_deps(stage, ROOT) for stage in stages}) == text, (
+            f"{path.relative_to(ROOT)}: code deps differ from the stages' import closures: run `make dvc-deps`")
+
+
+def test_import_closure_follows_lazy_imports_and_leaves_out_orchestration() -> None:
+    from silkfire.stages.code_deps import code_deps
+
+    sft = code_deps("sft", ROOT)
+    # sft renders its prompts through the world's templates and logs its curve through the tracking callbacks,
+    # both imported inside functions; the gate verdict it checks first
+    for needed in ("src/silkfire/world/templates.py", "src/silkfire/tracking/callbacks.py",
+                   "src/silkfire/quality/verdict.py", "src/silkfire/stages/sft.py", "src/silkfire/__init__.py"):
+        assert needed in sft
+    assert not {"src/silkfire/cli.py", "src/silkfire/stages/runner.py", "src/silkfire/flow.py"} & set(sft)
+    assert "src/silkfire/train/dpo.py" not in sft  # another stage's trainer is not sft's code
+    assert "src/silkfire/eval/generate.py" in code_deps("fire_bench", ROOT)  # issue 15: FIRE-Bench generates
+
+
+def test_render_replaces_stale_code_deps_and_keeps_data_deps() -> None:
+    from silkfire.stages.code_deps import MARKER, render
+
+    text = ("stages:\n  sft:\n    cmd: silkfire stage sft\n    deps:\n      - ${paths.world}  # data\n"
+            "      - src/silkfire/gone.py\n      - src/silkfire/stages/sft.py  # old comment\n    params:\n"
+            "      - train\n")
+    fresh = render(text, {"sft": ["src/silkfire/io.py", "src/silkfire/stages/sft.py"]})
+    assert fresh == ("stages:\n  sft:\n    cmd: silkfire stage sft\n    deps:\n      - ${paths.world}  # data\n"
+                     f"      {MARKER}\n      - src/silkfire/io.py\n      - src/silkfire/stages/sft.py\n    params:\n"
+                     "      - train\n")
+    assert render(fresh, {"sft": ["src/silkfire/io.py", "src/silkfire/stages/sft.py"]}) == fresh

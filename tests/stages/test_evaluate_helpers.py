@@ -1,4 +1,4 @@
-from silkfire.stages.evaluate import cap_pairs
+from silkfire.eval.mme import cap_pairs
 
 
 def _pair(qid: str) -> list[dict[str, str]]:

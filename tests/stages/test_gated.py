@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from silkfire.config import compose
 from silkfire.io import read_records, write_jsonl
 from silkfire.models.testing import make_test_world
-from silkfire.stages.gated import VERDICT, GateNotPassed, require_passed
+from silkfire.quality.verdict import VERDICT, GateNotPassed, require_passed
 from silkfire.stages.runner import run_stage
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from silkfire.config import compose
 from silkfire.data import testing as make
 from silkfire.io import read_records
-from silkfire.stages.gated import GateNotPassed, require_passed
+from silkfire.quality.verdict import GateNotPassed, require_passed
 from silkfire.stages.runner import run_stage
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -164,3 +164,19 @@ def score_mme_file(path: str | Path, extra_groups: Mapping[str, str] | None = No
     records = checked_records(path, *read_located(path), lambda index, record: _check_record(index, record, groups),
                               "no MME records (an empty file?): nothing to score")
     return score_mme(records, groups)
+
+
+def cap_pairs(records: list[dict[str, Any]], max_items: int | None) -> list[dict[str, Any]]:
+    """The first `max_items` questions, never splitting the two questions of an image (acc+ needs both)."""
+    if not max_items or len(records) <= max_items:
+        return records
+    kept: list[dict[str, Any]] = []
+    allowed: set[str] = set()
+    for record in records:
+        qid = record["question_id"]
+        if qid not in allowed:
+            if len(kept) >= max_items:
+                continue
+            allowed.add(qid)
+        kept.append(record)
+    return kept

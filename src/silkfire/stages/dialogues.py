@@ -17,8 +17,8 @@ plus the world's ``id``/``family``/``category``; the `validate_dialogues` gate c
 (``test_file``, FIRE-test.json) the test dialogues, each a seeded sample of ``train_questions`` /
 ``test_questions`` records (null: all), copied as they are (any extra keys kept) in file order. FIRE publishes no
 validation split: val dialogues exist only when ``published.val_file`` names one (capped by ``val_questions``);
-otherwise there is no val.jsonl and FIRE-Bench reports test only (:func:`splits`). Their image paths resolve
-against ``fire.dialogues.published.image_root`` (:func:`image_root`), which the FIRE gate reads through the image
+otherwise there is no val.jsonl and FIRE-Bench reports test only (:func:`silkfire.artefacts.dialogue_splits`). Their image paths resolve
+against ``fire.dialogues.published.image_root`` (:func:`silkfire.artefacts.dialogue_image_root`), which the FIRE gate reads through the image
 path policy. Read with :mod:`silkfire.data.published` (JSON list, JSONL or parquet); a file
 that cannot be read stops the stage naming file and record; bad records are the gate's to report.
 """
@@ -31,46 +31,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from silkfire.artefacts import SPLIT_FILES, dialogue_image_root, dialogue_source, dialogue_splits
+from silkfire.artefacts import dialogue_dir as out_dir
+
 PARAMS = ("fire.seed", "fire.dialogues", "fire.teacher", "world", "runtime", "paths.world", "paths.reports",
           "paths.fire")
-# world file of each dialogue split; val comes last so train and test draw exactly what they drew before it existed
-SPLIT_FILES = {"train": "train.jsonl", "test": "open.jsonl", "val": "val.jsonl"}
 HELD_OUT_FAMILIES = {"val": "mme"}  # val.jsonl also holds MME pairs; open.jsonl (test) has none: drop them alike
-
-
-SOURCES = ("simulate", "published")
-
-
-def out_dir(cfg: DictConfig, root: Path) -> Path:
-    return root / cfg.paths.fire / "dialogues"
-
-
-def source_of(cfg: DictConfig) -> str:
-    source = str(cfg.fire.dialogues.get("source") or "simulate")
-    if source not in SOURCES:
-        raise ValueError(f"fire.dialogues.source: expected one of {list(SOURCES)}, got {source!r}")
-    return source
-
-
-def splits(cfg: DictConfig) -> tuple[str, ...]:
-    """The dialogue files this config makes: train, test and val; published data has val only when
-    ``fire.dialogues.published.val_file`` is set (FIRE releases no validation split)."""
-    if source_of(cfg) == "published" and not (cfg.fire.dialogues.get("published") or {}).get("val_file"):
-        return ("train", "test")
-    return tuple(SPLIT_FILES)
-
-
-def image_root(cfg: DictConfig, root: Path) -> Path:
-    """The folder the dialogues' image paths resolve against: the world, or ``fire.dialogues.published.image_root``
-    for published dialogues (FIRE ships no images: they come from its ~27 source sets)."""
-    if source_of(cfg) == "simulate":
-        return root / cfg.paths.world
-    folder = (cfg.fire.dialogues.get("published") or {}).get("image_root")
-    if not folder:
-        raise ValueError("fire.dialogues.published.image_root: set it to the folder FIRE's image paths "
-                         "(e.g. mathvista/images/530.jpg) are relative to (needed when fire.dialogues.source is "
-                         "published)")
-    return root / str(folder)
 
 
 def student_shares(students: Any, seed: int) -> list[tuple[dict[str, Any], float]]:
@@ -114,7 +80,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 
     settings = cfg.fire.dialogues
     seed = int(cfg.fire.seed)
-    if source_of(cfg) == "published":
+    if dialogue_source(cfg) == "published":
         return published_dialogues(cfg, root)
     from silkfire.runtime import from_config, oom_hint
 
@@ -179,15 +145,15 @@ def published_dialogues(cfg: DictConfig, root: Path) -> dict[str, Any]:
     settings = cfg.fire.dialogues
     published = settings.get("published") or {}
     seed = int(cfg.fire.seed)
-    folder = image_root(cfg, root)
+    folder = dialogue_image_root(cfg, root)
     if not folder.is_dir():
         raise FileNotFoundError(f"fire.dialogues.published.image_root: {folder} is not a folder")
     target = out_dir(cfg, root)
     target.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"source": "published", "image_root": str(folder)}
-    if "val" not in splits(cfg):
+    if "val" not in dialogue_splits(cfg):
         (target / "val.jsonl").unlink(missing_ok=True)  # a simulated run's val file must not pass for published data
-    for split in splits(cfg):
+    for split in dialogue_splits(cfg):
         key = f"{split}_file"
         name = published.get(key)
         if not name:

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from silkfire.stages.gated import require_passed
+from silkfire.quality.verdict import require_passed
 
 PARAMS = ("silkie.dpo", "runtime", "silkie.registered_model", "silkie.sample.source", "silkie.sample.image_root",
           "tracking", "paths.world", "paths.feedback", "paths.reports", "paths.sft", "paths.dpo", "paths.metrics")

@@ -18,29 +18,13 @@ from omegaconf import DictConfig
 PARAMS = ("eval", "runtime", "paths.world", "paths.base_model", "paths.sft", "paths.reports")
 
 
-def cap_pairs(records: list[dict[str, Any]], max_items: int | None) -> list[dict[str, Any]]:
-    """The first `max_items` questions, never splitting the two questions of an image (acc+ needs both)."""
-    if not max_items or len(records) <= max_items:
-        return records
-    kept: list[dict[str, Any]] = []
-    allowed: set[str] = set()
-    for record in records:
-        qid = record["question_id"]
-        if qid not in allowed:
-            if len(kept) >= max_items:
-                continue
-            allowed.add(qid)
-        kept.append(record)
-    return kept
-
-
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import gc
 
     import mlflow
 
     from silkfire.eval.generate import generate_answers
-    from silkfire.eval.mme import WORLD_CATEGORY_GROUPS, score_mme
+    from silkfire.eval.mme import WORLD_CATEGORY_GROUPS, cap_pairs, score_mme
     from silkfire.io import read_records, write_jsonl
     from silkfire.models.loading import load_vlm
     from silkfire.runtime import from_config, oom_hint

@@ -67,7 +67,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.io import read_records
     from silkfire.models.loading import load_vlm
     from silkfire.runtime import from_config
-    from silkfire.stages.evaluate import cap_pairs
+    from silkfire.eval.mme import cap_pairs
     from silkfire.tracking.plots import subtask_bars
 
     import torch

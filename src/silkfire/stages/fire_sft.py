@@ -28,9 +28,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from silkfire.stages.dialogues import image_root as dialogue_images
-from silkfire.stages.dialogues import source_of
-from silkfire.stages.gated import require_passed
+from silkfire.artefacts import dialogue_image_root as dialogue_images
+from silkfire.artefacts import dialogue_source as source_of
+from silkfire.quality.verdict import require_passed
 
 PARAMS = (
     "fire.seed", "fire.sft", "fire.dialogues.stop_score", "fire.dialogues.families", "fire.dialogues.source",

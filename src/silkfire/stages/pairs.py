@@ -34,7 +34,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.feedback.records import iter_feedback
     from silkfire.io import write_jsonl
     from silkfire.artefacts import feedback_image_root, gated_feedback
-    from silkfire.stages.validate_feedback import run_gate
+    from silkfire.tracking.gates import run_file_gate
 
     options = cfg.silkie.pairs
     cap = options.max_pairs_per_prompt
@@ -46,7 +46,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     write_jsonl(out, pairs)
     reports = root / cfg.paths.reports / REPORT
     reports.mkdir(parents=True, exist_ok=True)
-    gate = run_gate("pairs", out, gate_config(cfg), root, reports, feedback_image_root(cfg, root))
+    gate = run_file_gate("pairs", out, gate_config(cfg), root, reports, feedback_image_root(cfg, root))
     wins = Counter(pair["chosen_model"] for pair in pairs)
     losses = Counter(pair["rejected_model"] for pair in pairs)
     win_rate = {model: round(wins[model] / (wins[model] + losses[model]), 3) for model in sorted(wins | losses)}

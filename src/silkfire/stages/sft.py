@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from silkfire.stages.gated import require_passed
+from silkfire.quality.verdict import require_passed
 
 PARAMS = (
     "seed", "train", "model", "runtime", "tracking",

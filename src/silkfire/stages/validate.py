@@ -27,7 +27,7 @@ PROFILE = "validate_profile.json"  # under paths.metrics: the profile of the las
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.io import write_json
     from silkfire.quality import GateFailed, QualityConfig, validate_world
-    from silkfire.stages.gated import record_verdict
+    from silkfire.quality.verdict import record_verdict
     from silkfire.tracking.gates import log_gate_reports, tag_gate
 
     reports = report_dir(cfg, root)
@@ -38,7 +38,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     )
     (reports / FAILURE_REPORT).write_text(result.to_markdown(), encoding="utf-8")
     write_json(reports / FAILURE_TABLE, result.failure_rows())
-    record_verdict(reports, [result], root, "validate")  # what training stages check (silkfire.stages.gated)
+    record_verdict(reports, [result], root, "validate")  # what training stages check (silkfire.quality.verdict)
     log_gate_reports(reports)
     tag_gate(result.success, str(result.summary().get("policy", "")))
     if not result.success:

@@ -1,7 +1,7 @@
 """Stage `validate_dialogues`: the FIRE data-quality gate (kind `fire`) on the simulated dialogues.
 
 Every dialogue file (train, test, val; published data has val only when a published val file is configured:
-:func:`silkfire.stages.dialogues.splits`) goes through `silkfire validate fire`'s gate with the policy
+:func:`silkfire.artefacts.dialogue_splits`) goes through `silkfire validate fire`'s gate with the policy
 `fire.validate.policy`: under `fail` a bad dialogue stops the branch before training; under `filter` bad dialogues
 are quarantined and the later stages read the clean copies (:func:`gated_dialogues`). Reports (text, Markdown,
 JSON, Data Docs) are written and logged to MLflow before the verdict, so a failed gate leaves everything a person
@@ -20,7 +20,7 @@ from silkfire.artefacts import dialogue_report_dir as report_dir
 
 PARAMS = ("quality", "fire.validate", "fire.dialogues.source", "fire.dialogues.published", "paths.world", "paths.fire",
           "paths.reports")
-SPLITS = ("train", "test", "val")  # every split there can be; the ones this config makes: dialogues.splits(cfg)
+SPLITS = ("train", "test", "val")  # every split there can be; the ones this config makes: artefacts.dialogue_splits(cfg)
 FAILURE_REPORT = "report.md"  # the flow publishes <reports>/<stage>/report.md when the stage fails
 FAILURE_TABLE = "failures.json"
 
@@ -42,8 +42,9 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
     from silkfire.quality import GateFailed, validate_fire
-    from silkfire.stages.dialogues import image_root, splits
-    from silkfire.stages.gated import record_verdict
+    from silkfire.artefacts import dialogue_image_root as image_root
+    from silkfire.artefacts import dialogue_splits as splits
+    from silkfire.quality.verdict import record_verdict
     from silkfire.tracking.gates import log_gate_reports, tag_gate
 
     config = quality_config(cfg)
@@ -62,7 +63,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     (reports / FAILURE_REPORT).write_text(markdown, encoding="utf-8")
     failures = [row | {"split": split} for split, result in results.items() for row in result.failure_rows()]
     (reports / FAILURE_TABLE).write_text(json.dumps(failures, indent=1), encoding="utf-8")
-    record_verdict(reports, results.values(), root, "validate_dialogues")  # what `fire_sft` checks (stages.gated)
+    record_verdict(reports, results.values(), root, "validate_dialogues")  # what `fire_sft` checks (silkfire.quality.verdict)
     for split in results:
         log_gate_reports(reports / split, artifact_path=f"validation/{split}")
     mlflow.log_artifact(str(reports / FAILURE_REPORT), artifact_path="validation")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 GATE_TAG = "silkfire.gate"  # "passed" | "failed"; `silkfire lineage` reads it back
 POLICY_TAG = "silkfire.gate_policy"  # what the gate does with bad rows, in words (a bare "fail" read as a verdict)
@@ -58,3 +59,24 @@ def tag_gate(passed: bool, policy: str, kind: str | None = None) -> None:
     verdict = "passed" if passed else "failed"
     words = f"{policy}: {POLICY_WORDS[policy]}" if policy in POLICY_WORDS else policy
     mlflow.set_tags({GATE_TAG: verdict, POLICY_TAG: words} | ({f"{GATE_TAG}.{kind}": verdict} if kind else {}))
+
+
+def run_file_gate(kind: str, path: Path, cfg: Any, root: Path, reports: Path, image_root: Path) -> dict[str, Any]:
+    """Run one file gate (``silkfire validate <kind>``) on ``path``, write its report and verdict under ``reports``,
+    publish them to the active MLflow run, raise GateFailed on failure; returns its numeric summary.
+
+    Shared by the `validate_feedback` (kind vlfeedback) and `pairs` (kind pairs) stages."""
+    from silkfire.io import write_json
+    from silkfire.quality import GateFailed, QualityConfig
+    from silkfire.quality.cli import validate
+    from silkfire.quality.verdict import record_verdict
+
+    result = validate(kind, path, QualityConfig.from_mapping(cfg.quality), reports, image_root)
+    (reports / "report.md").write_text(result.to_markdown(), encoding="utf-8")
+    write_json(reports / "failures.json", result.failure_rows())
+    record_verdict(reports, [result], root, reports.name)  # what `dpo` checks (silkfire.quality.verdict)
+    log_gate_reports(reports)
+    tag_gate(result.success, str(result.summary().get("policy", "")), kind)
+    if not result.success:
+        raise GateFailed(result)
+    return {k: v for k, v in result.summary().items() if not isinstance(v, str)}
