@@ -64,8 +64,8 @@ def test_declared_param_keys_exist_in_config(stage: str) -> None:
 
 
 def test_training_never_starts_before_the_gate() -> None:
-    """sft depends on validate's output, so DVC cannot order it before the data-quality gate."""
-    assert "${paths.reports}/validate" in DVC_YAML["stages"]["sft"]["deps"]
+    """sft depends on the gate's verdict inside validate's output, so DVC cannot order it before the gate."""
+    assert "${paths.reports}/validate/verdict.json" in DVC_YAML["stages"]["sft"]["deps"]
     assert "${paths.reports}/validate" in DVC_YAML["stages"]["validate"]["outs"]
 
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from silkfire.quality.verdict import require_passed
 
 PARAMS = ("silkie.dpo", "runtime", "silkie.registered_model", "silkie.sample.source", "silkie.sample.image_root",
-          "tracking", "paths.world", "paths.feedback", "paths.reports", "paths.sft", "paths.dpo", "paths.metrics")
+          "tracking.log_model", "tracking.candidate_alias", "paths.world", "paths.feedback", "paths.reports", "paths.sft", "paths.dpo", "paths.metrics")
 CURVES = (("loss", "dpo_loss", "nll"), ("reward_accuracy", "eval_reward_accuracy"),
           ("reward_margin", "chosen_reward", "rejected_reward"), ("chosen_logp", "rejected_logp"))
 

@@ -34,7 +34,7 @@ from silkfire.quality.verdict import require_passed
 
 PARAMS = (
     "fire.seed", "fire.sft", "fire.dialogues.stop_score", "fire.dialogues.families", "fire.dialogues.source",
-    "fire.dialogues.published", "runtime", "tracking",
+    "fire.dialogues.published", "runtime", "tracking.log_model", "tracking.candidate_alias",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
     "paths.metrics",
 )

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from silkfire.quality.verdict import require_passed
 
 PARAMS = (
-    "seed", "train", "model", "runtime", "tracking",
+    "seed", "train", "model", "runtime", "tracking.log_model", "tracking.registered_model", "tracking.candidate_alias",
     "paths.world", "paths.reports", "paths.base_model", "paths.sft", "paths.metrics",
 )
 
