@@ -24,7 +24,7 @@ from silkfire.config import project_root, write_params
 from silkfire.reporting import (GATE_STAGES, StageRow, experiment_label, headline_metrics, markdown_table,
                                  parent_run_name, print_table)
 from silkfire.stages import pipeline_stages
-from silkfire.stages.runner import collect_row, reproduce_stage
+from silkfire.stages.runner import check_config, collect_row, reproduce_stage
 from silkfire.tracking.runs import KIND_TAG, PARENT_RUN_ENV, description, machine_tags, run_tags, safe_params
 from silkfire.versioning import has_default_remote, push
 from silkfire.workspace import crash_dead_flow_runs, note_holder, workspace_lock
@@ -112,7 +112,9 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True,
         note_holder(root, prefect_flow_run=flow_run_id())
         if crashed := crash_dead_flow_runs(root):
             logger.warning("%d flow run(s) of a dead earlier run marked Crashed", crashed)
-        cfg, params_changed = write_params(overrides or [], root)
+        # Every stage's settings parsed before the first stage runs (and before params.yaml is touched).
+        cfg, params_changed = write_params(overrides or [], root, check=lambda composed: check_config(
+            composed, pipeline_stages(list(composed.pipeline.branches))))
         logger.info("params.yaml %s", "updated" if params_changed else "unchanged")
         experiment_id = configure(root, cfg.tracking.experiment_name)
         rows: list[StageRow] = []

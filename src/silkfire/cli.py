@@ -50,8 +50,14 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 def _cmd_params(args: argparse.Namespace) -> int:
     with _holding_workspace("silkfire params"):  # never rewrite params.yaml under a running stage
         from silkfire.config import write_params
+        from silkfire.stages import ALL_STAGES
+        from silkfire.stages.runner import ConfigError, check_config
 
-        _, changed = write_params(list(args.overrides))
+        try:  # every stage's settings: params.yaml serves `dvc repro` of any of them
+            _, changed = write_params(list(args.overrides), check=lambda cfg: check_config(cfg, ALL_STAGES))
+        except ConfigError as error:
+            print(f"silkfire params: {error}", file=sys.stderr)
+            return 2
     print("params.yaml " + ("updated" if changed else "unchanged"))
     return 0
 

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +54,18 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
     return cfg
 
 
-def write_params(overrides: Sequence[str] = (), root: Path | None = None) -> tuple[DictConfig, bool]:
+def write_params(overrides: Sequence[str] = (), root: Path | None = None,
+                 check: Callable[[DictConfig], None] | None = None) -> tuple[DictConfig, bool]:
     """Compose the config and write it to params.yaml. Returns (config, whether the file changed).
 
-    The file is rewritten only when its content changes, so an unchanged config leaves DVC's param hashes
-    (and every stage cache) untouched.
+    ``check`` (e.g. silkfire.stages.runner.check_config) sees the composed config first: a config it refuses is
+    never written. The file is rewritten only when its content changes, so an unchanged config leaves DVC's param
+    hashes (and every stage cache) untouched.
     """
     root = root or project_root()
     cfg = compose(overrides, root)
+    if check is not None:
+        check(cfg)
     text = OmegaConf.to_yaml(cfg)  # the same serialisation DVC's compose_and_dump uses
     target = root / PARAMS_FILE
     changed = not target.is_file() or target.read_text(encoding="utf-8") != text

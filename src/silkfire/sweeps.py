@@ -218,11 +218,12 @@ def run_sweep(overrides: Sequence[str], metric: str, *, mode: str = "dvc", targe
     from mlflow.entities import Param
 
     from silkfire.config import compose, project_root
+    from silkfire.selection import SelectionError, require_validation_metric
+    from silkfire.stages import pipeline_stages
+    from silkfire.stages.runner import check_config
     from silkfire.tracking.runs import run_tags, safe_params
     from silkfire.tracking.store import configure
     from silkfire.workspace import workspace_lock
-
-    from silkfire.selection import SelectionError, require_validation_metric
 
     if mode not in ("dvc", "flow"):
         raise SweepError(f"--mode must be dvc or flow, not {mode!r}")
@@ -239,8 +240,10 @@ def run_sweep(overrides: Sequence[str], metric: str, *, mode: str = "dvc", targe
     configs = []
     for point in spec.points():
         try:
-            configs.append(compose([*spec.fixed, *(f"{k}={v}" for k, v in point.items())], root))
-        except Exception as error:  # Hydra's errors name the key; say which point
+            cfg = compose([*spec.fixed, *(f"{k}={v}" for k, v in point.items())], root)
+            check_config(cfg, pipeline_stages(list(cfg.pipeline.branches)))
+            configs.append(cfg)
+        except Exception as error:  # Hydra's errors name the key, check_config the stage; say which point
             raise SweepError(f"point {point} does not compose: {error}") from error
     base = configs[0]
     experiment_id = configure(root, base.tracking.experiment_name)

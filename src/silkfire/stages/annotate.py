@@ -80,3 +80,10 @@ def summary(metrics: dict[str, Any]) -> str:
     ranked = sorted(metrics.get("mean_rating", {}).items(), key=lambda item: -item[1])
     best = ", ".join(f"{model} {score:.2f}" for model, score in ranked[:3])
     return f"{metrics.get('records', '?')} records judged; best: {best}"
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    from silkfire.fanout import FanoutConfig
+
+    FanoutConfig.from_mapping(OmegaConf.to_container(cfg.silkie.fanout, resolve=True))

@@ -85,3 +85,10 @@ def summary(metrics: dict[str, Any]) -> str:
         millions = metrics.get("parameters", 0) / 1e6
         return f"pretrained {metrics.get('family', '')} checkpoint, {millions:.2f}M parameters"
     return f"built tiny model, {metrics.get('parameters', 0) / 1e6:.2f}M parameters"
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    from silkfire.models.config import ModelConfig
+
+    ModelConfig.from_mapping(cfg.model)

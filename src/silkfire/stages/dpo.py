@@ -48,14 +48,14 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.tracking.callbacks import mlflow_logger
     from silkfire.tracking.datasets import log_dvc_dataset
     from silkfire.tracking.registry import log_and_register
-    from silkfire.train.dpo import DPOConfig, train_dpo
+    from silkfire.train.dpo import train_dpo
 
     require_passed(cfg, root, "dpo")  # the feedback and pairs gates' verdicts vouch for these pairs
     pairs = gated_pairs(cfg, root)
     log_dvc_dataset(root, f"{cfg.paths.feedback}/pairs.jsonl", pairs, "silkie-pairs", context="train")
     out_dir = root / cfg.paths.dpo
     result = train_dpo(root / cfg.paths.sft / "model", pairs, feedback_image_root(cfg, root),
-                       DPOConfig.from_mapping(cfg.silkie.dpo), out_dir, callbacks=[mlflow_logger()])
+                       settings(cfg), out_dir, callbacks=[mlflow_logger()])
     plots_csv = root / cfg.paths.metrics / "dpo_history.csv"
     plots_csv.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out_dir / "history.csv", plots_csv)
@@ -78,3 +78,15 @@ def summary(metrics: dict[str, Any]) -> str:
     if "registered_version" in metrics:
         parts.append(f"registered v{metrics['registered_version']}")
     return " ".join(parts)
+
+
+def settings(cfg: DictConfig) -> Any:
+    """The DPO settings (``silkie.dpo``), parsed: :func:`check` runs this before any stage of a pipeline does."""
+    from silkfire.train.dpo import DPOConfig
+
+    return DPOConfig.from_mapping(cfg.silkie.dpo)
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    settings(cfg)

@@ -186,16 +186,11 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
     from silkfire.tracking.callbacks import MlflowMetricsCallback
     from silkfire.tracking.plots import training_curves
     from silkfire.tracking.registry import log_and_register
-    from silkfire.train.sft import SFTConfig, train_sft
+    from silkfire.train.sft import train_sft
 
     settings = cfg.fire.sft
     values = OmegaConf.to_container(settings[role], resolve=True)
-    assert isinstance(values, dict)
-    # dialogues are whole samples: never pack several into one history
-    config = SFTConfig.from_mapping(values, seed=int(cfg.fire.seed), dtype=str(cfg.runtime.dtype),
-                                    device=str(cfg.runtime.device),
-                                    gradient_checkpointing=bool(cfg.runtime.gradient_checkpointing), turns_per_sample=1,
-                                    families=None)
+    config = role_config(cfg, role)
     out_dir = root / (cfg.paths.fire_student if role == "student" else cfg.paths.fire_teacher)
     data = sets_dir(cfg, root)
     with mlflow.start_run(run_name=f"fire_sft/{role}", nested=True):
@@ -240,3 +235,22 @@ def summary(metrics: dict[str, Any]) -> str:
             text += f" v{data['registered_version']}"
         parts.append(text)
     return ", ".join(parts)
+
+
+def role_config(cfg: DictConfig, role: str) -> Any:
+    """The SFT settings of one role (``fire.sft.student`` / ``fire.sft.teacher``), parsed."""
+    from silkfire.train.sft import SFTConfig
+
+    values = OmegaConf.to_container(cfg.fire.sft[role], resolve=True)
+    assert isinstance(values, dict)
+    # dialogues are whole samples: never pack several into one history
+    return SFTConfig.from_mapping(values, seed=int(cfg.fire.seed), dtype=str(cfg.runtime.dtype),
+                                  device=str(cfg.runtime.device),
+                                  gradient_checkpointing=bool(cfg.runtime.gradient_checkpointing), turns_per_sample=1,
+                                  families=None)
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    for role in ("student", "teacher"):
+        role_config(cfg, role)

@@ -27,3 +27,10 @@ def summary(metrics: dict[str, Any]) -> str:
     scenes = sum(metrics["scenes"].values())
     records = sum(n for name, n in metrics["records"].items() if name != "scenes.jsonl")
     return f"scenes={scenes} records={records}"
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    from silkfire.world import WorldConfig
+
+    WorldConfig.from_mapping(cfg.world)

@@ -57,3 +57,10 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 def summary(metrics: dict[str, Any]) -> str:
     return (f"{metrics.get('pairs', '?')} pairs from {metrics.get('records', '?')} records "
             f"({metrics.get('ties', 0)} ties, {metrics.get('skipped', 0)} skipped)")
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    from silkfire.quality import QualityConfig
+
+    QualityConfig.from_mapping(gate_config(cfg).quality)

@@ -21,7 +21,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from silkfire.io import write_json
-    from silkfire.tracking.champion import ChampionRule, run_gate
+    from silkfire.tracking.champion import run_gate
 
     metrics_dir = root / cfg.paths.metrics
     sft = json.loads((metrics_dir / "sft.json").read_text(encoding="utf-8"))
@@ -30,7 +30,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         return {"promoted": False, "skipped": True}
     evaluation = json.loads((metrics_dir / "evaluate.json").read_text(encoding="utf-8"))
     name, alias, version = str(cfg.register.model), str(cfg.register.alias), int(sft["registered_version"])
-    rule = ChampionRule.from_mapping(OmegaConf.to_container(cfg.register, resolve=True))
+    rule = settings(cfg)
     decision, champion = run_gate(MlflowClient(), name, version, alias, rule, evaluation)
 
     out_dir = root / cfg.paths.reports / "register"
@@ -54,3 +54,15 @@ def summary(metrics: dict[str, Any]) -> str:
     before = metrics.get("champion_version_before")
     verdict = "promoted to champion" if metrics.get("promoted") else "champion kept"
     return f"v{metrics.get('challenger_version')} {verdict} (was {'none' if before is None else f'v{before}'})"
+
+
+def settings(cfg: DictConfig) -> Any:
+    """The champion rule (``register``), parsed; it refuses a test-set metric (silkfire.selection)."""
+    from silkfire.tracking.champion import ChampionRule
+
+    return ChampionRule.from_mapping(OmegaConf.to_container(cfg.register, resolve=True))
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    settings(cfg)

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,27 @@ def stage_params(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
 
 def metrics_path(root: Path, cfg: DictConfig, stage: str) -> Path:
     return root / cfg.paths.metrics / f"{stage}.json"
+
+
+class ConfigError(ValueError):
+    """A setting of the composed config that a stage of the pipeline would refuse."""
+
+
+def check_config(cfg: DictConfig, stages: Sequence[str]) -> None:
+    """Parse the typed settings of every stage in ``stages`` (each module's ``check``, the parser its ``run`` uses)
+    so that a wrong key or value fails when the config is composed, before the first stage runs -- not an hour
+    later when the stage that reads it starts. Raises :class:`ConfigError` naming every stage that refuses."""
+    problems = []  # (the runtime section is checked by silkfire.config.compose itself)
+    for name in stages:
+        module = stage_module(name)
+        if hasattr(module, "check"):
+            try:
+                module.check(cfg)
+            except (ValueError, TypeError, KeyError) as error:
+                problems.append(f"stage {name}: {error}")
+    if problems:
+        raise ConfigError("the config would fail these stages (fix the key, or the override that set it):\n  "
+                          + "\n  ".join(problems))
 
 
 def run_stage(name: str, root: Path | None = None) -> dict[str, Any]:

@@ -205,3 +205,10 @@ def sample_shard(items: list[dict[str, Any]], *, pool: dict[str, Any], defaults:
 def summary(metrics: dict[str, Any]) -> str:
     return (f"{metrics.get('instructions', '?')} instructions x {metrics.get('responses', 0) // max(1, metrics.get('instructions', 1))}"
             f" responses from a pool of {metrics.get('pool_size', '?')}")
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    from silkfire.fanout import FanoutConfig
+
+    FanoutConfig.from_mapping(OmegaConf.to_container(cfg.silkie.fanout, resolve=True))

@@ -42,7 +42,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         splits["train"],
         splits["val"],
         world,
-        SFTConfig.from_mapping(cfg.train),
+        settings(cfg),
         out_dir,
         callbacks=[MlflowMetricsCallback()],
     )
@@ -70,3 +70,15 @@ def summary(metrics: dict[str, Any]) -> str:
     if "registered_version" in metrics:
         parts.append(f"registered v{metrics['registered_version']}")
     return " ".join(parts)
+
+
+def settings(cfg: DictConfig) -> Any:
+    """The SFT settings (``train``), parsed: :func:`check` runs this before any stage of a pipeline does."""
+    from silkfire.train.sft import SFTConfig
+
+    return SFTConfig.from_mapping(cfg.train)
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    settings(cfg)

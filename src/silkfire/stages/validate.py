@@ -54,3 +54,10 @@ def summary(metrics: dict[str, Any]) -> str:
     if metrics.get("rows_quarantined"):
         text += f", {metrics['rows_quarantined']} quarantined"
     return text
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    from silkfire.quality import QualityConfig
+
+    QualityConfig.from_mapping(cfg.quality)

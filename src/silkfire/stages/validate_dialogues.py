@@ -84,3 +84,8 @@ def summary(metrics: dict[str, Any]) -> str:
             text += f" ({data['rows_quarantined']} quarantined)"
         parts.append(text)
     return "FIRE gate passed: " + ", ".join(parts)
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    quality_config(cfg)
