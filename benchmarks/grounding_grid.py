@@ -45,8 +45,9 @@ GRID = [
 DEFAULT_EVAL_AT = [250, 500, 750, 1000, 1250, 1500, 2000, 3000, 4000]
 
 
-def prepare(out: Path, text: dict[str, Any] | None = None) -> tuple[Path, Path]:
-    """The default world and a base model (LM overrides in ``text``) under ``out``, built once."""
+def prepare(out: Path, text: dict[str, Any] | None = None, seed: int = 0) -> tuple[Path, Path]:
+    """The default world and a base model (LM overrides in ``text``, initialised with ``seed`` as the pipeline's
+    ``base`` stage does with the global seed) under ``out``, built once."""
     import yaml
 
     from silkfire.models.config import ModelConfig
@@ -59,11 +60,11 @@ def prepare(out: Path, text: dict[str, Any] | None = None) -> tuple[Path, Path]:
         generate_world(WorldConfig.from_mapping(params["world"]), world, progress=False)
     model_cfg = copy.deepcopy(params["model"])
     model_cfg["text"].update(text or {})
-    key = "base" + "".join(f"_{k}{v}" for k, v in sorted((text or {}).items()))
+    key = f"base_seed{seed}" + "".join(f"_{k}{v}" for k, v in sorted((text or {}).items()))
     base = out / key
     if not (base / "config.json").exists():
         texts = world_texts(WorldConfig.from_mapping(params["world"]))
-        prepare_base_model(ModelConfig.from_mapping(model_cfg), texts, base, seed=int(params["seed"]))
+        prepare_base_model(ModelConfig.from_mapping(model_cfg), texts, base, seed=seed)
     return world, base
 
 
@@ -90,7 +91,7 @@ def train_recipe(recipe: dict[str, Any], out: Path, threads: int) -> None:
     seed = int(recipe.get("seed", 0))
     torch.manual_seed(seed)
     random.seed(seed)
-    world, base = prepare(out, recipe.get("text"))
+    world, base = prepare(out, recipe.get("text"), seed)
     processor = AutoProcessor.from_pretrained(base)
     model = LlavaForConditionalGeneration.from_pretrained(base).to(device)
     for parameter in model.model.vision_tower.parameters():
@@ -185,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         recipes = [r for r in recipes if r["name"] == args.only]
         if not recipes:
             parser.error(f"no recipe named {args.only!r}")
-    for text in {json.dumps(r.get("text") or {}, sort_keys=True) for r in recipes}:
-        prepare(args.out, json.loads(text))  # once, before the workers race for it
+    for text, seed in {(json.dumps(r.get("text") or {}, sort_keys=True), int(r.get("seed", 0))) for r in recipes}:
+        prepare(args.out, json.loads(text), seed)  # once, before the workers race for it
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     workers = [subprocess.Popen([sys.executable, __file__, "--out", str(args.out), "--threads", str(args.threads),
                                  "--recipe-json", json.dumps(recipe)], env=env) for recipe in recipes]
