@@ -196,3 +196,14 @@ def test_lora_trains_adapters_only_and_saves_a_merged_model(
     assert all("vision" not in name for name in changed)
     model, _ = load_vlm(result.model_dir)  # a plain model folder again
     assert result.metrics["trainable_parameters"] < sum(p.numel() for p in model.parameters()) / 5
+
+
+def test_eval_steps_give_a_held_out_curve_without_changing_training(
+        world: Path, base: Path, pairs_file: Path, tmp_path: Path) -> None:
+    curve = train_dpo(base, pairs_file, world, _config(max_steps=4, eval_steps=2), tmp_path / "curve")
+    plain = train_dpo(base, pairs_file, world, _config(max_steps=4, eval_steps=0), tmp_path / "plain")
+    assert [row["step"] for row in curve.history if "eval_loss" in row] == [2, 4]
+    assert [row["step"] for row in plain.history if "eval_loss" in row] == [4]
+    ours, theirs = _weights(tmp_path / "curve" / "model"), _weights(tmp_path / "plain" / "model")
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)  # evaluating never moves the weights
+    assert curve.history[-1]["eval_loss"] == plain.history[-1]["eval_loss"]

@@ -89,6 +89,7 @@ class DPOConfig:
     max_length: int | None = None  # None: the model's context length (silkfire.models.families.context_length)
     eval_fraction: float = 0.05
     logging_steps: int = 5
+    eval_steps: int = 0  # held-out preference accuracy every N steps (0: at the end only); always at the end
     save_steps: int = 50
     save_total_limit: int = 2
     ref_batch_size: int = 64
@@ -113,8 +114,8 @@ class DPOConfig:
             raise ValueError("dpo: set num_epochs > 0 or max_steps > 0")
         if not 0.0 <= self.eval_fraction < 1.0 or not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError("dpo: eval_fraction and warmup_ratio must be in [0, 1)")
-        if self.logging_steps < 1 or self.save_steps < 0 or self.num_threads < 1:
-            raise ValueError("dpo: logging_steps and num_threads must be >= 1, save_steps >= 0")
+        if self.logging_steps < 1 or self.save_steps < 0 or self.eval_steps < 0 or self.num_threads < 1:
+            raise ValueError("dpo: logging_steps and num_threads must be >= 1, save_steps and eval_steps >= 0")
         object.__setattr__(self, "resume", resume_mode(self.resume))
 
     @classmethod
@@ -1123,11 +1124,13 @@ def train_dpo(
             window_steps += 1
             done = step + 1
             bar.update(1)
-            if done % config.logging_steps == 0 or done == total_steps or done == 1:
+            evaluate_now = len(eval_data) > 0 and (
+                done == total_steps or (config.eval_steps > 0 and done % config.eval_steps == 0))
+            if done % config.logging_steps == 0 or done == total_steps or done == 1 or evaluate_now:
                 row = {"step": done, "epoch": round(done / steps_per_epoch, 4),
                        "learning_rate": float(scheduler.get_last_lr()[0]),
                        **{name: window[name] / window_steps for name in WINDOW_KEYS}}
-                if done == total_steps:
+                if evaluate_now:  # the held-out curve (an eval pass does not touch the training RNG)
                     row.update(evaluate_pairs(model, eval_data, pad_id, config, runtime))
                 history.append(row)
                 window, window_steps = {}, 0
