@@ -69,8 +69,10 @@ def test_few_steps_lower_the_loss_and_write_outputs(world: Path, base: Path, tmp
     assert (out / "metrics.json").is_file()
 
 
-def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(world: Path, base: Path, tmp_path: Path):
-    config = _config(max_steps=8, save_steps=4, eval_steps=0, save_total_limit=3)
+@pytest.mark.parametrize("curriculum", [{}, {"families": None, "curriculum_steps": 3}], ids=["plain", "curriculum"])
+def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(world: Path, base: Path, tmp_path: Path,
+                                                                  curriculum: dict):
+    config = _config(max_steps=8, save_steps=4, eval_steps=0, save_total_limit=3, **curriculum)
     straight = train_sft(base, world / "train.jsonl", world / "val.jsonl", world, config, tmp_path / "a")
 
     # Simulate a crash after step 4: drop everything later than checkpoint-4, then resume.
@@ -79,8 +81,8 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(world: Path, b
     shutil.rmtree(interrupted / "checkpoints" / "checkpoint-8")
     shutil.rmtree(interrupted / "model")
     resumed = train_sft(base, world / "train.jsonl", world / "val.jsonl", world,
-                        _config(max_steps=8, save_steps=4, eval_steps=0, save_total_limit=3, resume=True),
-                        interrupted)
+                        _config(max_steps=8, save_steps=4, eval_steps=0, save_total_limit=3, resume=True,
+                                **curriculum), interrupted)
     # the history covers the steps before the resume too (Trainer saves its log history in checkpoints)
     assert [row["step"] for row in resumed.history if "loss" in row] == list(range(1, 9))
     assert [row["loss"] for row in resumed.history[:4]] == [row["loss"] for row in straight.history[:4]]
@@ -158,3 +160,23 @@ def test_build_train_save_reload_generate_path(world: Path, tmp_path: Path):
     answers = generate_answers(model, processor, records, world, batch_size=4, max_new_tokens=3, progress=False)
     # 25 steps on yes/no questions are enough to learn the answer format
     assert len(answers) == 8 and all(answer in ("Yes", "No") for answer in answers)
+
+
+def test_a_curriculum_trains_its_families_first_then_everything(world: Path) -> None:
+    from silkfire.io import read_records
+    from silkfire.train.data import PlannedOrder, curriculum_order, select_records
+    from silkfire.train.sft import _planned
+
+    records = select_records(read_records(world / "train.jsonl"), None, None, 0)
+    config = _config(families=None, max_samples=None, max_steps=10, batch_size=4, curriculum_steps=3)
+    encoded = list(range(len(records)))  # stands in for the encoded samples (one per record at turns_per_sample 1)
+    planned, steps = _planned(encoded, records, config)
+    assert isinstance(planned, PlannedOrder) and steps == 10 and len(planned) == 40
+    head, rest = planned.order[:12], planned.order[12:]
+    assert all(records[i]["family"] in ("open", "probe") for i in head)
+    assert {records[i]["family"] for i in rest} == {"open", "probe", "mme"}
+    assert len(set(rest[:len(records)])) == min(len(records), len(rest))  # a full pass before any repeat
+    assert _planned(encoded, records, config)[0].order == planned.order  # seeded: a resumed run plans the same
+    assert _planned(encoded, records, _config(families=None, curriculum_steps=0, max_steps=10))[0] is encoded
+    with pytest.raises(ValueError, match="curriculum_families"):
+        curriculum_order([{"mme"}, {"mme", "open"}], ["open"], 4, 8, 0)  # no sample has only the wanted family

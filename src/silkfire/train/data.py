@@ -406,6 +406,46 @@ def _image_token_counts(processor: Any, image_root: Path, relatives: Sequence[st
     return counts
 
 
+class PlannedOrder(torch.utils.data.Dataset):
+    """``data`` read in a fixed order planned up front (``order``: indices into ``data``, repeats allowed). Trainer
+    reads it with a sequential sampler, so the whole run's sample order -- a curriculum included -- is one seeded
+    list, and a resumed run skips exactly the batches it already trained on."""
+
+    def __init__(self, data: torch.utils.data.Dataset, order: Sequence[int]) -> None:
+        self.data, self.order = data, list(order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.data[self.order[index]]
+
+
+def curriculum_order(sample_families: Sequence[set[str]], families: Sequence[str], curriculum_samples: int,
+                     total_samples: int, seed: int) -> list[int]:
+    """The sample order of a run that starts with a curriculum: ``curriculum_samples`` samples drawn from the ones
+    whose questions all belong to ``families`` (seeded passes over them, reshuffled each pass), then seeded
+    reshuffled passes over every sample until ``total_samples``. ``sample_families[i]``: the families of sample
+    i's questions."""
+    wanted = set(families)
+    pool = [i for i, found in enumerate(sample_families) if found and found <= wanted]
+    if not pool:
+        raise ValueError(f"train.curriculum_families {sorted(wanted)}: no training sample has only these families "
+                         f"(with turns_per_sample > 1 a sample mixes the families of one image; use 1)")
+    rng = random.Random(f"curriculum-{seed}")
+
+    def passes(indices: list[int], count: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < count:
+            shuffled = list(indices)
+            rng.shuffle(shuffled)
+            out.extend(shuffled)
+        return out[:count]
+
+    head = passes(pool, min(curriculum_samples, total_samples))
+    return head + passes(list(range(len(sample_families))), total_samples - len(head))
+
+
 class SFTCollator:
     """Right-pads ids (pad id), labels (-100), builds the attention mask and batches the image inputs
     (:func:`collate_images`); with ``image_token_id`` and Qwen2-VL inputs also ``mm_token_type_ids``."""

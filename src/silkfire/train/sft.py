@@ -52,6 +52,8 @@ class SFTConfig:
     family_weights: Mapping[str, float] | None = None  # share per family when max_samples caps the data
     answer_style: str = "plain"  # plain: the record's answer | explained: "Yes, <rationale>." where it has one
     turns_per_sample: int = 1  # > 1 packs questions about one image into multi-turn samples (train set only)
+    curriculum_steps: int = 0  # > 0: the first N optimizer steps train on curriculum_families only, then on all
+    curriculum_families: tuple[str, ...] = ("open", "probe")
     freeze: tuple[str, ...] = ()  # parts kept fixed: "vision_tower", "projector", "language_model"
     seed: int = 0
     # auto: continue the newest checkpoint under out_dir/checkpoints when it carries this run's fingerprint (else
@@ -77,6 +79,8 @@ class SFTConfig:
             raise ValueError("train.warmup_ratio must be in [0, 1)")
         if self.turns_per_sample < 1:
             raise ValueError("train.turns_per_sample must be >= 1")
+        if self.curriculum_steps < 0 or (self.curriculum_steps > 0 and not self.curriculum_families):
+            raise ValueError("train.curriculum_steps must be >= 0, with curriculum_families naming >= 1 family")
         if self.answer_style not in ANSWER_STYLES:
             raise ValueError(f"train.answer_style must be one of {ANSWER_STYLES}, got {self.answer_style!r}")
         from silkfire.train.resume import resume_mode
@@ -95,6 +99,8 @@ class SFTConfig:
         updates: dict[str, Any] = {}
         if config.families is not None:
             updates["families"] = tuple(config.families)
+        if not isinstance(config.curriculum_families, tuple):
+            updates["curriculum_families"] = tuple(config.curriculum_families or ())
         if not isinstance(config.freeze, tuple):
             updates["freeze"] = tuple(config.freeze or ())
         if config.family_weights is not None:
@@ -230,6 +236,7 @@ def train_sft(
                                     turns_per_sample=config.turns_per_sample, seed=config.seed)
     val_data = encode_sft_records(val_records, processor, image_root, progress=config.progress)
     encode_seconds = time.perf_counter() - started
+    train_set, max_steps = _planned(train_data, train_records, config)
 
     eval_steps = config.eval_steps if config.eval_steps > 0 else None
     args = TrainingArguments(
@@ -239,7 +246,7 @@ def train_sft(
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
         num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps,
+        max_steps=max_steps,
         warmup_steps=config.warmup_ratio,
         weight_decay=config.weight_decay,
         lr_scheduler_type=config.lr_scheduler,
@@ -267,7 +274,7 @@ def train_sft(
     trainer = _trainer_class()(
         model=model,
         args=args,
-        train_dataset=train_data,
+        train_dataset=train_set,
         eval_dataset=val_data,
         data_collator=SFTCollator(processor.tokenizer.pad_token_id, processor.image_token_id),
         processing_class=processor,  # saved next to every checkpoint: each one is a loadable model folder
@@ -350,6 +357,24 @@ def train_sft(
     return SFTResult(model_dir=model_dir, metrics=metrics, history=history)
 
 
+def _planned(train_data: Any, train_records: Sequence[Any], config: SFTConfig) -> tuple[Any, int]:
+    """What Trainer reads, and its max_steps: the encoded data as it is (Trainer shuffles it each epoch), or with a
+    curriculum, the whole run's order planned up front (:func:`silkfire.train.data.curriculum_order`)."""
+    if config.curriculum_steps <= 0:
+        return train_data, config.max_steps
+    from silkfire.train.data import PlannedOrder, curriculum_order, group_conversations
+
+    conversations = group_conversations(train_records, config.turns_per_sample, config.seed)  # encode's samples
+    assert len(conversations) == len(train_data)
+    per_step = config.batch_size * config.grad_accum
+    steps = config.max_steps if config.max_steps > 0 else math.ceil(
+        config.num_epochs * math.ceil(len(train_data) / per_step))
+    families = [{str(record.get("family")) for record in conversation} for conversation in conversations]
+    order = curriculum_order(families, config.curriculum_families, config.curriculum_steps * per_step,
+                             steps * per_step, config.seed)
+    return PlannedOrder(train_data, order), steps
+
+
 def _lora_options(config: SFTConfig) -> Any:
     from silkfire.train.lora import LoraOptions
 
@@ -372,6 +397,16 @@ def _trainer_class() -> type:
     from transformers import Trainer
 
     class SFTTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            from silkfire.train.data import PlannedOrder
+
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            if isinstance(dataset, PlannedOrder):  # the order is the plan: read it as it is
+                import torch
+
+                return torch.utils.data.SequentialSampler(dataset)
+            return super()._get_train_sampler(train_dataset)
+
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             model = self.model if model is None else model
             from silkfire.train.lora import is_lora, load_adapter_checkpoint
