@@ -104,6 +104,19 @@ def test_a_dead_holders_runs_are_marked_killed_by_the_next_holder(mlflow_root: P
     assert (mlflow_root / LOCK_FILE).read_text() == ""
 
 
+def test_a_holder_that_fails_with_an_exception_leaves_nothing_to_recover(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A failed gate or stage ends the run through an exception: the process closes its runs itself, so the next
+    holder must not call it dead (nor mark its Prefect flow run Crashed)."""
+    with pytest.raises(RuntimeError, match="gate failed"):
+        with workspace_lock(tmp_path, what="a failing run"):
+            raise RuntimeError("gate failed")
+    assert (tmp_path / LOCK_FILE).read_text() == ""
+    with workspace_lock(tmp_path, what="next run"):
+        pass
+    assert "died" not in capsys.readouterr().err
+
+
 def test_children_of_the_holder_join_its_lock_and_strangers_are_refused(tmp_path: Path) -> None:
     """`silkfire stage` run by DVC under `silkfire run` inherits the token and joins; a process without it waits."""
     from silkfire.workspace import TOKEN_ENV

@@ -143,9 +143,14 @@ def workspace_lock(root: Path, what: str = "a pipeline run", wait_seconds: float
         _write(handle, {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "what": what,
                         "token": token})
         os.environ[TOKEN_ENV] = token  # processes started from here on join this lock
-        with _member(root):
-            yield path
-        _write(handle, {})  # a clean end: nothing to recover
+        try:
+            with _member(root):
+                yield path
+        finally:
+            # The holder ends here, normally or through an exception (a failed gate or stage): its MLflow and
+            # Prefect runs were closed as FAILED on the way out, so there is nothing to recover. Only a holder that
+            # never reaches this line (SIGKILL, power loss) leaves its record for the next one.
+            _write(handle, {})
     finally:
         if previous_token is None:
             os.environ.pop(TOKEN_ENV, None)
