@@ -247,8 +247,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         paths = write_report(report, args.out or project_root() / "results" / args.sweep[0])
         if args.readme:
-            args.readme.write_text(replace_readme_block(args.readme.read_text(encoding="utf-8"), report),
-                                   encoding="utf-8")
+            args.readme.write_text(replace_readme_block(args.readme.read_text(encoding="utf-8"), report,
+                                                        args.block), encoding="utf-8")
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -397,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "finished run)")
     report.add_argument("--out", type=Path, default=None, help="default: results/SWEEP (the first --sweep)")
     report.add_argument("--readme", type=Path, default=None, help="rewrite this file's silkfire-report block")
+    report.add_argument("--block", default=None,
+                        help="with --readme: the named block (<!-- silkfire-report:begin NAME -->) of several")
     report.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates B (default 2000)")
     report.add_argument("--bootstrap-seed", type=int, default=0)
     report.add_argument("--plateau-threshold", type=float, default=None,

@@ -1000,26 +1000,35 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_block(text: str) -> str | None:
+def readme_markers(block: str | None = None) -> tuple[str, str]:
+    """The begin/end markers of a README results block; ``block`` names one of several (None: the unnamed one)."""
+    if block is None:
+        return REPORT_BEGIN, REPORT_END
+    return REPORT_BEGIN.replace(" -->", f" {block} -->"), REPORT_END.replace(" -->", f" {block} -->")
+
+
+def readme_block(text: str, block: str | None = None) -> str | None:
     """What lies between the report markers of a README, or None when it has none."""
-    start, end = text.find(REPORT_BEGIN), text.find(REPORT_END)
+    begin, end_marker = readme_markers(block)
+    start, end = text.find(begin), text.find(end_marker)
     if start < 0 or end < start:
         return None
-    return text[start + len(REPORT_BEGIN):end]
+    return text[start + len(begin):end]
 
 
-def readme_block_matches(readme_text: str, report: Mapping[str, Any]) -> bool:
+def readme_block_matches(readme_text: str, report: Mapping[str, Any], block: str | None = None) -> bool:
     """Whether the README's results block is exactly render_markdown(report) (surrounding blank lines aside)."""
-    block = readme_block(readme_text)
-    return block is not None and block.strip() == render_markdown(report).strip()
+    found = readme_block(readme_text, block)
+    return found is not None and found.strip() == render_markdown(report).strip()
 
 
-def replace_readme_block(readme_text: str, report: Mapping[str, Any]) -> str:
-    if readme_block(readme_text) is None:
-        raise ReportError(f"the README has no {REPORT_BEGIN} ... {REPORT_END} block: add the two markers where "
+def replace_readme_block(readme_text: str, report: Mapping[str, Any], block: str | None = None) -> str:
+    begin, end_marker = readme_markers(block)
+    if readme_block(readme_text, block) is None:
+        raise ReportError(f"the README has no {begin} ... {end_marker} block: add the two markers where "
                           "the results belong")
-    start = readme_text.find(REPORT_BEGIN) + len(REPORT_BEGIN)
-    end = readme_text.find(REPORT_END)
+    start = readme_text.find(begin) + len(begin)
+    end = readme_text.find(end_marker)
     return readme_text[:start] + "\n" + render_markdown(report) + readme_text[end:]
 
 
