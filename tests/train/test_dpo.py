@@ -57,7 +57,8 @@ def pairs_file(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _config(**overrides) -> DPOConfig:
     values = dict(beta=0.1, rpo_alpha=0.0, learning_rate=2e-3, max_steps=6, batch_size=4, warmup_ratio=0.0,
                   lr_scheduler="constant", logging_steps=1, save_steps=2, save_total_limit=3, eval_fraction=0.2,
-                  ref_batch_size=16, num_threads=1, progress=False, seed=0)
+                  ref_batch_size=16, num_threads=1, progress=False, seed=0,
+                  lora={"enabled": False}, eval_steps=0)  # full fine-tuning; held-out eval at the end only
     values.update(overrides)
     return DPOConfig.from_mapping(values)
 

@@ -28,7 +28,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _config(**overrides) -> SFTConfig:
     values = dict(learning_rate=3e-3, max_steps=12, batch_size=8, warmup_ratio=0.0, logging_steps=1,
                   save_steps=4, save_total_limit=2, eval_steps=6, eval_batch_size=16, max_eval_samples=16,
-                  num_threads=2, families=["mme"], max_samples=16, progress=False, lr_scheduler="constant")
+                  num_threads=2, families=["mme"], max_samples=16, progress=False, lr_scheduler="constant",
+                  answer_style="plain", freeze=[])  # bare Yes/No targets overfit fast; the whole model trains
     values.update(overrides)
     return SFTConfig.from_mapping(values)
 

@@ -62,7 +62,7 @@ LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 
 @dataclass(frozen=True)
 class LoraSettings:
-    enabled: bool = False
+    enabled: bool = True
     r: int = 64
     alpha: int = 16
     dropout: float = 0.05
@@ -72,12 +72,13 @@ class LoraSettings:
 
 @dataclass(frozen=True)
 class DPOConfig:
-    """DPO hyper-parameters (conf/silkie/default.yaml `dpo:` documents every key)."""
+    """DPO hyper-parameters. conf/silkie/default.yaml `dpo:` documents every key and is where defaults are decided:
+    these mirror it (tests/train/test_config_defaults.py)."""
 
     beta: float = 0.1
     rpo_alpha: float = 1.0
     learning_rate: float = 1e-4
-    num_epochs: float = 1.0
+    num_epochs: float = 2.0
     max_steps: int = 0
     batch_size: int = 16
     grad_accum: int = 1
@@ -89,7 +90,7 @@ class DPOConfig:
     max_length: int | None = None  # None: the model's context length (silkfire.models.families.context_length)
     eval_fraction: float = 0.05
     logging_steps: int = 5
-    eval_steps: int = 0  # held-out preference accuracy every N steps (0: at the end only); always at the end
+    eval_steps: int = 10  # held-out preference accuracy every N steps (0: at the end only); always at the end
     save_steps: int = 50
     save_total_limit: int = 2
     ref_batch_size: int = 64

@@ -29,32 +29,33 @@ HISTORY_FIELDS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "eval_l
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """SFT hyper-parameters (conf/train/sft.yaml documents every key)."""
+    """SFT hyper-parameters. conf/train/sft.yaml documents every key and is where defaults are decided: these
+    mirror it (tests/train/test_config_defaults.py), so code that builds a config gets the same recipe."""
 
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     num_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides num_epochs
-    batch_size: int = 32
+    max_steps: int = 2000  # > 0 overrides num_epochs
+    batch_size: int = 128
     grad_accum: int = 1
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
+    lr_scheduler: str = "constant_with_warmup"
     max_grad_norm: float = 1.0
     logging_steps: int = 10
-    save_steps: int = 200
+    save_steps: int = 300
     save_total_limit: int = 2
-    eval_steps: int = 200  # 0 = evaluate only at the end
+    eval_steps: int = 100  # 0 = evaluate only at the end
     eval_batch_size: int = 64
     max_eval_samples: int | None = 512
     num_threads: int = 2
     max_samples: int | None = None
     families: tuple[str, ...] | None = None  # None = all families of the file
     family_weights: Mapping[str, float] | None = None  # share per family when max_samples caps the data
-    answer_style: str = "plain"  # plain: the record's answer | explained: "Yes, <rationale>." where it has one
+    answer_style: str = "explained"  # plain: the record's answer | explained: "Yes, <rationale>." where it has one
     turns_per_sample: int = 1  # > 1 packs questions about one image into multi-turn samples (train set only)
     curriculum_steps: int = 0  # > 0: the first N optimizer steps train on curriculum_families only, then on all
     curriculum_families: tuple[str, ...] = ("open", "probe")
-    freeze: tuple[str, ...] = ()  # parts kept fixed: "vision_tower", "projector", "language_model"
+    freeze: tuple[str, ...] = ("vision_tower",)  # parts kept fixed: "vision_tower", "projector", "language_model"
     seed: int = 0
     # auto: continue the newest checkpoint under out_dir/checkpoints when it carries this run's fingerprint (else
     # start over, saying why) | true: continue it, fail if its fingerprint differs | false: always start over
