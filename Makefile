@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-all ui setup clean seeds bench dvc-deps
+.PHONY: run test test-all ui setup clean seeds plateau bench dvc-deps
 
 run: $(STAMP)  ## run the default pipeline (Prefect flow over the DVC stages, tracked in MLflow)
 	$(BIN)/silkfire run $(ARGS)
@@ -35,6 +35,15 @@ seeds: $(STAMP)  ## whole-pipeline seeds + `silkfire report` (mean +- 95% CI, pa
 	$(BIN)/silkfire sweep seed=$(FOUNDATION_SEEDS) --mode flow --metric evaluate.val.mme.sft.perception \
 		--name foundation-seeds
 	$(BIN)/silkfire report --sweep seeds --sweep foundation-seeds --out results/seeds --readme README.md
+
+# Does SFT leave the constant-answer plateau on every seed at the default budget (issue 14)? The foundation alone at
+# PLATEAU_SEEDS, then its report into results/foundation and the README's `foundation` block. ~17 min per seed.
+PLATEAU_SEEDS ?= 0,1,2,3,4
+PLATEAU_SWEEP ?= foundation-2000
+plateau: $(STAMP)  ## the foundation at 5 seeds + `silkfire report` (plateau escape rate, MME-style spread)
+	$(BIN)/silkfire sweep seed=$(PLATEAU_SEEDS) --mode flow --metric evaluate.val.mme.sft.perception \
+		--name $(PLATEAU_SWEEP)
+	$(BIN)/silkfire report --sweep $(PLATEAU_SWEEP) --out results/foundation --readme README.md --block foundation
 
 # After adding or moving an import in a stage's code: each stage's code deps in the dvc.yaml files are its import
 # closure inside silkfire (a test fails while they are stale).
