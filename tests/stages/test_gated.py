@@ -92,3 +92,27 @@ def test_an_unreadable_verdict_is_a_refusal(project: Path) -> None:
     (project / "reports/validate" / VERDICT).write_text("{not json")
     with pytest.raises(GateNotPassed, match=r"cannot be read"):
         require_passed(params(project), project, "sft")
+
+
+def test_drift_baselines_are_kept_per_world_config(tmp_path: Path) -> None:
+    """A smoke world and the full world each compare with their own last passing version (stage `validate`)."""
+    import json
+
+    from silkfire.config import compose
+    from silkfire.stages.validate import baseline_profile, remember_profile, world_key
+
+    root = Path(__file__).resolve().parents[2]
+    full, smoke = world_key(compose([], root)), world_key(compose(["experiment=smoke"], root))
+    assert full != smoke and full == world_key(compose(["seed=3"], root))  # the global seed is not the world's
+    profiles = tmp_path / "validate_profile.json"
+    assert baseline_profile(profiles, full, tmp_path) is None  # first run: nothing to compare with
+    (tmp_path / "full.json").write_text(json.dumps({"metrics": {"a": 1}}))
+    (tmp_path / "smoke.json").write_text(json.dumps({"metrics": {"a": 2}}))
+    remember_profile(profiles, full, tmp_path / "full.json")
+    assert baseline_profile(profiles, smoke, tmp_path) is None  # a smoke run after a full one: its own first version
+    remember_profile(profiles, smoke, tmp_path / "smoke.json")
+    back = baseline_profile(profiles, full, tmp_path)  # the next full run finds the full world's profile, not smoke's
+    assert back is not None and json.loads(back.read_text()) == {"metrics": {"a": 1}}
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({"metrics": {"a": 3}}))  # the one-profile format of earlier versions
+    assert baseline_profile(legacy, full, tmp_path) == legacy
