@@ -99,6 +99,12 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
         assert repo.status(targets=["dvc.yaml"]) == {}, "dvc status after a finished run must be clean"
     assert any((project / ".dvcstore").rglob("*")), "outputs were not pushed to the local DVC remote"
 
+    # the SFT curves as a PNG DVC plot (renders offline in `dvc plots show`)
+    assert (project / "metrics" / "sft_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Repo(str(project)) as repo:
+        shown = repo.plots.show()["workspace"]["sources"]["data"]  # what `dvc plots show` renders
+        assert shown["metrics/sft_curves.png"]["data"][:4] == b"\x89PNG"
+
     evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
     for model in ("sft", "base"):
         result = evaluation["mme"][model]

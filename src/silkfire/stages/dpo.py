@@ -46,6 +46,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 
     from silkfire.artefacts import feedback_image_root, gated_pairs
     from silkfire.tracking.callbacks import mlflow_logger
+    from silkfire.tracking.plots import publish_figure
     from silkfire.tracking.datasets import log_dvc_dataset
     from silkfire.tracking.registry import log_and_register
     from silkfire.train.dpo import train_dpo
@@ -60,7 +61,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     plots_csv.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out_dir / "history.csv", plots_csv)
     mlflow.log_artifact(str(out_dir / "history.csv"), artifact_path="curves")
-    mlflow.log_figure(dpo_curves(result.history), "curves/dpo_curves.png")
+    publish_figure(dpo_curves(result.history), "curves/dpo_curves.png", root / cfg.paths.metrics / "dpo_curves.png")
     metrics: dict[str, Any] = dict(result.metrics)
     if cfg.tracking.log_model:
         metrics["registered_version"] = log_and_register(result.model_dir, str(cfg.silkie.registered_model),

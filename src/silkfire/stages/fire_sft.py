@@ -184,7 +184,7 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
     import mlflow
 
     from silkfire.tracking.callbacks import MlflowMetricsCallback
-    from silkfire.tracking.plots import training_curves
+    from silkfire.tracking.plots import publish_figure, training_curves
     from silkfire.tracking.registry import log_and_register
     from silkfire.train.sft import train_sft
 
@@ -203,7 +203,8 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
         plots_csv.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out_dir / "history.csv", plots_csv)
         mlflow.log_artifact(str(out_dir / "history.csv"), artifact_path="curves")
-        mlflow.log_figure(training_curves(result.history), f"curves/fire_{role}_curves.png")
+        publish_figure(training_curves(result.history), f"curves/fire_{role}_curves.png",
+                       root / cfg.paths.metrics / f"fire_{role}_curves.png")
         metrics: dict[str, Any] = dict(result.metrics)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         if cfg.tracking.log_model:

@@ -26,7 +26,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.artefacts import gated_file, resolve_base
     from silkfire.tracking.callbacks import MlflowMetricsCallback
     from silkfire.tracking.datasets import log_dvc_dataset
-    from silkfire.tracking.plots import training_curves
+    from silkfire.tracking.plots import publish_figure, training_curves
     from silkfire.tracking.registry import log_and_register
     from silkfire.train.sft import SFTConfig, train_sft
 
@@ -51,7 +51,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     plots_csv.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(history_csv, plots_csv)
     mlflow.log_artifact(str(history_csv), artifact_path="curves")
-    mlflow.log_figure(training_curves(result.history), "curves/sft_curves.png")
+    publish_figure(training_curves(result.history), "curves/sft_curves.png",
+                   root / cfg.paths.metrics / "sft_curves.png")
     metrics: dict[str, Any] = dict(result.metrics)
     if cfg.tracking.log_model:
         metrics["registered_version"] = log_and_register(

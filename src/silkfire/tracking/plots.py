@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -51,3 +52,15 @@ def subtask_bars(scores: Mapping[str, Mapping[str, Any]], title: str = "MME-styl
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def publish_figure(figure: Any, artifact_file: str, dvc_file: Path) -> None:
+    """A figure as an MLflow artefact of the active run and as a PNG under metrics/ (a DVC image plot: `dvc plots
+    show` embeds it as an <img>, which renders without network, unlike its Vega charts)."""
+    import mlflow
+
+    dvc_file.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(dvc_file, dpi=100)
+    mlflow.log_figure(figure, artifact_file)
+    _pyplot().close(figure)
+
