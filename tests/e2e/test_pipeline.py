@@ -192,6 +192,23 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
     assert json.loads((project / "metrics" / "register.json").read_text())["promoted"] is False
     mlflow.end_run()
 
+    # 3b. Exact invalidation (issue 15): a change to the gate's code re-runs the gate, whose verdict stays the same,
+    # so nothing downstream runs (sft depends on the verdict, not on the gate's report folder with its timings).
+    report_code = project / "src" / "silkfire" / "quality" / "report.py"
+    report_code.write_text(report_code.read_text() + "\n# a comment\n")
+    rows = flows.pipeline(overrides=[*SMOKE, "eval.max_new_tokens=6"])
+    assert {row["stage"]: row["status"] for row in rows} == {
+        "generate": "cached", "validate": "ran", "base": "cached", "sft": "cached", "evaluate": "cached",
+        "register": "cached"}
+    mlflow.end_run()
+    # ... and renaming the MLflow experiment leaves every stage up to date (no stage reads the name)
+    from silkfire.config import write_params
+
+    write_params([*SMOKE, "eval.max_new_tokens=6", "tracking.experiment_name=other"], project)
+    with Repo(str(project)) as repo:
+        assert repo.status(targets=["dvc.yaml"]) == {}
+    write_params([*SMOKE, "eval.max_new_tokens=6"], project)
+
     # 4. The pushed remote alone brings the data back: drop the workspace copy and the cache, pull.
     shutil.rmtree(project / "data")
     shutil.rmtree(project / ".dvc" / "cache")
