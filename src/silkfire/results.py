@@ -893,7 +893,9 @@ def _versions(versions: Sequence[Any]) -> str:
 
 def _header_lines(report: Mapping[str, Any]) -> list[str]:
     seeds, machine, stats = report["seeds"], report["machine"], report["statistics"]
-    commits = ", ".join(f"`{commit[:12]}`" for commit in report["git_commits"]) or "unknown"
+    # a "-dirty" commit (tracked files changed, e.g. params.yaml rewritten for another seed) keeps its marker
+    commits = ", ".join(f"`{commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}`"
+                        for commit in report["git_commits"]) or "unknown"
     one_seed = " With one seed the over-seed intervals are not defined and the bootstrap resamples items only."
     sweeps = report.get("sweeps") or []
     names = " + ".join("`" + s["name"] + "`" for s in sweeps)
