@@ -128,17 +128,19 @@ def test_dvc_sweep_runs_one_experiment_and_one_child_run_per_point(project: Path
     assert [(row["world.train_scenes"], row["generate.scenes.train"]) for row in rows] == [("4", 4.0), ("8", 8.0)]
     assert [row["experiment"] for row in rows] == ["scenes-0", "scenes-1"]
 
-    # dvc exp show lists both experiments, with the swept param and the stage's metrics
+    # dvc exp show lists both experiments with the swept param; each experiment's commit holds the stage's metrics
+    # file (a plain output: only the evaluation stages' table rows are DVC metrics, silkfire.reporting)
     shown = subprocess.run([str(Path(sys.executable).with_name("dvc")), "exp", "show", "--json"], cwd=project,
                            capture_output=True, text=True, check=True).stdout
     experiments = {}
     for baseline in json.loads(shown):
         for exp in baseline.get("experiments") or []:
             for revision in exp["revs"]:
-                data = revision["data"]
+                saved = subprocess.run(["git", "show", f"{revision['rev']}:metrics/generate.json"], cwd=project,
+                                       capture_output=True, text=True, check=True).stdout
                 experiments[revision["name"]] = (
-                    data["params"]["params.yaml"]["data"]["world"]["train_scenes"],
-                    data["metrics"]["metrics/generate.json"]["data"]["scenes"]["train"],
+                    revision["data"]["params"]["params.yaml"]["data"]["world"]["train_scenes"],
+                    json.loads(saved)["scenes"]["train"],
                 )
     assert experiments == {"scenes-0": (4, 4), "scenes-1": (8, 8)}
 

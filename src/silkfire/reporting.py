@@ -27,6 +27,28 @@ HEADLINE: dict[str, tuple[str, ...]] = {
 }
 GATE_STAGES = ("validate", "validate_feedback", "validate_dialogues")
 
+# `dvc metrics show` (and `dvc exp show`): one row per evaluated model, columns shared across rows, so the table
+# fits a 160-column terminal. Only these small files are DVC *metrics*; every stage's full figures stay in
+# metrics/<stage>.json (a plain DVC output: `dvc metrics show metrics/evaluate.json`, `silkfire sweep --metric`).
+# Test figures: the table reports a run; choices read the val keys of the full files (silkfire.selection).
+METRICS_TABLE: dict[str, dict[str, str]] = {
+    "evaluate": {"perception": "mme.sft.perception", "cognition": "mme.sft.cognition"},  # the SFT model
+    "evaluate_dpo": {"perception": "dpo.mme_perception", "cognition": "dpo.mme_cognition",
+                     "mmhal": "dpo.mmhal_score", "halluc_rate": "dpo.hallucination_rate"},  # the DPO model
+    "fire_bench": {"AT": "free.oracle.fire.AT", "ADR": "free.oracle.fire.ADR", "ATR": "free.oracle.fire.ATR",
+                   "RR": "free.oracle.fire.RR"},  # the FIRE student in free dialogue with the oracle teacher
+}
+METRICS_TABLE_DIR = "summary"  # under paths.metrics
+
+
+def metrics_table_row(stage: str, metrics: dict[str, Any]) -> dict[str, float] | None:
+    """The stage's row of :data:`METRICS_TABLE` (3 decimals; a figure the run did not produce is left out), or
+    None for a stage without a row."""
+    if stage not in METRICS_TABLE:
+        return None
+    return {column: round(value, 3) for column, key in METRICS_TABLE[stage].items()
+            if (value := _lookup(metrics, key)) is not None}
+
 
 @dataclass(frozen=True)
 class StageRow:

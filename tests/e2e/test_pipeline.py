@@ -100,10 +100,20 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
     assert any((project / ".dvcstore").rglob("*")), "outputs were not pushed to the local DVC remote"
 
     # the SFT curves as a PNG DVC plot (renders offline in `dvc plots show`)
-    assert (project / "metrics" / "sft_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (project / "metrics" / "curves" / "sft.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Repo(str(project)) as repo:
         shown = repo.plots.show()["workspace"]["sources"]["data"]  # what `dvc plots show` renders
-        assert shown["metrics/sft_curves.png"]["data"][:4] == b"\x89PNG"
+        assert shown["metrics/curves/sft.png"]["data"][:4] == b"\x89PNG"
+    # What a user types after the default run (the branches have not run): no warnings, a table that fits.
+    dvc = [str(Path(sys.executable).with_name("dvc"))]
+    plots = subprocess.run([*dvc, "plots", "show", "-o", str(project / "dvc_plots")], cwd=project,
+                           capture_output=True, text=True, check=True)
+    assert plots.stderr.strip() == "", plots.stderr  # was "DVC failed to load some plots" (dpo/fire files)
+    assert "metrics/curves/sft.png" in (project / "dvc_plots" / "index.html").read_text()
+    table = subprocess.run([*dvc, "metrics", "show"], cwd=project, capture_output=True, text=True,
+                           check=True).stdout
+    assert "metrics/summary/evaluate.json" in table and "perception" in table
+    assert max(map(len, table.splitlines())) <= 160, table  # was ~10,000 columns
 
     evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
     for model in ("sft", "base"):

@@ -117,3 +117,42 @@ def test_render_replaces_stale_code_deps_and_keeps_data_deps() -> None:
                      f"      {MARKER}\n      - src/silkfire/io.py\n      - src/silkfire/stages/sft.py\n    params:\n"
                      "      - train\n")
     assert render(fresh, {"sft": ["src/silkfire/io.py", "src/silkfire/stages/sft.py"]}) == fresh
+
+
+def _out_paths(spec: dict, section: str) -> list[str]:
+    return [next(iter(entry)) if isinstance(entry, dict) else entry for entry in spec.get(section) or []]
+
+
+@pytest.mark.parametrize("stage", BUILT)
+def test_dvc_metrics_are_the_table_rows_and_every_stage_keeps_its_full_figures(stage: str) -> None:
+    """`dvc metrics show` prints one row per evaluated model (silkfire.reporting.METRICS_TABLE), so its columns fit a
+    terminal; each stage's full metrics/<stage>.json stays a plain output (versioned, read by sweeps)."""
+    from silkfire.reporting import METRICS_TABLE
+
+    spec = stage_spec(stage)
+    assert "${paths.metrics}/%s.json" % stage in _out_paths(spec, "outs")
+    expected = ["${paths.metrics}/summary/%s.json" % stage] if stage in METRICS_TABLE else []
+    assert _out_paths(spec, "metrics") == expected
+    assert "plots" not in spec  # curves are plotted as one directory (the top-level `plots` of dvc.yaml)
+
+
+def test_training_curves_are_one_plotted_directory() -> None:
+    assert DVC_YAML["plots"] == [{"${paths.metrics}/curves": {"x": "step", "y": "loss"}}]
+    curves = {stage: [p for p in _out_paths(stage_spec(stage), "outs") if "/curves/" in p] for stage in BUILT}
+    assert {stage: names for stage, names in curves.items() if names} == {
+        "sft": ["${paths.metrics}/curves/sft.csv", "${paths.metrics}/curves/sft.png"],
+        "dpo": ["${paths.metrics}/curves/dpo.csv", "${paths.metrics}/curves/dpo.png"],
+        "fire_sft": [f"${{paths.metrics}}/curves/fire_{role}.{ext}" for role in ("student", "teacher")
+                     for ext in ("csv", "png")],
+    }
+
+
+def test_metrics_table_row_takes_its_columns_from_the_stage_figures() -> None:
+    from silkfire.reporting import metrics_table_row
+
+    figures = {"dpo": {"mme_perception": 622.08333, "mme_cognition": 311.6666, "mmhal_score": 3.5,
+                       "hallucination_rate": 0.158333}, "sft": {"mmhal_score": 3.4}}
+    assert metrics_table_row("evaluate_dpo", figures) == {
+        "perception": 622.083, "cognition": 311.667, "mmhal": 3.5, "halluc_rate": 0.158}
+    assert metrics_table_row("evaluate", {"mme": {"sft": {"perception": 600.0}}}) == {"perception": 600.0}
+    assert metrics_table_row("sft", {"train_loss": 0.1}) is None

@@ -86,7 +86,7 @@ def test_fire_branch_stages_end_to_end(project: Path) -> None:
     assert trained["sets"]["teacher_train_samples"] > 0
     for role, folder in (("student", "fire_student"), ("teacher", "fire_teacher")):
         assert (project / "models" / folder / "model" / "model.safetensors").is_file()
-        assert (project / "metrics" / f"fire_{role}_history.csv").is_file()
+        assert (project / "metrics" / "curves" / f"fire_{role}.csv").is_file()
         assert trained[role]["global_step"] == (4 if role == "student" else 3)
     client = MlflowClient()
     for name in ("silkfire-fire-student", "silkfire-fire-teacher"):

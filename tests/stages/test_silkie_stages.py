@@ -77,7 +77,7 @@ def test_the_branch_runs_stage_by_stage(mlflow_root: Path) -> None:
 
     dpo = metrics["dpo"]
     assert dpo["global_step"] == 4 and (root / "models/dpo/model/model.safetensors").is_file()
-    assert (root / "metrics/dpo_history.csv").is_file()
+    assert (root / "metrics/curves/dpo.csv").is_file()
     client = MlflowClient()
     version = client.get_model_version_by_alias("silkfire-dpo", "candidate")
     assert int(version.version) == dpo["registered_version"]

@@ -1,13 +1,12 @@
 """Stage `dpo`: DPO of the SFT model on the gated preference pairs (silkfire.train.dpo).
 
 Per-step metrics (loss, reward accuracy/margin, chosen/rejected rewards and log-probs, learning rate) stream to
-MLflow; the curves are a plot artefact and `metrics/dpo_history.csv` (DVC plots). The model folder is logged and
+MLflow; the curves are a plot artefact and `metrics/curves/dpo.{csv,png}` (DVC plots). The model folder is logged and
 registered as `silkie.registered_model` (silkfire-dpo) with the `candidate` alias.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 
     from silkfire.artefacts import feedback_image_root, gated_pairs
     from silkfire.tracking.callbacks import mlflow_logger
-    from silkfire.tracking.plots import publish_figure
+    from silkfire.tracking.plots import publish_curves
     from silkfire.tracking.datasets import log_dvc_dataset
     from silkfire.tracking.registry import log_and_register
     from silkfire.train.dpo import train_dpo
@@ -57,11 +56,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     out_dir = root / cfg.paths.dpo
     result = train_dpo(root / cfg.paths.sft / "model", pairs, feedback_image_root(cfg, root),
                        settings(cfg), out_dir, callbacks=[mlflow_logger()])
-    plots_csv = root / cfg.paths.metrics / "dpo_history.csv"
-    plots_csv.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out_dir / "history.csv", plots_csv)
-    mlflow.log_artifact(str(out_dir / "history.csv"), artifact_path="curves")
-    publish_figure(dpo_curves(result.history), "curves/dpo_curves.png", root / cfg.paths.metrics / "dpo_curves.png")
+    publish_curves(out_dir / "history.csv", dpo_curves(result.history), root / cfg.paths.metrics, "dpo")
     metrics: dict[str, Any] = dict(result.metrics)
     if cfg.tracking.log_model:
         metrics["registered_version"] = log_and_register(result.model_dir, str(cfg.silkie.registered_model),

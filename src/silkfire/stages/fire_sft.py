@@ -15,7 +15,7 @@ dialogues by silkfire.fire.sft_data:
 
 A small share of the training dialogues (``val_fraction``) is held out for the eval loss. Each model trains in a
 nested MLflow run (curves, the model folder, registry ``silkfire-fire-student`` / ``silkfire-fire-teacher`` with
-alias ``candidate``); DVC plots read metrics/fire_{student,teacher}_history.csv.
+alias ``candidate``); DVC plots read metrics/curves/fire_{student,teacher}.{csv,png}.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
     import mlflow
 
     from silkfire.tracking.callbacks import MlflowMetricsCallback
-    from silkfire.tracking.plots import publish_figure, training_curves
+    from silkfire.tracking.plots import publish_curves, training_curves
     from silkfire.tracking.registry import log_and_register
     from silkfire.train.sft import train_sft
 
@@ -199,12 +199,8 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
         result = train_sft(root / cfg.paths.sft / "model", data / f"{role}_train.jsonl", data / f"{role}_val.jsonl",
                            dialogue_images(cfg, root), config, out_dir, callbacks=[MlflowMetricsCallback()],
                            config_key=f"fire.sft.{role}")
-        plots_csv = root / cfg.paths.metrics / f"fire_{role}_history.csv"
-        plots_csv.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out_dir / "history.csv", plots_csv)
-        mlflow.log_artifact(str(out_dir / "history.csv"), artifact_path="curves")
-        publish_figure(training_curves(result.history), f"curves/fire_{role}_curves.png",
-                       root / cfg.paths.metrics / f"fire_{role}_curves.png")
+        publish_curves(out_dir / "history.csv", training_curves(result.history), root / cfg.paths.metrics,
+                       f"fire_{role}")
         metrics: dict[str, Any] = dict(result.metrics)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         if cfg.tracking.log_model:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from silkfire.config import flatten, load_params, project_root
 from silkfire.images import DEFAULT_MAX_PIXELS, export_max_pixels
 from silkfire.io import write_json
+from silkfire.reporting import METRICS_TABLE_DIR, metrics_table_row
 from silkfire.stages import ALL_STAGES
 from silkfire.tracking.runs import safe_params, stage_run
 
@@ -81,6 +82,8 @@ def run_stage(name: str, root: Path | None = None) -> dict[str, Any]:
         metrics = module.run(cfg, root)
         metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
         write_json(metrics_path(root, cfg, name), metrics)
+        if (row := metrics_table_row(name, metrics)) is not None:
+            write_json(root / cfg.paths.metrics / METRICS_TABLE_DIR / f"{name}.json", row)
         numeric = {k: float(v) for k, v in flatten(metrics).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         mlflow.log_metrics(numeric)

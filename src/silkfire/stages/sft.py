@@ -6,7 +6,6 @@ registered with the `candidate` alias.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.artefacts import gated_file, resolve_base
     from silkfire.tracking.callbacks import MlflowMetricsCallback
     from silkfire.tracking.datasets import log_dvc_dataset
-    from silkfire.tracking.plots import publish_figure, training_curves
+    from silkfire.tracking.plots import publish_curves, training_curves
     from silkfire.tracking.registry import log_and_register
     from silkfire.train.sft import SFTConfig, train_sft
 
@@ -46,13 +45,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         out_dir,
         callbacks=[MlflowMetricsCallback()],
     )
-    history_csv = out_dir / "history.csv"
-    plots_csv = root / cfg.paths.metrics / "sft_history.csv"  # DVC plots read it
-    plots_csv.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(history_csv, plots_csv)
-    mlflow.log_artifact(str(history_csv), artifact_path="curves")
-    publish_figure(training_curves(result.history), "curves/sft_curves.png",
-                   root / cfg.paths.metrics / "sft_curves.png")
+    publish_curves(out_dir / "history.csv", training_curves(result.history), root / cfg.paths.metrics, "sft")
     metrics: dict[str, Any] = dict(result.metrics)
     if cfg.tracking.log_model:
         metrics["registered_version"] = log_and_register(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,23 @@ def subtask_bars(scores: Mapping[str, Mapping[str, Any]], title: str = "MME-styl
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+CURVES_DIR = "curves"  # under paths.metrics: the DVC plots directory (dvc.yaml's top-level `plots`)
+
+
+def publish_curves(history_csv: Path, figure: Any, metrics_dir: Path, name: str) -> None:
+    """A training stage's curves, for MLflow and DVC at once: the history CSV and the figure logged under the
+    run's `curves/` (`<name>_curves.png`) and written as `<metrics_dir>/curves/<name>.csv` / `.png`. dvc.yaml plots
+    that directory, so a branch that has not run yet is simply absent (no missing-file warning), and the PNG renders
+    offline where the CSV's Vega chart needs its scripts from the network."""
+    import mlflow
+
+    curves = metrics_dir / CURVES_DIR
+    curves.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(history_csv, curves / f"{name}.csv")
+    mlflow.log_artifact(str(history_csv), artifact_path="curves")
+    publish_figure(figure, f"curves/{name}_curves.png", curves / f"{name}.png")
 
 
 def publish_figure(figure: Any, artifact_file: str, dvc_file: Path) -> None:
