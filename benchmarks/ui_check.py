@@ -9,8 +9,10 @@ the rendered DOM:
 - the runs view (`#/experiments/<id>/runs?workflowType=machine_learning`) lists the pipeline runs by name;
 - the newest parent run's page shows its headline metrics (`evaluate.mme.sft.perception`, ...) and description;
 - the SFT stage run's page shows its curves (`train/loss`);
-- the registry lists silkfire-sft, and the champion version's page shows its signature (`question`);
-- the data gate's self-contained HTML report (reports/validate/report.html) renders from the file.
+- the registry lists silkfire-sft, and the champion version's page shows its signature (2 inputs: image,
+  question) and its promotion decision;
+- the data gate's self-contained HTML report (reports/validate/report.html) renders from the file;
+- `dvc plots show`'s page (written under --out) embeds the training curves' PNGs, with no warning.
 
 Exit 0 when every check passes; the table of pages, checks and screenshots is printed and written to
 <out>/README.md. Needs a store with at least one pipeline run (`make run`).
@@ -24,6 +26,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,14 +59,65 @@ def start_ui(uri: str, port: int) -> subprocess.Popen:
     raise SystemExit("mlflow ui did not start")
 
 
-def render(chromium: str, url: str, screenshot: Path, wait_ms: int) -> str:
+# MLflow 3's one-time promotion over the registry page and its assistant panel, which opens itself on a first
+# visit and covers a third of the page (the UI's own localStorage keys, `<key>_v<version>` = JSON): dismissed
+# as a person would have dismissed them once, so the screenshots show the pages.
+DISMISSED = {"_mlflow_model_registry_promo_modal_dismissed_v1": "true",
+             "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true", "mlflow.assistant.panelOpen_v1": "false"}
+
+
+def _flags(chromium: str, wait_ms: int, profile: Path) -> list[str]:
+    return [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            "--window-size=1600,1000", f"--virtual-time-budget={wait_ms}", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", f"--user-data-dir={profile}"]
+
+
+def prime_local_storage(chromium: str, port: int, profile: Path, items: dict[str, str]) -> None:
+    """Write `items` into the browser profile's localStorage for http://127.0.0.1:PORT (the origin the MLflow UI
+    will have): a one-page server on that port, rendered once, before `mlflow ui` takes the port."""
+    import http.server
+    import json
+    import threading
+
+    page = ("<script>" + "".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)});" for k, v in items.items())
+            + "</script>ok").encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 -- the http.server protocol
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", port), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        subprocess.run([*_flags(chromium, 2000, profile), "--dump-dom", f"http://127.0.0.1:{port}/"],
+                       capture_output=True, timeout=120, check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def render(chromium: str, url: str, screenshot: Path, wait_ms: int, profile: Path) -> str:
     """The page's DOM after its scripts ran for `wait_ms` of virtual time; a screenshot beside it."""
-    flags = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             "--window-size=1600,1000", f"--virtual-time-budget={wait_ms}", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update"]
+    flags = _flags(chromium, wait_ms, profile)
     subprocess.run([*flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=180, check=False)
     done = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=False)
     return done.stdout
+
+
+def dvc_plots(root: Path, out: Path) -> Path | None:
+    """`dvc plots show -o OUT` in the project: the page a user opens, or None when DVC wrote none (or warned)."""
+    done = subprocess.run([str(Path(sys.executable).with_name("dvc")), "plots", "show", "-o", str(out)], cwd=root,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0 or done.stderr.strip():
+        print(f"dvc plots show: exit {done.returncode}: {done.stderr.strip()}", file=sys.stderr)
+        return None
+    return out / "index.html"
 
 
 def _needle(expected: str) -> str:
@@ -116,25 +170,31 @@ def main(argv: list[str] | None = None) -> int:
     pages.append(("registry", f"{base}/#/models", ["silkfire-sft"]))
     try:
         champion = client.get_model_version_by_alias("silkfire-sft", "champion")
-        pages.append(("champion version", model_url("silkfire-sft", champion.version, base), ["question"]))
+        pages.append(("champion version", model_url("silkfire-sft", champion.version, base),
+                      ["Inputs (2)", "PROMOTED"]))  # the signature (image, question) and the decision
     except Exception:  # noqa: BLE001 -- no champion yet: nothing to show
         pass
 
     gate_report = root / "reports" / "validate" / "report.html"  # self-contained: renders with no network
     if gate_report.is_file():
         pages.append(("gate report", gate_report.as_uri(), ["Data quality gate"]))
+    if (plots := dvc_plots(root, out / "dvc_plots")) is not None:  # the training curves' PNGs render offline
+        pages.append(("dvc plots", plots.as_uri(), ["metrics/curves/sft.png"]))
 
+    profile = Path(tempfile.mkdtemp(prefix="ui-check-chromium-"))
+    prime_local_storage(args.chromium, port, profile, DISMISSED)
     server = start_ui(tracking_uri(root), port)
     results = []
     try:
         for index, (name, url, expected) in enumerate(pages, 1):
             shot = out / f"{index:02d}-{name.replace(' ', '-')}.png"
-            dom = render(args.chromium, url, shot, args.wait_ms)
+            dom = render(args.chromium, url, shot, args.wait_ms, profile)
             missing = [text for text in expected if _needle(text) not in dom]
             results.append((name, url, shot, expected, missing))
     finally:
         server.terminate()
         server.wait(timeout=30)
+        shutil.rmtree(profile, ignore_errors=True)
 
     lines = ["# MLflow UI check (headless Chromium, no network)", "",
              "| page | expected on the page | result | screenshot |", "|---|---|---|---|"]

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
-def test_ui_pages_show_runs_metrics_registry_and_gate_report(prefect_server: None, project: Path) -> None:
+def test_ui_pages_show_runs_metrics_registry_gate_report_and_dvc_plots(prefect_server: None, project: Path) -> None:
     from silkfire.cli import load_flow_module
 
     load_flow_module(project).pipeline(overrides=["experiment=smoke"], push_to_remote=False)
@@ -25,4 +25,4 @@ def test_ui_pages_show_runs_metrics_registry_and_gate_report(prefect_server: Non
     out = project / "reports" / "ui"
     assert ui_check.main(["--root", str(project), "--out", str(out)]) == 0, (out / "README.md").read_text()
     shots = sorted(path.name for path in out.glob("*.png"))
-    assert len(shots) == 6 and all((out / name).stat().st_size > 10_000 for name in shots), shots
+    assert len(shots) == 7 and all((out / name).stat().st_size > 10_000 for name in shots), shots
