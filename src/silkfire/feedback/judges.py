@@ -13,6 +13,8 @@ published: ``{"Helpfulness": {"Rating": "4", "Rationale": "..."}, "Ethical Consi
 
 - ``kind: oracle`` -> :class:`silkfire.feedback.oracle.OracleJudge` (rules in its module docstring); needs
   ``world_dir``.
+- ``kind: fire_teacher`` -> :class:`silkfire.feedback.teacher_judge.TeacherJudge`: a FIRE teacher (the trained
+  one by default) scores each response against the record's reference answer; Helpfulness only.
 - ``kind: api`` -> :class:`ApiJudge`: one chat call per record (image as a data URL + the annotation prompt
   of :mod:`silkfire.feedback.template` with all responses), replies parsed per aspect/text, a persistent
   :class:`silkfire.feedback.cache.AnnotationCache` (``cache_dir``) so a re-run or a resume after a crash never
@@ -234,7 +236,8 @@ class ApiJudge:
 
 def make_judge(cfg: Mapping[str, Any], *, world_dir: str | Path | None = None, root: str | Path = ".",
                progress: bool = False) -> Judge:
-    """A judge from its config group (conf/silkie/judge/oracle.yaml | api.yaml); paths relative to ``root``."""
+    """A judge from its config group (conf/silkie/judge/oracle.yaml | api.yaml | fire_teacher.yaml); paths
+    relative to ``root``."""
     from silkfire.feedback.oracle import OracleJudge, OracleRules
 
     data = _plain(cfg)
@@ -260,7 +263,11 @@ def make_judge(cfg: Mapping[str, Any], *, world_dir: str | Path | None = None, r
         return ApiJudge(ClientConfig.from_mapping(data), root / cache_dir, template=template,
                         template_version=str(version), on_failure=on_failure, chunk_size=chunk_size, progress=progress,
                         max_unparsable_attempts=MAX_UNPARSABLE_ATTEMPTS if attempts is None else attempts)
-    raise ValueError(f"judge: unknown kind {kind!r}; use 'oracle' or 'api' (conf/silkie/judge/)")
+    if kind == "fire_teacher":
+        from silkfire.feedback.teacher_judge import make_teacher_judge
+
+        return make_teacher_judge(data, world_dir=world_dir, root=root)
+    raise ValueError(f"judge: unknown kind {kind!r}; use 'oracle', 'api' or 'fire_teacher' (conf/silkie/judge/)")
 
 
 def judge_shard(records: list[dict[str, Any]], *, judge: dict[str, Any], world_dir: str | None, root: str,
