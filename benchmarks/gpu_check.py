@@ -6,8 +6,8 @@ realistic size, on whatever device ``runtime`` resolves to. Prints one table and
 
 Phase 1, ``smoke``: every pipeline stage (generate, validate, base, sft, evaluate, register, then the Silkie branch
 sample -> annotate -> validate_feedback -> pairs -> dpo -> evaluate_dpo and the FIRE branch dialogues ->
-validate_dialogues -> fire_sft -> fire_bench) through the stage runner (``silkfire stage <name>``'s code: params.yaml,
-MLflow run, metrics file) in a scratch project, on a tiny checkpoint built in llava-hf's hub layout (CLIP 336 px /
+validate_dialogues -> fire_student, fire_teacher -> fire_bench) through the stage runner (``silkfire stage
+<name>``'s code: params.yaml, MLflow run, metrics file) in a scratch project, on a tiny checkpoint built in llava-hf's hub layout (CLIP 336 px /
 patch 14 -> 576 image tokens, Llama tokenizer, llava-hf chat template; ``model=llava_1_5_7b
 model.name_or_path=<folder>``), branch settings shrunk to seconds of work. One row per stage.
 
@@ -119,14 +119,10 @@ def row(phase: str, stage: str, runtime: Any, meter: Meter | None, samples_per_s
 
 
 def samples_per_second(stage: str, metrics: dict[str, Any]) -> float | None:
-    if stage in ("sft",):
+    if stage in ("sft", "fire_student", "fire_teacher"):
         return metrics.get("samples_per_second")
     if stage == "dpo":
         return metrics.get("pairs_per_second")
-    if stage == "fire_sft":  # both models: their mean
-        values = [metrics.get(role, {}).get("samples_per_second") for role in ("student", "teacher")]
-        values = [v for v in values if isinstance(v, (int, float))]
-        return sum(values) / len(values) if values else None
     return None
 
 

@@ -48,6 +48,6 @@ def test_it_runs_both_branches_and_the_throughput_phase_on_the_cpu(tmp_path: Pat
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     stages = [r["stage"] for r in report["rows"]]
     assert stages[:6] == ["generate", "validate", "base", "sft", "evaluate", "register"]
-    assert {"dpo", "evaluate_dpo", "fire_sft", "fire_bench"} <= set(stages)
+    assert {"dpo", "evaluate_dpo", "fire_student", "fire_teacher", "fire_bench"} <= set(stages)
     assert all(r["status"] == "ok" and r["device"] == "cpu" for r in report["rows"])
     assert report["rows"][-1]["samples_per_second"] > 0 and (tmp_path / "out" / "gpu_check.md").is_file()

@@ -223,7 +223,7 @@ def test_fire_data_size_ablation_command_on_a_tiny_config(project: Path) -> None
     ran = {name: {r.data.tags["silkfire.stage"] for r in _stage_runs_under(client, parent.info.experiment_id,
                                                                            run.info.run_id)}
            for name, run in children.items()}
-    assert {"generate", "sft", "dialogues", "fire_sft", "fire_bench"} <= ran["fire-data-size-0"]
+    assert {"generate", "sft", "dialogues", "fire_student", "fire_teacher", "fire_bench"} <= ran["fire-data-size-0"]
     # the second point re-runs the branch only: the foundation comes from the first point
-    assert {"dialogues", "fire_sft", "fire_bench"} <= ran["fire-data-size-1"]
+    assert {"dialogues", "fire_student", "fire_teacher", "fire_bench"} <= ran["fire-data-size-1"]
     assert not {"generate", "base", "sft"} & ran["fire-data-size-1"]

@@ -44,5 +44,6 @@ def test_the_flow_runs_both_branches_on_a_real_architecture(prefect_server: None
     make_real_checkpoint(family, checkpoint, seed=1)  # rebuilt in place: same folder, other weights
     again = {row["stage"]: row["status"] for row in flows.pipeline(overrides=overrides, push_to_remote=False)}
     assert all(again[stage] != "ran" for stage in ("generate", "validate", "dialogues")), again
-    for stage in ("base", "sft", "evaluate", "sample", "dpo", "evaluate_dpo", "fire_sft", "fire_bench"):
+    for stage in ("base", "sft", "evaluate", "sample", "dpo", "evaluate_dpo", "fire_student", "fire_teacher",
+                  "fire_bench"):
         assert again[stage] == "ran", (stage, again)

@@ -1,6 +1,6 @@
 """Both branches at smoke scale in the default suite: sample -> annotate -> validate_feedback -> pairs -> dpo ->
-evaluate_dpo and dialogues -> validate_dialogues -> fire_sft -> fire_bench, each through the stage runner
-(`silkfire stage <name>`'s code path: params.yaml, MLflow run, metrics file), with the branches' default settings
+evaluate_dpo and dialogues -> validate_dialogues -> fire_student, fire_teacher -> fire_bench, each through the stage
+runner (`silkfire stage <name>`'s code path: params.yaml, MLflow run, metrics file), with the branches' default settings
 shrunk to seconds of work -- once on the tiny world model and once on a tiny checkpoint of a real architecture in
 its hub layout (`model=llava_1_5_7b model.name_or_path=<folder>`: processor, chat template and image tokens of the
 family). The slow tests (test_silkie_stages.py, test_fire_stages.py) check the results in depth at a larger size.
@@ -109,7 +109,7 @@ def test_both_branches_run_stage_by_stage(mlflow_root: Path, monkeypatch: pytest
 
     assert metrics["validate_dialogues"]["train"]["success"] and metrics["validate_dialogues"]["val"]["success"]
     for role in ("student", "teacher"):
-        assert metrics["fire_sft"][role]["global_step"] == 2
+        assert metrics[f"fire_{role}"]["global_step"] == 2
         assert (root / f"models/fire_{role}/model/model.safetensors").is_file()
     assert metrics["fire_bench"]["free"]["oracle"]["fire"]["dialogues"] == 3
     assert (root / "reports/fire_bench/fire_bench.md").is_file()

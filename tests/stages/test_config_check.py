@@ -21,7 +21,7 @@ def test_the_default_config_passes_every_stage() -> None:
     ("train.turns_per_sample=0", "sft", "turns_per_sample"),
     ("+train.learning_rat=0.1", "sft", "learning_rat"),  # a typo'd key is refused, not ignored
     ("silkie.dpo.beta=-1", "dpo", "beta"),
-    ("fire.sft.teacher.batch_size=0", "fire_sft", "batch_size"),
+    ("fire.sft.teacher.batch_size=0", "fire_teacher", "batch_size"),
     ("register.primary.metric=mme.sft.perception", "register", "test"),  # the champion rule reads val only
 ])
 def test_a_bad_setting_names_its_stage(override: str, stage: str, words: str) -> None:
@@ -50,5 +50,5 @@ def test_params_yaml_is_not_written_for_a_refused_config(tmp_path: Path) -> None
 def test_every_stage_with_typed_settings_has_a_check() -> None:
     """The stages whose run parses a settings dataclass expose the same parser as `check`."""
     for stage in ("generate", "validate", "base", "sft", "register", "sample", "annotate", "validate_feedback", "pairs",
-                  "dpo", "validate_dialogues", "fire_sft"):
+                  "dpo", "validate_dialogues", "fire_student", "fire_teacher"):
         assert callable(getattr(stage_module(stage), "check", None)), stage

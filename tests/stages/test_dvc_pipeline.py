@@ -142,8 +142,8 @@ def test_training_curves_are_one_plotted_directory() -> None:
     assert {stage: names for stage, names in curves.items() if names} == {
         "sft": ["${paths.metrics}/curves/sft.csv", "${paths.metrics}/curves/sft.png"],
         "dpo": ["${paths.metrics}/curves/dpo.csv", "${paths.metrics}/curves/dpo.png"],
-        "fire_sft": [f"${{paths.metrics}}/curves/fire_{role}.{ext}" for role in ("student", "teacher")
-                     for ext in ("csv", "png")],
+        "fire_student": ["${paths.metrics}/curves/fire_student.csv", "${paths.metrics}/curves/fire_student.png"],
+        "fire_teacher": ["${paths.metrics}/curves/fire_teacher.csv", "${paths.metrics}/curves/fire_teacher.png"],
     }
 
 
@@ -156,3 +156,11 @@ def test_metrics_table_row_takes_its_columns_from_the_stage_figures() -> None:
         "perception": 622.083, "cognition": 311.667, "mmhal": 3.5, "halluc_rate": 0.158}
     assert metrics_table_row("evaluate", {"mme": {"sft": {"perception": 600.0}}}) == {"perception": 600.0}
     assert metrics_table_row("sft", {"train_loss": 0.1}) is None
+
+
+def test_fire_student_and_teacher_read_only_their_own_settings() -> None:
+    """A teacher-only setting re-runs only the teacher, and the reverse (the DVC params of each FIRE stage)."""
+    student, teacher = (set(stage_spec(f"fire_{role}")["params"]) for role in ("student", "teacher"))
+    assert "fire.sft.student" in student and not any("teacher" in key for key in student)
+    assert "fire.sft.teacher" in teacher and not any("student" in key for key in teacher)
+    assert "fire.sft" not in student | teacher  # the whole group would tie them together again

@@ -20,12 +20,16 @@ def test_dvc_repro_of_the_fire_branch(tmp_path: Path, copy_project) -> None:
     commit_project(root, overrides)
 
     lock = repro_branch(root, "fire")
-    assert {"data/fire/sft", "models/fire_student", "models/fire_teacher"} <= {
-        out["path"] for out in lock["stages"]["fire_sft"]["outs"]}  # root-relative (wdir ../..)
+    for role in ("student", "teacher"):  # root-relative paths (wdir ../..)
+        assert {f"data/fire/sft/{role}", f"models/fire_{role}"} <= {
+            out["path"] for out in lock["stages"][f"fire_{role}"]["outs"]}
     assert (root / "reports" / "fire_bench" / "fire_bench.md").is_file()
     from silkfire.tracking.lineage import stage_digests
 
     # the run summary and MLflow lineage find branch outputs in pipelines/fire/dvc.lock
-    assert stage_digests(root, "fire_sft")["models/fire_student"].endswith(".dir")
+    assert stage_digests(root, "fire_student")["models/fire_student"].endswith(".dir")
 
     assert_rerun_only(root, "fire", overrides, "fire.bench.max_turns=2", ["fire_bench"])
+    # a teacher-only setting re-trains the teacher (and re-benchmarks), never the student (issue 15)
+    assert_rerun_only(root, "fire", [*overrides, "fire.bench.max_turns=2"], "fire.sft.teacher.learning_rate=2e-3",
+                      ["fire_teacher", "fire_bench"])

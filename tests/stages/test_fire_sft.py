@@ -1,5 +1,5 @@
-"""fire_sft's data rules: which student turns carry the loss, the held-out split, mixed SFT records, and multi-turn
-samples with per-turn loss flags through silkfire.train.data (labels only on the trained turns)."""
+"""The FIRE training stages' data rules: which student turns carry the loss, the held-out split, mixed SFT records,
+and multi-turn samples with per-turn loss flags through silkfire.train.data (labels only on the trained turns)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from silkfire.fire.records import FireDialogue
 from silkfire.fire.text import format_student, format_teacher
-from silkfire.stages.fire_sft import mix_records, split_dialogues, student_set, trained_turns
+from silkfire.fire.role_training import mix_records, split_dialogues, student_set, trained_turns
 from silkfire.train.data import IGNORE_INDEX, encode_sft_records, record_turns
 
 

@@ -1,5 +1,5 @@
 """The FIRE branch's four stages on a tiny world and model, through the stage runner (real MLflow store, real
-quality gate, real training): dialogues -> validate_dialogues -> fire_sft -> fire_bench."""
+quality gate, real training): dialogues -> validate_dialogues -> fire_student, fire_teacher -> fire_bench."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_fire_branch_stages_end_to_end(project: Path) -> None:
     from silkfire.fire.records import read_dialogues
     from silkfire.stages.runner import run_stage
 
-    run_stage("validate", project)  # the world gate: fire_sft mixes world records and checks its verdict
+    run_stage("validate", project)  # the world gate: fire_student mixes world records and checks its verdict
     dialogues = run_stage("dialogues", project)
     for split, count in (("train", 40), ("test", 12), ("val", 6)):
         path = project / "data" / "fire" / "dialogues" / f"{split}.jsonl"
@@ -76,14 +76,14 @@ def test_fire_branch_stages_end_to_end(project: Path) -> None:
     assert gate["train"]["success"] and gate["test"]["success"] and gate["val"]["success"]
     assert (project / "reports" / "validate_dialogues" / "report.md").is_file()
 
-    trained = run_stage("fire_sft", project)
+    trained = {role: run_stage(f"fire_{role}", project) for role in ("student", "teacher")}
     sets = project / "data" / "fire" / "sft"
-    students = [json.loads(line) for line in (sets / "student_train.jsonl").read_text().splitlines()]
+    students = [json.loads(line) for line in (sets / "student" / "train.jsonl").read_text().splitlines()]
     mixed = [s for s in students if "turns" not in s]
     assert mixed and all(s["family"] == "mme" for s in mixed)
     dialogue_samples = [s for s in students if "turns" in s]
     assert all(len(s["train_turns"]) == len(s["turns"]) and any(s["train_turns"]) for s in dialogue_samples)
-    assert trained["sets"]["teacher_train_samples"] > 0
+    assert trained["teacher"]["sets"]["train_samples"] > 0 and trained["student"]["sets"]["mixed_sft"] == len(mixed)
     for role, folder in (("student", "fire_student"), ("teacher", "fire_teacher")):
         assert (project / "models" / folder / "model" / "model.safetensors").is_file()
         assert (project / "metrics" / "curves" / f"fire_{role}.csv").is_file()
@@ -92,7 +92,7 @@ def test_fire_branch_stages_end_to_end(project: Path) -> None:
     for name in ("silkfire-fire-student", "silkfire-fire-teacher"):
         version = client.get_model_version_by_alias(name, "candidate")
         run = client.get_run(version.run_id)
-        assert run.data.tags["mlflow.parentRunId"] == trained["mlflow_run_id"]
+        assert version.run_id == trained[name.rsplit("-", 1)[1]]["mlflow_run_id"]  # the role's stage run
         assert client.get_metric_history(version.run_id, "train/loss"), "no training curve in MLflow"
 
     bench = run_stage("fire_bench", project)
@@ -128,8 +128,8 @@ def test_branch_lock_outputs_are_part_of_the_lineage(tmp_path: Path) -> None:
         {"schema": "2.0", "stages": {"sft": {"outs": [{"path": "models/sft", "md5": "a.dir"}]}}}))
     branch = tmp_path / "pipelines" / "fire"
     branch.mkdir(parents=True)
-    (branch / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"fire_sft": {"outs": [
-        {"path": "models/fire_student", "md5": "b.dir"}, {"path": "models/fire_teacher", "md5": "c.dir"}]}}}))
+    (branch / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"fire_teacher": {"outs": [
+        {"path": "data/fire/sft/teacher", "md5": "b.dir"}, {"path": "models/fire_teacher", "md5": "c.dir"}]}}}))
     assert stage_digests(tmp_path, "sft") == {"models/sft": "a.dir"}
-    assert stage_digests(tmp_path, "fire_sft") == {"models/fire_student": "b.dir", "models/fire_teacher": "c.dir"}
+    assert stage_digests(tmp_path, "fire_teacher") == {"data/fire/sft/teacher": "b.dir", "models/fire_teacher": "c.dir"}
     assert output_digest(tmp_path, "models/fire_teacher/") == "c.dir"

@@ -1,6 +1,6 @@
-"""A training stage never trains on data whose gate did not pass, however it is run: `sft`, `dpo` and `fire_sft`
-refuse (GateNotPassed, before loading anything) when their gate's verdict is missing, failed, or does not vouch for
-the exact bytes they would read; under policy filter they read the clean copy the verdict vouches for."""
+"""A training stage never trains on data whose gate did not pass, however it is run: `sft`, `dpo`, `fire_student` and
+`fire_teacher` refuse (GateNotPassed, before loading anything) when their gate's verdict is missing, failed, or does
+not vouch for the exact bytes they would read; under policy filter they read the clean copy the verdict vouches for."""
 
 from __future__ import annotations
 
@@ -73,18 +73,20 @@ def test_sft_refuses_until_the_world_gate_passed_on_the_bytes_it_reads(project: 
         require_passed(params(project), project, "sft")
 
 
-def test_dpo_and_fire_sft_name_every_gate_they_miss(project: Path) -> None:
+def test_dpo_and_the_fire_stages_name_every_gate_they_miss(project: Path) -> None:
     with pytest.raises(GateNotPassed) as refused:
         run_stage("dpo", project)
     assert "validate_feedback gate" in str(refused.value) and "pairs gate" in str(refused.value)
     with pytest.raises(GateNotPassed) as refused:
-        run_stage("fire_sft", project)
+        run_stage("fire_student", project)
     assert "validate_dialogues gate" in str(refused.value) and "no verdict of the validate gate" in str(refused.value)
-    cfg = params(project)
-    cfg.fire.sft.mix_sft = 0.0  # no world records mixed in: the world gate is not asked for
-    with pytest.raises(GateNotPassed) as refused:
-        require_passed(cfg, project, "fire_sft")
-    assert "validate gate" not in str(refused.value).replace("validate_dialogues gate", "")
+    for cfg, stage in ((params(project), "fire_teacher"), (params(project), "fire_student")):
+        if stage == "fire_student":
+            cfg.fire.sft.mix_sft = 0.0  # no world records mixed in: the world gate is not asked for
+        with pytest.raises(GateNotPassed) as refused:  # the teacher never reads world records
+            require_passed(cfg, project, stage)
+        assert "validate_dialogues gate" in str(refused.value)
+        assert "validate gate" not in str(refused.value).replace("validate_dialogues gate", ""), stage
 
 
 def test_an_unreadable_verdict_is_a_refusal(project: Path) -> None:

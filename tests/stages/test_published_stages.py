@@ -4,8 +4,8 @@
   vlfeedback`; images extracted under the image root by content hash) -> `annotate` (API judge) ->
   `validate_feedback` -> `pairs` -> `dpo` (which checks both gates' verdicts);
 - FIRE-100K / FIRE-Bench as published -> `dialogues` (`fire.dialogues.source: published`) -> `validate_dialogues`
-  (images under `fire.dialogues.published.image_root`) -> the verdict `fire_sft` checks; a bad published record
-  fails the gate and `fire_sft` refuses."""
+  (images under `fire.dialogues.published.image_root`) -> the verdict `fire_student` and `fire_teacher` check; a bad
+  published record fails the gate and both refuse."""
 
 from __future__ import annotations
 
@@ -121,11 +121,12 @@ def test_fire_100k_is_a_dialogue_source_and_passes_the_fire_gate(mlflow_root: Pa
     assert [r["image"] for r in train] == sorted((r["image"] for r in train), key=[p["image"] for p in published].index)
 
     with pytest.raises(GateNotPassed, match="validate_dialogues gate"):
-        require_passed(OmegaConf.load(root / "params.yaml"), root, "fire_sft")
+        require_passed(OmegaConf.load(root / "params.yaml"), root, "fire_teacher")
     gate = run_stage("validate_dialogues", root)
     assert gate["train"]["success"] and gate["train"]["images_checked"] == 3
     assert "val" not in gate
-    require_passed(OmegaConf.load(root / "params.yaml"), root, "fire_sft")  # fire_sft may train on it
+    for stage in ("fire_student", "fire_teacher"):  # they may train on it
+        require_passed(OmegaConf.load(root / "params.yaml"), root, stage)
 
 
 def test_a_published_val_file_becomes_the_val_split_and_is_gated(mlflow_root: Path,
@@ -143,8 +144,8 @@ def test_a_published_val_file_becomes_the_val_split_and_is_gated(mlflow_root: Pa
     assert gate["val"]["success"] and gate["val"]["rows"] == 2
 
 
-def test_fire_sft_trains_student_and_teacher_on_published_dialogues(mlflow_root: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fire_student_and_teacher_train_on_published_dialogues(mlflow_root: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """FIRE-100K as the dialogue source all the way to training: images resolve under the published image root
     (not the world), and world records cannot be mixed in (a clear error says to set mix_sft=0)."""
     from silkfire.models.testing import make_test_model
@@ -159,18 +160,19 @@ def test_fire_sft_trains_student_and_teacher_on_published_dialogues(mlflow_root:
     make_test_model(root / cfg.paths.sft / "model")
     run_stage("dialogues", root)
     run_stage("validate_dialogues", root)
-    metrics = run_stage("fire_sft", root)
-    assert metrics["sets"]["student_mixed_sft"] == 0 and metrics["student"]["global_step"] == 2
+    student = run_stage("fire_student", root)
+    assert student["sets"]["mixed_sft"] == 0 and student["global_step"] == 2
+    assert run_stage("fire_teacher", root)["global_step"] == 2
     assert (root / cfg.paths.fire_teacher / "model" / "model.safetensors").is_file()
 
     cfg.fire.sft.mix_sft = 0.3
     OmegaConf.save(cfg, root / "params.yaml")
     with pytest.raises((ValueError, GateNotPassed), match="mix_sft|validate gate"):
-        run_stage("fire_sft", root)
+        run_stage("fire_student", root)
 
 
-def test_a_bad_published_dialogue_fails_the_gate_and_fire_sft_refuses(mlflow_root: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_published_dialogue_fails_the_gate_and_fire_training_refuses(mlflow_root: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from silkfire.quality import GateFailed
 
     records = make.fire_dialogues(split="fire_100k")
@@ -184,8 +186,9 @@ def test_a_bad_published_dialogue_fails_the_gate_and_fire_sft_refuses(mlflow_roo
     run_stage("dialogues", root)
     with pytest.raises(GateFailed, match=r"reveals the ground truth 'blue'"):
         run_stage("validate_dialogues", root)
-    with pytest.raises(GateNotPassed, match=r"the validate_dialogues gate failed"):
-        run_stage("fire_sft", root)
+    for stage in ("fire_student", "fire_teacher"):
+        with pytest.raises(GateNotPassed, match=r"the validate_dialogues gate failed"):
+            run_stage(stage, root)
 
 
 def test_published_dialogues_need_their_files_and_image_root(mlflow_root: Path,

@@ -15,7 +15,7 @@ from silkfire.train.dpo import DPOConfig
 from silkfire.train.sft import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-# keys a stage sets from elsewhere (the global seed, conf/runtime) and fire_sft's fixed choices
+# keys a stage sets from elsewhere (the global seed, conf/runtime) and the FIRE stages' fixed choices
 INTERPOLATED = {"seed", "dtype", "device", "gradient_checkpointing"}
 FIRE_SETS = INTERPOLATED | {"turns_per_sample", "families"}
 

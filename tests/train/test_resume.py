@@ -240,8 +240,8 @@ def test_the_outputs_holding_checkpoints_survive_dvc_repro() -> None:
 
     assert outs("dvc.yaml", "sft")["${paths.sft}"].get("persist") is True
     assert outs("pipelines/silkie/dvc.yaml", "dpo")["${paths.dpo}"].get("persist") is True
-    fire = outs("pipelines/fire/dvc.yaml", "fire_sft")
-    assert fire["${paths.fire_student}"].get("persist") is True and fire["${paths.fire_teacher}"].get("persist")
+    for role in ("student", "teacher"):
+        assert outs("pipelines/fire/dvc.yaml", f"fire_{role}")["${paths.fire_%s}" % role].get("persist") is True
 
 
 # ---- DPO ---------------------------------------------------------------------------------------------------------

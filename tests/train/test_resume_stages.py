@@ -1,6 +1,7 @@
-"""Resume by default through the stages: `sft` and FIRE's `fire_sft` models killed right after a checkpoint and run
-again with no flag continue from it (fewer steps, the uninterrupted run's weights) and record the decision in their
-MLflow run; and (slow) a real `dvc repro` of `sft` killed with SIGKILL resumes on the next `dvc repro`."""
+"""Resume by default through the stages: `sft` and FIRE's `fire_student` / `fire_teacher` models killed right after a
+checkpoint and run again with no flag continue from it (fewer steps, the uninterrupted run's weights) and record the
+decision in their MLflow run; and (slow) a real `dvc repro` of `sft` killed with SIGKILL resumes on the next `dvc
+repro`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -129,21 +131,27 @@ def test_sft_stage_killed_after_a_checkpoint_resumes_with_no_flag(project: Path,
 
 def test_fire_teacher_killed_after_a_checkpoint_resumes_and_the_finished_student_is_not_retrained(
         project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """fire_sft trains the student, then the teacher: a kill during the teacher, then the stage again."""
+    """The fire_student stage, then fire_teacher killed after a checkpoint, then both stages again (each role's
+    training in its own MLflow run, as its stage runs it)."""
     import mlflow
 
     from silkfire.io import read_records, write_jsonl
-    from silkfire.stages.fire_sft import sets_dir, train_role
+    from silkfire.fire.role_training import sets_dir
+    from silkfire.fire.role_training import train_role as train_in_run
     from silkfire.tracking.store import configure
 
     cfg = OmegaConf.load(project / "params.yaml")
     make_test_model(project / cfg.paths.sft / "model", seed=1)  # the foundation's SFT model both start from
     records = [r for r in read_records(project / cfg.paths.world / "train.jsonl") if r["family"] == "mme"][:24]
-    sets = sets_dir(cfg, project)
-    sets.mkdir(parents=True)
     for role in ("student", "teacher"):
-        write_jsonl(sets / f"{role}_train.jsonl", records[:16])
-        write_jsonl(sets / f"{role}_val.jsonl", records[16:])
+        sets = sets_dir(cfg, project, role)
+        sets.mkdir(parents=True)
+        write_jsonl(sets / "train.jsonl", records[:16])
+        write_jsonl(sets / "val.jsonl", records[16:])
+
+    def train_role(cfg: Any, project: Path, role: str) -> dict[str, Any]:
+        with mlflow.start_run(run_name=f"fire_{role}"):
+            return train_in_run(cfg, project, role)
     reference = project.parent / f"{project.name}-reference"  # the uninterrupted teacher, another output folder
     configure(project, cfg.tracking.experiment_name)
     teacher_out = project / cfg.paths.fire_teacher
@@ -154,7 +162,7 @@ def test_fire_teacher_killed_after_a_checkpoint_resumes_and_the_finished_student
         dying_callback(patch, 4, outputs=str(cfg.paths.fire_teacher))
         with pytest.raises(Killed):
             train_role(cfg, project, "teacher")
-    mlflow.end_run()  # what the killed process would have left; the stage's next run starts clean
+    mlflow.end_run()  # (the killed run ended with the exception) the stage's next run starts clean
     assert [p.name for p in resume.complete_checkpoints(teacher_out / "checkpoints")] == ["checkpoint-2",
                                                                                            "checkpoint-4"]
 

@@ -10,7 +10,7 @@ and counted (``judge_unparsable``); its rationale quotes the reply.
 
 Reference-based by design: a record without an ``answer`` (published VLFeedback prompts have none) is refused,
 naming the record. The teacher is any :func:`silkfire.fire.teacher.build_teacher` config (``teacher:`` in
-conf/silkie/judge/fire_teacher.yaml): ``trained`` (the fire_sft stage's model folder), ``oracle`` (the world's
+conf/silkie/judge/fire_teacher.yaml): ``trained`` (the fire_teacher stage's model folder), ``oracle`` (the world's
 rule-based FIRE teacher; needs the world for scene graphs), or ``api``.
 
 :func:`agreement` measures a judge against a reference judge on the same records: pairwise accuracy over the

@@ -13,7 +13,7 @@ Teachers (``conf/fire/teacher/<kind>.yaml``, built by :func:`build_teacher`):
   for the world's question kinds; other questions get a ground-truth text comparison.
 - ``api`` (:class:`ApiTeacher`): FIRE's teacher prompt (silkfire.fire.prompts) through the OpenAI-compatible
   client (silkfire.llm.client): three user messages, image in the first, temperature 0 by default.
-- ``trained`` (:class:`TrainedTeacher`): a local HF VLM folder (FD-LLaVA analogue, trained by the fire_sft stage)
+- ``trained`` (:class:`TrainedTeacher`): a local HF VLM folder (FD-LLaVA analogue, trained by the fire_teacher stage)
   prompted with the same texts joined into one user turn; greedy, ``max_new_tokens`` 160 (FIRE-1M's setting).
 """
 

@@ -6,12 +6,12 @@ report: ``<reports>/<gate>/verdict.json`` = ``{"gate", "success", "policy", "fil
 ``files`` are the bytes the verdict vouches for: every file the gate validated and, under policy ``filter``, every
 clean copy it wrote (what later stages read instead). A failed gate records ``success: false`` before it stops.
 
-A training stage (`sft`, `dpo`, `fire_sft`) calls :func:`require_passed` before it loads anything: for each gate
-its input went through (:func:`requirements`), the verdict must exist, say ``success: true`` and vouch for the
-exact bytes of the file the stage is about to read (the gate's clean copy under ``filter``, else the file
-itself). Otherwise :class:`GateNotPassed` names the gate, the file and the command to run. Under policy
-``filter`` a gate passes by quarantining the bad rows, so training reads only the rows that passed; a gate
-that failed even so (a problem rows cannot fix, too many bad rows) stops training like under ``fail``.
+A training stage (`sft`, `dpo`, `fire_student`, `fire_teacher`) calls :func:`require_passed` before it loads
+anything: for each gate its input went through (:func:`requirements`), the verdict must exist, say ``success:
+true`` and vouch for the exact bytes of the file the stage is about to read (the gate's clean copy under
+``filter``, else the file itself). Otherwise :class:`GateNotPassed` names the gate, the file and the command to
+run. Under policy ``filter`` a gate passes by quarantining the bad rows, so training reads only the rows that
+passed; a gate that failed even so (a problem rows cannot fix, too many bad rows) stops training like under ``fail``.
 """
 
 from __future__ import annotations
@@ -117,13 +117,14 @@ def requirements(cfg: DictConfig, root: Path, stage: str) -> list[Requirement]:
     if stage == "dpo":
         return [Requirement("validate_feedback", feedback_reports(cfg, root), (gated_feedback(cfg, root),)),
                 Requirement("pairs", root / cfg.paths.reports / PAIRS_GATE, (gated_pairs(cfg, root),))]
-    if stage == "fire_sft":
+    if stage in ("fire_student", "fire_teacher"):
         needed = [Requirement("validate_dialogues", dialogue_reports(cfg, root),
                               (gated_dialogues(cfg, root, "train"),))]
-        if float(cfg.fire.sft.mix_sft) > 0:  # world records are mixed into the student's set
+        if stage == "fire_student" and float(cfg.fire.sft.mix_sft) > 0:  # world records mixed into its set
             needed.append(Requirement("validate", world_reports(cfg, root), (gated_file(cfg, root, "train.jsonl"),)))
         return needed
-    raise ValueError(f"no gate requirements declared for stage {stage!r} (known: sft, dpo, fire_sft)")
+    raise ValueError(f"no gate requirements declared for stage {stage!r} (known: sft, dpo, fire_student, "
+                     "fire_teacher)")
 
 
 def require_passed(cfg: DictConfig, root: Path, stage: str) -> None:

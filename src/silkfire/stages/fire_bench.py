@@ -4,7 +4,7 @@
   dialogues (BLEU-1..4, CIDEr vs the reference turn); the baseline and the trained teacher write the teacher turns
   (BLEU/CIDEr and the score MAE against the oracle teacher's turns).
 - Free dialogue: both students converse with each teacher of ``fire.bench.teachers`` (``oracle`` = ``fire.teacher``,
-  ``trained`` = the fire_sft teacher) for up to ``max_turns`` turns: AT, ADR, ATR, RR, AT normalised to the
+  ``trained`` = the fire_teacher stage's model) for up to ``max_turns`` turns: AT, ADR, ATR, RR, AT normalised to the
   baseline.
 
 Both held-out splits are evaluated the same way (:func:`evaluate_split`): test (the final figures, at the top level
@@ -27,7 +27,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 PARAMS = (
-    "fire.seed", "fire.bench", "fire.dialogues.stop_score", "fire.sft.teacher_instruction", "fire.teacher", "world", "runtime",
+    "fire.seed", "fire.bench", "fire.dialogues.stop_score", "fire.sft.teacher_instruction", "fire.teacher", "world",
+    "runtime",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
 )
 TEACHERS = ("oracle", "trained")

@@ -63,7 +63,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     (reports / FAILURE_REPORT).write_text(markdown, encoding="utf-8")
     failures = [row | {"split": split} for split, result in results.items() for row in result.failure_rows()]
     (reports / FAILURE_TABLE).write_text(json.dumps(failures, indent=1), encoding="utf-8")
-    record_verdict(reports, results.values(), root, "validate_dialogues")  # what `fire_sft` checks (silkfire.quality.verdict)
+    # the verdict `fire_student` and `fire_teacher` check (silkfire.quality.verdict)
+    record_verdict(reports, results.values(), root, "validate_dialogues")
     for split in results:
         log_gate_reports(reports / split, artifact_path=f"validation/{split}")
     mlflow.log_artifact(str(reports / FAILURE_REPORT), artifact_path="validation")

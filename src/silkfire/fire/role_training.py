@@ -1,8 +1,9 @@
-"""Stage `fire_sft`: train the FIRE student (FIRE-LLaVA) and teacher (FD-LLaVA) from the foundation's SFT model.
+"""FIRE's two trained models, one stage each (`fire_student`, `fire_teacher`): the role's SFT set from the gated
+training dialogues, then SFT from the foundation's model (so FIRE-LLaVA = SFT + FIRE data). Separate stages, so a
+teacher-only setting re-trains only the teacher (issue 15).
 
-Both start from models/sft/model (so FIRE-LLaVA = SFT + FIRE data) and are trained separately with
-silkfire.train.sft (Trainer; LoRA optional, ``fire.sft.<role>.lora``) on the sets built from the gated training
-dialogues by silkfire.fire.sft_data:
+Both start from models/sft/model and are trained with silkfire.train.sft (Trainer; LoRA optional,
+``fire.sft.<role>.lora``) on the sets built by silkfire.fire.sft_data:
 
 - student: one multi-turn sample per dialogue -- question -> response, feedback -> refined response, ... With
   ``student_turns: improving`` the loss covers the turns that are correct or improve on the previous score; the
@@ -13,9 +14,9 @@ dialogues by silkfire.fire.sft_data:
   -> "Score: N.\\nFeedback: ..."). ``teacher_instruction``: ``fire`` (upstream's text) or ``short`` (the tiny
   model's tokenizer spends ~420 tokens on upstream's; fire_bench prompts the teacher with the same one).
 
-A small share of the training dialogues (``val_fraction``) is held out for the eval loss. Each model trains in a
-nested MLflow run (curves, the model folder, registry ``silkfire-fire-student`` / ``silkfire-fire-teacher`` with
-alias ``candidate``); DVC plots read metrics/curves/fire_{student,teacher}.{csv,png}.
+Both roles hold out the same seeded share of the training dialogues (``val_fraction``) for the eval loss. Each
+model is registered as ``silkfire-fire-student`` / ``silkfire-fire-teacher`` (alias ``candidate``); its curves go
+to metrics/curves/fire_<role>.{csv,png} (DVC plots) and to its stage's MLflow run.
 """
 
 from __future__ import annotations
@@ -30,14 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from silkfire.artefacts import dialogue_image_root as dialogue_images
 from silkfire.artefacts import dialogue_source as source_of
-from silkfire.quality.verdict import require_passed
 
-PARAMS = (
-    "fire.seed", "fire.sft", "fire.dialogues.stop_score", "fire.dialogues.families", "fire.dialogues.source",
-    "fire.dialogues.published", "runtime", "tracking.log_model", "tracking.candidate_alias",
-    "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
-    "paths.metrics",
-)
 ROLES = ("student", "teacher")
 TURN_POLICIES = ("all", "improving")
 
@@ -125,62 +119,72 @@ def cap_length(records: list[dict[str, Any]], processor: Any, image_tokens: int,
     return kept, len(records) - len(kept)
 
 
-def build_sets(cfg: DictConfig, root: Path) -> dict[str, Any]:
-    """Write <paths.fire>/sft/{student,teacher}_{train,val}.jsonl from the gated training dialogues."""
+
+
+def sets_dir(cfg: DictConfig, root: Path, role: str) -> Path:
+    """Where a role's SFT sets are written: <paths.fire>/sft/<role>/{train,val}.jsonl."""
+    return root / cfg.paths.fire / "sft" / role
+
+
+def build_role_sets(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
+    """Write the role's sets (:func:`sets_dir`) from the gated training dialogues; returns the counts."""
+    from silkfire.artefacts import gated_dialogues, gated_file
     from silkfire.fire.records import read_dialogues
     from silkfire.fire.sft_data import teacher_samples, write_sft
-    from silkfire.artefacts import gated_dialogues, gated_file
 
+    if role not in ROLES:
+        raise ValueError(f"FIRE role must be one of {list(ROLES)}, got {role!r}")
     settings = cfg.fire.sft
     seed = int(cfg.fire.seed)
-    threshold = float(cfg.fire.dialogues.stop_score)  # what counts as a correct turn
     dialogues, _ = read_dialogues(gated_dialogues(cfg, root, "train"))
     train, val = split_dialogues(dialogues, float(settings.val_fraction), seed)
-    out = sets_dir(cfg, root)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     counts: dict[str, Any] = {"dialogues_train": len(train), "dialogues_val": len(val)}
-    student_train, left_out = student_set(train, str(settings.student_turns), threshold)
-    student_val, _ = student_set(val, str(settings.student_turns), threshold)  # eval loss on what is trained
-    families = list(settings.mix_families) if settings.mix_families is not None else None
-    weights = settings.get("mix_family_weights")
-    if source_of(cfg) == "published" and float(settings.mix_sft) > 0:
-        raise ValueError("fire_sft: fire.sft.mix_sft mixes world SFT records into the student set, but the dialogues "
-                         "are published (fire.dialogues.source=published) and their images live elsewhere: set "
-                         "fire.sft.mix_sft=0")
-    mixed = [] if float(settings.mix_sft) <= 0 else mix_records(
-        gated_file(cfg, root, "train.jsonl"), families, round(float(settings.mix_sft) * len(student_train)), seed,
-        OmegaConf.to_container(weights) if weights else None,  # type: ignore[arg-type]
-        student_families=list(cfg.fire.dialogues.families))
-    counts.update({"student_untrained_dialogues": left_out, "student_mixed_sft": len(mixed)})
-    instruction = str(settings.teacher_instruction)
-    teacher_train, skipped = teacher_samples(train, instruction)
-    teacher_val, _ = teacher_samples(val, instruction)
-    counts["teacher_unparsable_skipped"] = skipped
-    sets = {("student", "train"): student_train + mixed, ("student", "val"): student_val,
-            ("teacher", "train"): teacher_train, ("teacher", "val"): teacher_val}
+    if role == "student":
+        threshold = float(cfg.fire.dialogues.stop_score)  # what counts as a correct turn
+        train_set, left_out = student_set(train, str(settings.student_turns), threshold)
+        val_set, _ = student_set(val, str(settings.student_turns), threshold)  # eval loss on what is trained
+        if source_of(cfg) == "published" and float(settings.mix_sft) > 0:
+            raise ValueError("fire_student: fire.sft.mix_sft mixes world SFT records into the student set, but the "
+                             "dialogues are published (fire.dialogues.source=published) and their images live "
+                             "elsewhere: set fire.sft.mix_sft=0")
+        families = list(settings.mix_families) if settings.mix_families is not None else None
+        weights = settings.get("mix_family_weights")
+        mixed = [] if float(settings.mix_sft) <= 0 else mix_records(
+            gated_file(cfg, root, "train.jsonl"), families, round(float(settings.mix_sft) * len(train_set)), seed,
+            OmegaConf.to_container(weights) if weights else None,  # type: ignore[arg-type]
+            student_families=list(cfg.fire.dialogues.families))
+        counts.update({"untrained_dialogues": left_out, "mixed_sft": len(mixed)})
+        train_set = train_set + mixed
+    else:
+        instruction = str(settings.teacher_instruction)
+        train_set, skipped = teacher_samples(train, instruction)
+        val_set, _ = teacher_samples(val, instruction)
+        counts["unparsable_skipped"] = skipped
+    sets = {"train": train_set, "val": val_set}
     max_length = settings.get("max_length")
-    if max_length is not None:
+    if max_length is not None and train_set:
         from silkfire.models.loading import load_vlm
         from silkfire.train.data import count_image_tokens, load_image
 
         _, processor = load_vlm(root / cfg.paths.sft / "model", device="cpu")  # for its processor only
-        image = load_image(dialogue_images(cfg, root), student_train[0]["image"])
-        tokens = count_image_tokens(processor, image)
-        for key in sets:
-            sets[key], dropped = cap_length(sets[key], processor, tokens, int(max_length))
-            counts[f"{key[0]}_{key[1]}_too_long"] = dropped
-    for (role, split), records in sets.items():
+        tokens = count_image_tokens(processor, load_image(dialogue_images(cfg, root), train_set[0]["image"]))
+        for split in sets:
+            sets[split], dropped = cap_length(sets[split], processor, tokens, int(max_length))
+            counts[f"{split}_too_long"] = dropped
+    out = sets_dir(cfg, root, role)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for split, records in sets.items():
         if not records:
-            raise ValueError(f"fire_sft: the {role} {split} set is empty (dialogues: {len(dialogues)})")
+            raise ValueError(f"fire_{role}: the {role} {split} set is empty (dialogues: {len(dialogues)})")
         random.Random(f"silkfire-fire-{role}-{split}/{seed}").shuffle(records)
-        counts[f"{role}_{split}_samples"] = write_sft(out / f"{role}_{split}.jsonl", records)
+        counts[f"{split}_samples"] = write_sft(out / f"{split}.jsonl", records)
     return counts
 
 
 def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
-    """Train one model (student or teacher) in a nested MLflow run; returns its metrics."""
+    """Train one model (student or teacher) on its sets in the active MLflow run; returns its metrics."""
     import mlflow
 
     from silkfire.tracking.callbacks import MlflowMetricsCallback
@@ -190,48 +194,43 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
 
     settings = cfg.fire.sft
     values = OmegaConf.to_container(settings[role], resolve=True)
-    config = role_config(cfg, role)
     out_dir = root / (cfg.paths.fire_student if role == "student" else cfg.paths.fire_teacher)
-    data = sets_dir(cfg, root)
-    with mlflow.start_run(run_name=f"fire_sft/{role}", nested=True):
-        mlflow.set_tag("silkfire.role", role)
-        mlflow.log_params({f"{role}.{key}": str(value) for key, value in values.items()})
-        result = train_sft(root / cfg.paths.sft / "model", data / f"{role}_train.jsonl", data / f"{role}_val.jsonl",
-                           dialogue_images(cfg, root), config, out_dir, callbacks=[MlflowMetricsCallback()],
-                           config_key=f"fire.sft.{role}")
-        publish_curves(out_dir / "history.csv", training_curves(result.history), root / cfg.paths.metrics,
-                       f"fire_{role}")
-        metrics: dict[str, Any] = dict(result.metrics)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        if cfg.tracking.log_model:
-            name = str(settings.registered_student if role == "student" else settings.registered_teacher)
-            metrics["registered_version"] = log_and_register(result.model_dir, name, cfg.tracking.candidate_alias)
+    data = sets_dir(cfg, root, role)
+    mlflow.set_tag("silkfire.role", role)
+    mlflow.log_params({f"{role}.{key}": str(value) for key, value in values.items()})
+    result = train_sft(root / cfg.paths.sft / "model", data / "train.jsonl", data / "val.jsonl",
+                       dialogue_images(cfg, root), role_config(cfg, role), out_dir,
+                       callbacks=[MlflowMetricsCallback()], config_key=f"fire.sft.{role}")
+    publish_curves(out_dir / "history.csv", training_curves(result.history, title=f"FIRE {role}"),
+                   root / cfg.paths.metrics, f"fire_{role}")
+    metrics: dict[str, Any] = dict(result.metrics)
+    if cfg.tracking.log_model:
+        name = str(settings.registered_student if role == "student" else settings.registered_teacher)
+        metrics["registered_version"] = log_and_register(result.model_dir, name, cfg.tracking.candidate_alias)
     return metrics
 
 
-def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+def run_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
+    """A role stage's `run`: its gates' verdicts, its sets (logged to MLflow), its model; the metrics hold the
+    model's figures and the set counts under ``sets``."""
     import mlflow
 
-    require_passed(cfg, root, "fire_sft")  # the FIRE (and world) gates' verdicts vouch for the dialogues
-    counts = build_sets(cfg, root)
-    mlflow.log_artifacts(str(sets_dir(cfg, root)), artifact_path="sft_sets")
-    metrics: dict[str, Any] = {"sets": counts}
-    for role in ROLES:
-        metrics[role] = train_role(cfg, root, role)
-    return metrics
+    from silkfire.quality.verdict import require_passed
+
+    require_passed(cfg, root, f"fire_{role}")  # the FIRE (and, mixed in, the world) gates vouch for the data
+    counts = build_role_sets(cfg, root, role)
+    mlflow.log_artifacts(str(sets_dir(cfg, root, role)), artifact_path="sft_sets")
+    return {**train_role(cfg, root, role), "sets": counts}
 
 
-def summary(metrics: dict[str, Any]) -> str:
-    parts = []
-    for role in ROLES:
-        data = metrics.get(role, {})
-        text = f"{role} eval_loss={data.get('eval_loss', float('nan')):.3g}"
-        if data.get("resumed_from_step"):
-            text += f" resumed from step {data['resumed_from_step']}"
-        if "registered_version" in data:
-            text += f" v{data['registered_version']}"
-        parts.append(text)
-    return ", ".join(parts)
+def role_summary(metrics: Mapping[str, Any]) -> str:
+    """One line for the run table: the eval loss, a resume, the registered version."""
+    text = f"eval_loss={metrics.get('eval_loss', float('nan')):.3g}"
+    if metrics.get("resumed_from_step"):
+        text += f" resumed from step {metrics['resumed_from_step']}"
+    if "registered_version" in metrics:
+        text += f" v{metrics['registered_version']}"
+    return text
 
 
 def role_config(cfg: DictConfig, role: str) -> Any:
@@ -245,9 +244,3 @@ def role_config(cfg: DictConfig, role: str) -> Any:
                                   device=str(cfg.runtime.device),
                                   gradient_checkpointing=bool(cfg.runtime.gradient_checkpointing), turns_per_sample=1,
                                   families=None)
-
-
-def check(cfg: DictConfig) -> None:
-    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
-    for role in ("student", "teacher"):
-        role_config(cfg, role)

@@ -1,0 +1,32 @@
+"""Stage `fire_student`: FIRE's student (FIRE-LLaVA), SFT of the foundation's model on the student turns of the
+gated training dialogues plus a share of world SFT records (silkfire.fire.role_training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from silkfire.fire.role_training import role_config, role_summary, run_role
+
+PARAMS = (
+    "fire.seed", "fire.sft.student", "fire.sft.student_turns", "fire.sft.val_fraction", "fire.sft.mix_sft",
+    "fire.sft.mix_families", "fire.sft.mix_family_weights", "fire.sft.max_length", "fire.sft.registered_student",
+    "fire.dialogues.stop_score", "fire.dialogues.families", "fire.dialogues.source", "fire.dialogues.published",
+    "runtime", "tracking.log_model", "tracking.candidate_alias",
+    "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.metrics",
+)
+
+
+def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    return run_role(cfg, root, "student")
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    return role_summary(metrics)
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    role_config(cfg, "student")

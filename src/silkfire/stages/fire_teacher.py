@@ -1,0 +1,32 @@
+"""Stage `fire_teacher`: FIRE's teacher (FD-LLaVA), SFT of the foundation's model on the teacher turns of the gated
+training dialogues: question + ground truth + instruction + student response -> "Score: N.\\nFeedback: ..."
+(silkfire.fire.role_training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from silkfire.fire.role_training import role_config, role_summary, run_role
+
+PARAMS = (
+    "fire.seed", "fire.sft.teacher", "fire.sft.teacher_instruction", "fire.sft.val_fraction", "fire.sft.max_length",
+    "fire.sft.registered_teacher", "fire.dialogues.source", "fire.dialogues.published",
+    "runtime", "tracking.log_model", "tracking.candidate_alias",
+    "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_teacher", "paths.metrics",
+)
+
+
+def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
+    return run_role(cfg, root, "teacher")
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    return role_summary(metrics)
+
+
+def check(cfg: DictConfig) -> None:
+    """Parse the typed settings this stage reads (silkfire.stages.runner.check_config: before any stage runs)."""
+    role_config(cfg, "teacher")
