@@ -24,17 +24,17 @@ test: $(STAMP)  ## the default test suite (slow tests excluded)
 test-all: $(STAMP)  ## every test, slow ones included
 	$(BIN)/pytest -m "" $(ARGS)
 
-# Whole-pipeline seeds (issue 14): the foundation and both branches at SEEDS, the foundation alone at more seeds
-# (FOUNDATION_SEEDS: is the plateau escape reliable?), then the results tables with CIs into results/seeds and the
-# README's results block. ~25 min per whole seed and ~12 per foundation seed on 2 cores.
-SEEDS            ?= 0,1,2
-FOUNDATION_SEEDS ?= 3,4
+# Whole-pipeline seeds (issue 14): the foundation and both branches at SEEDS, then the results tables with CIs into
+# results/seeds and the README's results block, merged with the foundation-only seeds of `make plateau` (run it first:
+# the report's plateau rate and foundation figures then cover PLATEAU_SEEDS; a seed in both sweeps counts once, from
+# its newest run). ~40 min per whole seed on 2 cores (SFT 2000 steps ~14 min, DPO ~7, the FIRE models ~10). Every
+# seed re-trains its foundation: the SFT output is `persist` (for resume), and DVC keeps no run cache for such stages.
+SEEDS       ?= 0,1,2
+SEEDS_SWEEP ?= seeds-2000
 seeds: $(STAMP)  ## whole-pipeline seeds + `silkfire report` (mean +- 95% CI, paired bootstrap differences)
 	$(BIN)/silkfire sweep seed=$(SEEDS) 'pipeline.branches=[silkie,fire]' --mode flow \
-		--metric evaluate.val.mme.sft.perception --name seeds
-	$(BIN)/silkfire sweep seed=$(FOUNDATION_SEEDS) --mode flow --metric evaluate.val.mme.sft.perception \
-		--name foundation-seeds
-	$(BIN)/silkfire report --sweep seeds --sweep foundation-seeds --out results/seeds --readme README.md
+		--metric evaluate.val.mme.sft.perception --name $(SEEDS_SWEEP)
+	$(BIN)/silkfire report --sweep $(SEEDS_SWEEP) --sweep $(PLATEAU_SWEEP) --out results/seeds --readme README.md
 
 # Does SFT leave the constant-answer plateau on every seed at the default budget (issue 14)? The foundation alone at
 # PLATEAU_SEEDS, then its report into results/foundation and the README's `foundation` block. ~17 min per seed.
