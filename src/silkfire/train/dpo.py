@@ -53,7 +53,8 @@ from silkfire.train.resume import RESUME_FREE, complete_checkpoints, resume_mode
 
 HISTORY_FIELDS = ("step", "epoch", "loss", "dpo_loss", "nll", "reward_accuracy", "reward_margin", "chosen_reward",
                   "rejected_reward", "chosen_logp", "rejected_logp", "learning_rate", "grad_norm",
-                  "eval_loss", "eval_reward_accuracy", "eval_reward_margin")
+                  "eval_loss", "eval_reward_accuracy", "eval_reward_margin", "image_reward_accuracy",
+                  "eval_image_reward_accuracy")  # the last two: loss mdpo only
 WINDOW_KEYS = ("loss", "dpo_loss", "nll", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
                "chosen_logp", "rejected_logp", "grad_norm")
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -68,6 +69,15 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: tuple[str, ...] = LLAMA_MODULES
     llm_only: bool = True
+
+
+# sigmoid: Rafailov et al.'s DPO (+ rpo_alpha * NLL of the chosen answer). mdpo (Wang et al. 2024, arXiv 2406.11839):
+# the same, plus the image-conditional term -log sigmoid(beta * [(log pi(c|m) - log ref(c|m)) - (log pi(c|m') -
+# log ref(c|m'))]) -- the chosen answer must be likelier with the real image m than with a corrupted one m' (a
+# seeded random crop keeping <= mdpo_keep of the area, resized back) -- and the anchor -log sigmoid(beta * (log
+# pi(c|m) - log ref(c|m)) - mdpo_anchor), which keeps the chosen reward from falling. Like the released trainer, the
+# three terms are summed with equal weights.
+LOSSES = ("sigmoid", "mdpo")
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,9 @@ class DPOConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (runtime.device)
     gradient_checkpointing: bool = False  # runtime.gradient_checkpointing
     shared_prefix: bool = False  # image + prompt once per pair (pair_logps); False: chosen and rejected rows apart
+    loss: str = "sigmoid"  # sigmoid (DPO + rpo_alpha NLL) | mdpo (+ image-conditional and anchored terms, LOSSES)
+    mdpo_keep: float = 0.2  # mdpo: the corrupted image keeps a random crop of at most this share of the area
+    mdpo_anchor: float = 0.0  # mdpo: the anchor delta the chosen reward is pushed above
 
     def __post_init__(self) -> None:
         if self.beta <= 0 or self.rpo_alpha < 0:
@@ -117,6 +130,10 @@ class DPOConfig:
             raise ValueError("dpo: eval_fraction and warmup_ratio must be in [0, 1)")
         if self.logging_steps < 1 or self.save_steps < 0 or self.eval_steps < 0 or self.num_threads < 1:
             raise ValueError("dpo: logging_steps and num_threads must be >= 1, save_steps and eval_steps >= 0")
+        if self.loss not in LOSSES:
+            raise ValueError(f"dpo: loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        if not 0.0 < self.mdpo_keep <= 1.0:
+            raise ValueError(f"dpo: mdpo_keep must be in (0, 1], got {self.mdpo_keep}")
         object.__setattr__(self, "resume", resume_mode(self.resume))
 
     @classmethod
@@ -155,6 +172,9 @@ class PairData:
     ref_chosen: Any = None
     ref_rejected: Any = None
     image_extras: Any = None  # per-image image_sizes / image_grid_thw (LLaVA-NeXT, Qwen2-VL; train.data)
+    images: list[str] | None = None  # each pair's image path (mdpo: its corrupted copy is made per batch)
+    ref_corrupt: Any = None  # mdpo: reference log-probs of the chosen answer given the corrupted image
+    corruptor: Any = None  # mdpo: an ImageCorruptor
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -165,7 +185,9 @@ class PairData:
         return PairData([self.ids[i] for i in take], [self.chosen_ids[i] for i in take],
                         [self.chosen_labels[i] for i in take], [self.rejected_ids[i] for i in take],
                         [self.rejected_labels[i] for i in take], [self.image_index[i] for i in take],
-                        self.pixel_values, pick(self.ref_chosen), pick(self.ref_rejected), self.image_extras)
+                        self.pixel_values, pick(self.ref_chosen), pick(self.ref_rejected), self.image_extras,
+                        None if self.images is None else [self.images[i] for i in take], pick(self.ref_corrupt),
+                        self.corruptor)
 
 
 def pair_fields(pair: Mapping[str, Any], index: int, source: str) -> tuple[str, str, str, str, str]:
@@ -204,7 +226,7 @@ def encode_pairs(pairs: Sequence[Mapping[str, Any]], processor: Any, image_root:
         chosen_ids=[encoded.input_ids[i] for i in keep], chosen_labels=[encoded.labels[i] for i in keep],
         rejected_ids=[encoded.input_ids[n + i] for i in keep], rejected_labels=[encoded.labels[n + i] for i in keep],
         image_index=[encoded.image_index[i] for i in keep], pixel_values=encoded.pixel_values,
-        image_extras=encoded.image_extras,
+        image_extras=encoded.image_extras, images=[fields[i][1] for i in keep],
     )
     return data, keep
 
@@ -491,6 +513,91 @@ def pair_logps(model: Any, data: PairData, indices: Sequence[int], pad_token_id:
     return sequence_logps(model, collate_pairs(data, indices, pad_token_id), runtime)
 
 
+@dataclass(frozen=True)
+class ImageCorruptor:
+    """mDPO's corrupted condition m': a random crop keeping at most ``keep`` of the image's area (share and place
+    seeded by the pair id, so the reference pass and every epoch see the same m'), resized back to the image's size
+    so its image-token count and the encoded sequence stay as they are; then processed like the real image. Made per
+    batch from the image file: nothing is stored per pair."""
+
+    processor: Any
+    image_root: Path
+    keep: float
+
+    def crop(self, image: Any, key: str) -> Any:
+        from PIL import Image
+
+        rng = random.Random(f"silkfire-mdpo-crop/{key}")
+        share = rng.uniform(min(0.01, self.keep), self.keep)
+        width, height = image.size
+        crop_w, crop_h = (max(1, round(side * math.sqrt(share))) for side in (width, height))
+        left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
+        return image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.Resampling.BILINEAR)
+
+    def inputs(self, keys: Sequence[str], paths: Sequence[str]) -> dict[str, Any]:
+        from silkfire.train.data import collate_images, image_inputs, load_image
+
+        images = [self.crop(load_image(self.image_root, path), key) for key, path in zip(keys, paths, strict=True)]
+        return collate_images(image_inputs(self.processor, images))
+
+
+def corrupt_logps(model: Any, data: PairData, indices: Sequence[int], pad_token_id: int,
+                  runtime: Runtime | None = None) -> Any:
+    """Answer log-prob sums of the chosen responses at ``indices`` given their corrupted images (mdpo)."""
+    import torch
+
+    from silkfire.train.data import IGNORE_INDEX
+
+    if data.corruptor is None or data.images is None:
+        raise ValueError("mdpo: the pairs carry no image corruptor (train_dpo sets it for loss=mdpo)")
+    ids = [data.chosen_ids[i] for i in indices]
+    labels = [data.chosen_labels[i] for i in indices]
+    length = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), length), pad_token_id, dtype=torch.long)
+    label_ids = torch.full((len(ids), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(ids), length), dtype=torch.long)
+    for row, (tokens, targets) in enumerate(zip(ids, labels)):
+        input_ids[row, :len(tokens)] = tokens
+        label_ids[row, :len(targets)] = targets
+        mask[row, :len(tokens)] = 1
+    images = data.corruptor.inputs([data.ids[i] for i in indices], [data.images[i] for i in indices])
+    logps, _ = sequence_logps(model, {"input_ids": input_ids, "attention_mask": mask, "labels": label_ids, **images},
+                              runtime)
+    return logps
+
+
+def mdpo_loss(policy_chosen: Any, policy_rejected: Any, policy_corrupt: Any, ref_chosen: Any, ref_rejected: Any,
+              ref_corrupt: Any, beta: float, anchor: float) -> tuple[Any, Any, Any, Any]:
+    """mDPO per pair (see :data:`LOSSES`): DPO + image-conditional + anchored terms; the implicit rewards of chosen,
+    rejected and chosen-given-the-corrupted-image."""
+    import torch.nn.functional as F
+
+    dpo, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+    corrupt_rewards = beta * (policy_corrupt - ref_corrupt)
+    losses = dpo - F.logsigmoid(chosen_rewards - corrupt_rewards) - F.logsigmoid(chosen_rewards - anchor)
+    return losses, chosen_rewards, rejected_rewards, corrupt_rewards
+
+
+def preference_terms(model: Any, data: PairData, indices: Sequence[int], pad_token_id: int, config: DPOConfig,
+                     runtime: Runtime | None = None) -> tuple[Any, Any, Any, Any, tuple[Any, Any, Any]]:
+    """One batch under ``config.loss``: losses per pair, chosen and rejected answer log-probs, the chosen answers'
+    token counts, and the rewards (chosen, rejected, chosen given the corrupted image -- None unless mdpo)."""
+    logps, counts = pair_logps(model, data, indices, pad_token_id, runtime, config.shared_prefix)
+    size = len(indices)
+    chosen, rejected = logps[:size], logps[size:]
+    ref_chosen = data.ref_chosen[list(indices)].to(logps.device)
+    ref_rejected = data.ref_rejected[list(indices)].to(logps.device)
+    if config.loss == "mdpo":
+        corrupt = corrupt_logps(model, data, indices, pad_token_id, runtime)
+        losses, chosen_rewards, rejected_rewards, corrupt_rewards = mdpo_loss(
+            chosen, rejected, corrupt, ref_chosen, ref_rejected, data.ref_corrupt[list(indices)].to(logps.device),
+            config.beta, config.mdpo_anchor)
+    else:
+        losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta)
+        corrupt_rewards = None
+    return losses, chosen, rejected, counts[:size], (chosen_rewards, rejected_rewards, corrupt_rewards)
+
+
 def dpo_loss(policy_chosen: Any, policy_rejected: Any, ref_chosen: Any, ref_rejected: Any, beta: float) -> tuple[Any, Any, Any]:
     """Sigmoid DPO loss per pair and the implicit rewards beta * (log pi - log ref) of chosen and rejected."""
     import torch.nn.functional as F
@@ -505,13 +612,9 @@ def batch_loss(model: Any, data: PairData, indices: Sequence[int], pad_token_id:
     """Loss of one batch (one concatenated forward) and its metrics."""
     import torch
 
-    logps, counts = pair_logps(model, data, indices, pad_token_id, runtime, config.shared_prefix)
-    size = len(indices)
-    chosen, rejected = logps[:size], logps[size:]
-    ref_chosen = data.ref_chosen[list(indices)].to(logps.device)
-    ref_rejected = data.ref_rejected[list(indices)].to(logps.device)
-    losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta)
-    nll = -chosen.sum() / counts[:size].sum().clamp(min=1)
+    losses, chosen, rejected, counts, rewards = preference_terms(model, data, indices, pad_token_id, config, runtime)
+    chosen_rewards, rejected_rewards, corrupt_rewards = rewards
+    nll = -chosen.sum() / counts.sum().clamp(min=1)
     loss = losses.mean() + config.rpo_alpha * nll
     with torch.no_grad():
         metrics = {
@@ -521,14 +624,17 @@ def batch_loss(model: Any, data: PairData, indices: Sequence[int], pad_token_id:
             "chosen_reward": float(chosen_rewards.mean()), "rejected_reward": float(rejected_rewards.mean()),
             "chosen_logp": float(chosen.mean()), "rejected_logp": float(rejected.mean()),
         }
+        if corrupt_rewards is not None:  # the real image makes the chosen answer likelier than the corrupted one
+            metrics["image_reward_accuracy"] = float((chosen_rewards > corrupt_rewards).float().mean())
     return loss, metrics
 
 
 def reference_logps(model: Any, data: PairData, pad_token_id: int, batch_size: int, progress: bool = True, *,
                     runtime: Runtime | None = None, shard: tuple[int, int] = (0, 1),
-                    shared_prefix: bool = False) -> tuple[Any, Any]:
+                    shared_prefix: bool = False, corrupt: bool = False) -> tuple[Any, ...]:
     """Log-probs of every chosen and rejected response under the (frozen) reference model, one pass
-    (``shared_prefix``: see :func:`pair_logps`).
+    (``shared_prefix``: see :func:`pair_logps`); with ``corrupt`` (mdpo) a third tensor: the chosen responses given
+    their corrupted images.
 
     ``shard=(k, n)``: only the batches b with b mod n == k (the others stay 0; process k of n sums them up)."""
     import torch
@@ -539,6 +645,7 @@ def reference_logps(model: Any, data: PairData, pad_token_id: int, batch_size: i
     order = by_length(data, range(len(data)))  # similar lengths together: little padding
     chosen = torch.zeros(len(data), dtype=torch.float32)
     rejected = torch.zeros(len(data), dtype=torch.float32)
+    corrupted = torch.zeros(len(data), dtype=torch.float32)
     rank, processes = shard
     starts = list(range(0, len(data), batch_size))[rank::processes]
     with torch.no_grad():
@@ -548,8 +655,10 @@ def reference_logps(model: Any, data: PairData, pad_token_id: int, batch_size: i
             logps = logps.float().cpu()
             chosen[indices] = logps[:len(indices)]
             rejected[indices] = logps[len(indices):]
+            if corrupt:
+                corrupted[indices] = corrupt_logps(model, data, indices, pad_token_id, runtime).float().cpu()
     model.train(was_training)
-    return chosen, rejected
+    return (chosen, rejected, corrupted) if corrupt else (chosen, rejected)
 
 
 def by_length(data: PairData, indices: Sequence[int]) -> list[int]:
@@ -591,8 +700,9 @@ def evaluate_pairs(model: Any, data: PairData, pad_token_id: int, config: DPOCon
         for start in range(0, len(data), config.ref_batch_size):
             indices = order[start:start + config.ref_batch_size]
             _, metrics = batch_loss(model, data, indices, pad_token_id, config, runtime)
-            for key in ("loss", "reward_accuracy", "reward_margin"):
-                totals[key] = totals.get(key, 0.0) + metrics[key] * len(indices)
+            for key in ("loss", "reward_accuracy", "reward_margin", "image_reward_accuracy"):
+                if key in metrics:
+                    totals[key] = totals.get(key, 0.0) + metrics[key] * len(indices)
     model.train(was_training)
     return {f"eval_{key}": value / len(data) for key, value in totals.items()}
 
@@ -762,7 +872,7 @@ def _answer_tokens(data: PairData) -> list[int]:
     return [int((labels[1:] != IGNORE_INDEX).sum()) for labels in data.chosen_labels]
 
 
-STEP_SUMS = ("dpo", "chosen", "rejected", "chosen_reward", "rejected_reward", "correct")
+STEP_SUMS = ("dpo", "chosen", "rejected", "chosen_reward", "rejected_reward", "correct", "image_correct")
 
 
 def _micro_terms(model: Any, data: PairData, mine: Sequence[int], pad_id: int, config: DPOConfig,
@@ -771,30 +881,31 @@ def _micro_terms(model: Any, data: PairData, mine: Sequence[int], pad_id: int, c
     micro-batch, weighted by its share of the step's chunk) and its sums of :data:`STEP_SUMS` (float64)."""
     import torch
 
-    logps, _ = pair_logps(model, data, mine, pad_id, runtime, config.shared_prefix)
-    size = len(mine)
-    chosen, rejected = logps[:size], logps[size:]
-    ref_chosen = data.ref_chosen[list(mine)].to(logps.device)
-    ref_rejected = data.ref_rejected[list(mine)].to(logps.device)
-    losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta)
+    losses, chosen, rejected, _, rewards = preference_terms(model, data, mine, pad_id, config, runtime)
+    chosen_rewards, rejected_rewards, corrupt_rewards = rewards
     loss = losses.sum() / chunk + config.rpo_alpha * (-chosen.sum() / max(tokens, 1)) * (pairs / chunk)
     with torch.no_grad():
+        image_correct = (chosen_rewards > corrupt_rewards).sum() if corrupt_rewards is not None \
+            else chosen_rewards.new_zeros(())
         sums = torch.stack([losses.sum(), chosen.sum(), rejected.sum(), chosen_rewards.sum(), rejected_rewards.sum(),
-                            (chosen_rewards > rejected_rewards).sum()]).double().cpu()
+                            (chosen_rewards > rejected_rewards).sum(), image_correct]).double().cpu()
     return loss, sums
 
 
 def _step_metrics(sums: Any, micro_pairs: Sequence[int], micro_tokens: Sequence[int], chunk: int,
-                  rpo_alpha: float) -> dict[str, float]:
+                  rpo_alpha: float, image_terms: bool = False) -> dict[str, float]:
     """A step's metrics from the micro-batches' summed terms (rows of ``sums``: STEP_SUMS, all processes)."""
     total = sums.sum(0)
     value = dict(zip(STEP_SUMS, (float(v) / chunk for v in total)))
     nll = sum(-float(row[1]) / max(tokens, 1) * pairs / chunk
               for row, pairs, tokens in zip(sums, micro_pairs, micro_tokens) if pairs)
-    return {"loss": value["dpo"] + rpo_alpha * nll, "dpo_loss": value["dpo"], "nll": nll,
-            "reward_accuracy": value["correct"], "reward_margin": value["chosen_reward"] - value["rejected_reward"],
-            "chosen_reward": value["chosen_reward"], "rejected_reward": value["rejected_reward"],
-            "chosen_logp": value["chosen"], "rejected_logp": value["rejected"]}
+    metrics = {"loss": value["dpo"] + rpo_alpha * nll, "dpo_loss": value["dpo"], "nll": nll,
+               "reward_accuracy": value["correct"], "reward_margin": value["chosen_reward"] - value["rejected_reward"],
+               "chosen_reward": value["chosen_reward"], "rejected_reward": value["rejected_reward"],
+               "chosen_logp": value["chosen"], "rejected_logp": value["rejected"]}
+    if image_terms:  # mdpo: the share of pairs whose chosen answer is likelier with the real image than the corrupted
+        metrics["image_reward_accuracy"] = value["image_correct"]
+    return metrics
 
 
 # ---- checkpoints (safetensors + JSON, nothing pickled) -----------------------------------------------------------
@@ -993,6 +1104,9 @@ def train_dpo(
     data, kept = encode_pairs(pairs, processor, image_root, max_length=max_length,
                               progress=progress, source=str(pairs_path))
     encode_seconds = time.perf_counter() - started
+    mdpo = config.loss == "mdpo"
+    if mdpo:
+        data.corruptor = ImageCorruptor(processor, Path(image_root), config.mdpo_keep)
     if len(data) == 0:
         raise ValueError(f"{pairs_path}: every pair is longer than dpo.max_length={max_length} tokens"
                          f"{'' if config.max_length is not None else ' (the model context length)'}")
@@ -1019,22 +1133,26 @@ def train_dpo(
     # The reference pass: once, before any adapter or update; reused when the pairs and start model are the same.
     # Sharded: process k runs batches k, k+N, ...; the sums give every pair's log-probs to every process.
     key = _digest(file_digest(pairs_path), str(start), _model_digest(start), max_length, runtime.dtype,
-                  *(["shared_prefix"] if config.shared_prefix else []))  # equal up to rounding; timed apart
+                  *(["shared_prefix"] if config.shared_prefix else []),  # equal up to rounding; timed apart
+                  *([f"mdpo/{config.mdpo_keep}"] if mdpo else []))
     reference_path = out_dir / REFERENCE_FILE
     started = time.perf_counter()
     cached = load_file(str(reference_path)) if reference_path.is_file() else {}
     if cached.get("key") is not None and bytes(cached["key"].tolist()).decode() == key:
         data.ref_chosen, data.ref_rejected = cached["chosen"], cached["rejected"]
+        data.ref_corrupt = cached.get("corrupt")
     else:
         with runtime_policy.oom_hint(f"{what} (reference pass)", {f"{config_key}.ref_batch_size":
                                      config.ref_batch_size}, runtime=runtime):
-            chosen, rejected = reference_logps(model, data, pad_id, config.ref_batch_size, progress,
-                                               runtime=runtime, shard=(job.rank, job.world),
-                                               shared_prefix=config.shared_prefix)
-        both = job.sum(torch.stack([chosen, rejected]))
-        data.ref_chosen, data.ref_rejected = both[0].contiguous(), both[1].contiguous()
+            passes = reference_logps(model, data, pad_id, config.ref_batch_size, progress,
+                                     runtime=runtime, shard=(job.rank, job.world),
+                                     shared_prefix=config.shared_prefix, corrupt=mdpo)
+        summed = job.sum(torch.stack(list(passes)))
+        data.ref_chosen, data.ref_rejected = summed[0].contiguous(), summed[1].contiguous()
+        data.ref_corrupt = summed[2].contiguous() if mdpo else None
         if job.main:
             save_file({"chosen": data.ref_chosen, "rejected": data.ref_rejected,
+                       **({"corrupt": data.ref_corrupt} if mdpo else {}),
                        "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}, str(reference_path))
     reference_seconds = time.perf_counter() - started
 
@@ -1118,9 +1236,10 @@ def train_dpo(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step_metrics = _step_metrics(sums, micro_pairs, micro_tokens, len(chunk), config.rpo_alpha)
+            step_metrics = _step_metrics(sums, micro_pairs, micro_tokens, len(chunk), config.rpo_alpha,
+                                         image_terms=config.loss == "mdpo")
             step_metrics["grad_norm"] = grad_norm
-            for name in WINDOW_KEYS:
+            for name in WINDOW_KEYS + (("image_reward_accuracy",) if config.loss == "mdpo" else ()):
                 window[name] = window.get(name, 0.0) + step_metrics[name]
             window_steps += 1
             done = step + 1
@@ -1130,7 +1249,7 @@ def train_dpo(
             if done % config.logging_steps == 0 or done == total_steps or done == 1 or evaluate_now:
                 row = {"step": done, "epoch": round(done / steps_per_epoch, 4),
                        "learning_rate": float(scheduler.get_last_lr()[0]),
-                       **{name: window[name] / window_steps for name in WINDOW_KEYS}}
+                       **{name: value / window_steps for name, value in window.items()}}
                 if evaluate_now:  # the held-out curve (an eval pass does not touch the training RNG)
                     row.update(evaluate_pairs(model, eval_data, pad_id, config, runtime))
                 history.append(row)
