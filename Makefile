@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-all ui setup clean seeds plateau bench dvc-deps
+.PHONY: run test test-all ui setup clean seeds plateau bench dvc-yaml
 
 run: $(STAMP)  ## run the default pipeline (Prefect flow over the DVC stages, tracked in MLflow)
 	$(BIN)/silkfire run $(ARGS)
@@ -45,10 +45,10 @@ plateau: $(STAMP)  ## the foundation at 5 seeds + `silkfire report` (plateau esc
 		--name $(PLATEAU_SWEEP)
 	$(BIN)/silkfire report --sweep $(PLATEAU_SWEEP) --out results/foundation --readme README.md --block foundation
 
-# After adding or moving an import in a stage's code: each stage's code deps in the dvc.yaml files are its import
-# closure inside silkfire (a test fails while they are stale).
-dvc-deps: $(STAMP)  ## rewrite the dvc.yaml code deps from the stages' import closures
-	$(BIN)/python -m silkfire.stages.code_deps --write
+# After changing a stage's declaration (PARAMS, DEPS, OUTS, CURVE_NAMES in src/silkfire/stages/<name>.py) or its
+# imports: the dvc.yaml files are generated from the stage registry (a test fails while they differ).
+dvc-yaml: $(STAMP)  ## regenerate dvc.yaml and pipelines/*/dvc.yaml from the stage registry
+	$(BIN)/python -m silkfire.stages.dvc_yaml --write
 
 ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000
 	$(BIN)/silkfire ui

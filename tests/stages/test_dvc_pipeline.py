@@ -82,14 +82,32 @@ def test_unknown_branch_is_refused_with_the_known_ones() -> None:
     assert pipeline_stages(["fire"])[-len(BRANCHES["fire"]):] == BRANCHES["fire"]
 
 
-def test_code_deps_are_each_stage_import_closure() -> None:
-    """Every dvc.yaml lists exactly the files its stages can execute (`make dvc-deps` rewrites them)."""
-    from silkfire.stages.code_deps import code_deps, dvc_files, render
+def test_dvc_yaml_files_are_generated_from_the_stage_registry() -> None:
+    """Every dvc.yaml is what silkfire.stages.dvc_yaml makes from the stage modules (`make dvc-yaml`): code deps
+    are each stage's import closure, params its PARAMS, data deps and outs its DEPS / OUTS."""
+    from silkfire.stages.dvc_yaml import generate
 
-    for path, stages in dvc_files(ROOT).items():
-        text = path.read_text(encoding="utf-8")
-        assert render(text, {stage: code_deps(stage, ROOT) for stage in stages}) == text, (
-            f"{path.relative_to(ROOT)}: code deps differ from the stages' import closures: run `make dvc-deps`")
+    for relative, text in generate(ROOT).items():
+        assert (ROOT / relative).read_text(encoding="utf-8") == text, (
+            f"{relative} differs from the stage registry: edit the stage module, then run `make dvc-yaml`")
+
+
+def test_a_declaration_in_the_stage_module_is_what_dvc_reads() -> None:
+    """The registry's conventions: metrics file, curves, metrics row, persist and cache flags, branch wdir."""
+    from silkfire.stages.dvc_yaml import generate
+
+    files = {relative: yaml.safe_load(text) for relative, text in generate(ROOT).items()}
+    sft = files["dvc.yaml"]["stages"]["sft"]
+    assert sft["cmd"] == "silkfire stage sft" and "wdir" not in sft
+    assert {"${paths.sft}": {"persist": True}} in sft["outs"]
+    assert {"${paths.metrics}/sft.json": {"cache": False}} in sft["outs"]
+    assert {"${paths.metrics}/curves/sft.png": {"cache": False}} in sft["outs"]
+    assert sft["deps"][:3] == ["${paths.world}", "${paths.reports}/validate/verdict.json", "${paths.base_model}"]
+    assert "src/silkfire/stages/sft.py" in sft["deps"]
+    evaluate_dpo = files["pipelines/silkie/dvc.yaml"]["stages"]["evaluate_dpo"]
+    assert evaluate_dpo["wdir"] == "../.." and evaluate_dpo["metrics"] == [
+        {"${paths.metrics}/summary/evaluate_dpo.json": {"cache": False}}]
+    assert files["pipelines/fire/dvc.yaml"]["vars"] == ["../../params.yaml"]
 
 
 def test_import_closure_follows_lazy_imports_and_leaves_out_orchestration() -> None:
@@ -104,19 +122,6 @@ def test_import_closure_follows_lazy_imports_and_leaves_out_orchestration() -> N
     assert not {"src/silkfire/cli.py", "src/silkfire/stages/runner.py", "src/silkfire/flow.py"} & set(sft)
     assert "src/silkfire/train/dpo.py" not in sft  # another stage's trainer is not sft's code
     assert "src/silkfire/eval/generate.py" in code_deps("fire_bench", ROOT)  # issue 15: FIRE-Bench generates
-
-
-def test_render_replaces_stale_code_deps_and_keeps_data_deps() -> None:
-    from silkfire.stages.code_deps import MARKER, render
-
-    text = ("stages:\n  sft:\n    cmd: silkfire stage sft\n    deps:\n      - ${paths.world}  # data\n"
-            "      - src/silkfire/gone.py\n      - src/silkfire/stages/sft.py  # old comment\n    params:\n"
-            "      - train\n")
-    fresh = render(text, {"sft": ["src/silkfire/io.py", "src/silkfire/stages/sft.py"]})
-    assert fresh == ("stages:\n  sft:\n    cmd: silkfire stage sft\n    deps:\n      - ${paths.world}  # data\n"
-                     f"      {MARKER}\n      - src/silkfire/io.py\n      - src/silkfire/stages/sft.py\n    params:\n"
-                     "      - train\n")
-    assert render(fresh, {"sft": ["src/silkfire/io.py", "src/silkfire/stages/sft.py"]}) == fresh
 
 
 def _out_paths(spec: dict, section: str) -> list[str]:

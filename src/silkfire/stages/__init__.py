@@ -1,7 +1,11 @@
 """Pipeline stages: one module each, the single implementation that both `dvc repro` and the Prefect flow run.
 
-Each stage module defines `PARAMS` (the exact params.yaml keys it reads — its dvc.yaml entry lists the same keys,
-a test keeps them in sync), `run(cfg, root) -> metrics` and `summary(metrics) -> str` (one line for tables).
+Each stage module is the one place a stage is declared: `PARAMS` (the exact params.yaml keys it reads), `DEPS`
+(its data inputs), `OUTS` (its outputs; its metrics file, curves and `dvc metrics` row are added by convention),
+optionally `CURVE_NAMES` (the training curves it writes under metrics/curves/), `run(cfg, root) -> metrics` and
+`summary(metrics) -> str` (one line for tables). The dvc.yaml files are generated from these declarations,
+the order below and each stage's import closure (`make dvc-yaml`, silkfire.stages.dvc_yaml; a test fails while a
+committed dvc.yaml differs from the generated one).
 
 The foundation chain lives in the root `dvc.yaml` (what `dvc repro` runs). Each branch of the design (VLFeedback/
 Silkie, FIRE) lives in `pipelines/<branch>/dvc.yaml` (stages with `wdir: ../..`, so paths read as from the root)
@@ -10,6 +14,29 @@ branches named in `pipeline.branches` (an experiment file sets them, e.g. `exper
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Dep:
+    """A data input of a stage in its dvc.yaml entry (``${paths.*}`` interpolate from params.yaml); ``note`` becomes
+    the entry's comment. Code inputs are not declared: they are the stage's import closure (stages.code_deps)."""
+
+    path: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Out:
+    """An output of a stage: ``cache=False`` (small files git or the workspace keeps), ``persist=True`` (kept across
+    `dvc repro`: a training stage's checkpoints, for resume)."""
+
+    path: str
+    cache: bool = True
+    persist: bool = False
+    note: str = ""
+
 
 # The foundation, in order.
 STAGES: tuple[str, ...] = ("generate", "validate", "base", "sft", "evaluate", "register")

@@ -15,8 +15,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from silkfire.artefacts import ANNOTATED
+from silkfire.stages import Dep, Out
 
 PARAMS = ("silkie.judge", "silkie.fanout", "quality.max_image_pixels", "silkie.sample.source", "silkie.sample.image_root", "paths.world", "paths.feedback")
+DEPS = (
+    Dep("${paths.feedback}/samples.jsonl"),
+    Dep("${paths.world}"),
+)
+OUTS = (
+    Out("${paths.feedback}/annotated.jsonl"),
+)
 OUTPUT = ANNOTATED
 
 

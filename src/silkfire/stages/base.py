@@ -20,8 +20,16 @@ from omegaconf import DictConfig
 
 from silkfire.artefacts import BASE_SOURCE_FILE, resolve_base  # noqa: F401 -- resolve_base re-exported
 from silkfire.io import write_json
+from silkfire.stages import Dep, Out
 
 PARAMS = ("seed", "world", "model", "paths.base_model")
+DEPS = (
+    Dep("${model.checkpoint_files}",
+        "the checkpoint's files (pretrained): changed in place, base and all after it re-run"),
+)
+OUTS = (
+    Out("${paths.base_model}"),
+)
 SOURCE_FILE = BASE_SOURCE_FILE
 
 

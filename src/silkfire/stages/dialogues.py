@@ -33,9 +33,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from silkfire.artefacts import SPLIT_FILES, dialogue_image_root, dialogue_source, dialogue_splits
 from silkfire.artefacts import dialogue_dir as out_dir
+from silkfire.stages import Dep, Out
 
 PARAMS = ("fire.seed", "fire.dialogues", "fire.teacher", "world", "runtime", "paths.world", "paths.reports",
           "paths.fire")
+DEPS = (
+    Dep("${paths.world}"),
+    Dep("${paths.reports}/validate/verdict.json",
+        "only gated world data becomes dialogues"),
+)
+OUTS = (
+    Out("${paths.fire}/dialogues",
+        note="train/test/val.jsonl (no val for published FIRE without a val file)"),
+)
 HELD_OUT_FAMILIES = {"val": "mme"}  # val.jsonl also holds MME pairs; open.jsonl (test) has none: drop them alike
 
 

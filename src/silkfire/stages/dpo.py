@@ -14,9 +14,24 @@ from typing import Any
 from omegaconf import DictConfig
 
 from silkfire.quality.verdict import require_passed
+from silkfire.stages import Dep, Out
 
 PARAMS = ("silkie.dpo", "runtime", "silkie.registered_model", "silkie.sample.source", "silkie.sample.image_root",
           "tracking.log_model", "tracking.candidate_alias", "paths.world", "paths.feedback", "paths.reports", "paths.sft", "paths.dpo", "paths.metrics")
+DEPS = (
+    Dep("${paths.feedback}/pairs.jsonl"),
+    Dep("${paths.reports}/pairs/verdict.json",
+        "DPO never starts on pairs that did not pass their gate"),
+    Dep("${paths.reports}/validate_feedback/verdict.json",
+        "... nor on pairs built from records that did not pass theirs"),
+    Dep("${paths.world}"),
+    Dep("${paths.sft}"),
+)
+OUTS = (
+    Out("${paths.dpo}", persist=True,
+        note="kept across repro: silkie.dpo.resume=auto continues a killed run's checkpoints (fingerprinted)"),
+)
+CURVE_NAMES = ("dpo",)  # metrics/curves/<name>.{csv,png}
 CURVES = (("loss", "dpo_loss", "nll"), ("reward_accuracy", "eval_reward_accuracy"),
           ("reward_margin", "chosen_reward", "rejected_reward"), ("chosen_logp", "rejected_logp"))
 

@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+from silkfire.stages import Dep, Out
 
 PARAMS = ("eval", "runtime", "paths.world", "paths.base_model", "paths.sft", "paths.reports")
+DEPS = (
+    Dep("${paths.world}"),
+    Dep("${paths.base_model}"),
+    Dep("${paths.sft}"),
+)
+OUTS = (
+    Out("${paths.reports}/evaluate"),
+)
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:

@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from silkfire.stages import Dep, Out
 
 PARAMS = ("world.seed", "silkie.evaluate", "silkie.judge", "runtime", "paths.world", "paths.sft", "paths.dpo",
           "paths.reports")
+DEPS = (
+    Dep("${paths.world}"),
+    Dep("${paths.sft}"),
+    Dep("${paths.dpo}"),
+)
+OUTS = (
+    Out("${paths.reports}/evaluate_dpo"),
+)
 MODELS = ("sft", "dpo")
 REPORT = "evaluate_dpo"
 

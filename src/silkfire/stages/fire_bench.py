@@ -25,11 +25,26 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from silkfire.stages import Dep, Out
 
 PARAMS = (
     "fire.seed", "fire.bench", "fire.dialogues.stop_score", "fire.sft.teacher_instruction", "fire.teacher", "world",
     "runtime",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.fire_teacher",
+)
+DEPS = (
+    Dep("${paths.fire}/dialogues",
+        "test and val dialogues: both splits are benchmarked"),
+    Dep("${paths.reports}/validate_dialogues/verdict.json",
+        "their gated copies (md5s)"),
+    Dep("${paths.world}"),
+    Dep("${paths.sft}"),
+    Dep("${paths.fire_student}"),
+    Dep("${paths.fire_teacher}"),
+)
+OUTS = (
+    Out("${paths.reports}/fire_bench",
+        note="test files at the top, val files under val/"),
 )
 TEACHERS = ("oracle", "trained")
 TABLE = "fire_bench.md"

@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+from silkfire.stages import Out
 
 PARAMS = ("world", "paths.world")  # world.seed, not the global seed: every pipeline seed sees the same world
+DEPS = ()
+OUTS = (
+    Out("${paths.world}"),
+)
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:

@@ -10,9 +10,20 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from silkfire.artefacts import PAIRS, PAIRS_GATE, gated_pairs  # noqa: F401 -- gated_pairs re-exported
+from silkfire.stages import Dep, Out
 
 PARAMS = ("quality", "silkie.pairs", "silkie.sample.source", "silkie.sample.image_root", "paths.world",
           "paths.feedback", "paths.reports")
+DEPS = (
+    Dep("${paths.feedback}/annotated.jsonl"),
+    Dep("${paths.reports}/validate_feedback/verdict.json",
+        "the verdict (md5 of the clean copy under policy filter)"),
+    Dep("${paths.world}"),
+)
+OUTS = (
+    Out("${paths.feedback}/pairs.jsonl"),
+    Out("${paths.reports}/pairs"),
+)
 OUTPUT = PAIRS
 REPORT = PAIRS_GATE
 

@@ -12,8 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from silkfire.stages import Dep, Out
 
 PARAMS = ("register", "tracking.log_model", "paths.metrics", "paths.reports")
+DEPS = (
+    Dep("${paths.metrics}/sft.json",
+        "the registered version"),
+    Dep("${paths.metrics}/evaluate.json",
+        "its evaluation"),
+)
+OUTS = (
+    Out("${paths.reports}/register", cache=False),
+)
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:

@@ -21,9 +21,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from silkfire.artefacts import SAMPLES
 from silkfire.artefacts import feedback_image_root as image_root
+from silkfire.stages import Dep, Out
 
 PARAMS = ("silkie.seed", "world", "runtime", "silkie.sample", "quality.max_image_pixels", "silkie.fanout", "paths.world", "paths.reports", "paths.base_model",
           "paths.sft", "paths.feedback")
+DEPS = (
+    Dep("${paths.world}"),
+    Dep("${paths.reports}/validate/verdict.json",
+        "only gated world questions are sampled"),
+    Dep("${paths.base_model}"),
+    Dep("${paths.sft}",
+        "the final SFT model and its step checkpoints are pool members"),
+)
+OUTS = (
+    Out("${paths.feedback}/samples.jsonl"),
+)
 OUTPUT = SAMPLES
 
 

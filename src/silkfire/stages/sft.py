@@ -12,11 +12,23 @@ from typing import Any
 from omegaconf import DictConfig
 
 from silkfire.quality.verdict import require_passed
+from silkfire.stages import Dep, Out
 
 PARAMS = (
     "seed", "train", "model", "runtime", "tracking.log_model", "tracking.registered_model", "tracking.candidate_alias",
     "paths.world", "paths.reports", "paths.base_model", "paths.sft", "paths.metrics",
 )
+DEPS = (
+    Dep("${paths.world}"),
+    Dep("${paths.reports}/validate/verdict.json",
+        "the gate's verdict (success, md5 of the files it vouches for), not its reports (timings, Data Docs)"),
+    Dep("${paths.base_model}"),
+)
+OUTS = (
+    Out("${paths.sft}", persist=True,
+        note="a killed run's checkpoints survive repro: train.resume=auto continues them (fingerprinted)"),
+)
+CURVE_NAMES = ("sft",)  # metrics/curves/<name>.{csv,png}
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:

@@ -21,8 +21,17 @@ from omegaconf import DictConfig
 
 from silkfire.artefacts import gated_file  # noqa: F401 -- defined with the other artefact paths
 from silkfire.artefacts import world_report_dir as report_dir
+from silkfire.stages import Dep, Out
 
 PARAMS = ("quality", "world", "paths.world", "paths.reports", "paths.metrics")
+DEPS = (
+    Dep("${paths.world}"),
+)
+OUTS = (
+    Out("${paths.reports}/validate"),
+    Out("${paths.metrics}/validate_profile.json", cache=False, persist=True,
+        note="the last passing world's profile: drift baseline"),
+)
 FAILURE_REPORT = "report.md"  # the flow publishes it as a Prefect artefact when the gate fails
 FAILURE_TABLE = "failures.json"  # ... and this one as a Prefect table artefact
 PROFILE = "validate_profile.json"  # under paths.metrics: the profile of the last world that passed

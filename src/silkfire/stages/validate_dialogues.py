@@ -17,9 +17,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from silkfire.artefacts import dialogue_file, gated_dialogues  # noqa: F401 -- gated_dialogues re-exported
 from silkfire.artefacts import dialogue_report_dir as report_dir
+from silkfire.stages import Dep, Out
 
 PARAMS = ("quality", "fire.validate", "fire.dialogues.source", "fire.dialogues.published", "paths.world", "paths.fire",
           "paths.reports")
+DEPS = (
+    Dep("${paths.fire}/dialogues"),
+    Dep("${paths.world}"),
+)
+OUTS = (
+    Out("${paths.reports}/validate_dialogues",
+        note="one gate report (and clean copy) per split: train/, test/, val/"),
+)
 SPLITS = ("train", "test", "val")  # every split there can be; the ones this config makes: artefacts.dialogue_splits(cfg)
 FAILURE_REPORT = "report.md"  # the flow publishes <reports>/<stage>/report.md when the stage fails
 FAILURE_TABLE = "failures.json"

@@ -15,9 +15,17 @@ from omegaconf import DictConfig
 from silkfire.artefacts import ANNOTATED, feedback_image_root, gated_feedback  # noqa: F401 -- re-exported
 from silkfire.artefacts import FEEDBACK_GATE as REPORT
 from silkfire.artefacts import feedback_report_dir as report_dir
+from silkfire.stages import Dep, Out
 
 PARAMS = ("quality", "silkie.sample.source", "silkie.sample.image_root", "paths.world", "paths.feedback",
           "paths.reports")
+DEPS = (
+    Dep("${paths.feedback}/annotated.jsonl"),
+    Dep("${paths.world}"),
+)
+OUTS = (
+    Out("${paths.reports}/validate_feedback"),
+)
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
