@@ -1,9 +1,10 @@
 """Both branches at smoke scale in the default suite: sample -> annotate -> validate_feedback -> pairs -> dpo ->
-evaluate_dpo and dialogues -> validate_dialogues -> fire_student, fire_teacher -> fire_bench, each through the stage
-runner (`silkfire stage <name>`'s code path: params.yaml, MLflow run, metrics file), with the branches' default settings
-shrunk to seconds of work -- once on the tiny world model and once on a tiny checkpoint of a real architecture in
-its hub layout (`model=llava_1_5_7b model.name_or_path=<folder>`: processor, chat template and image tokens of the
-family). The slow tests (test_silkie_stages.py, test_fire_stages.py) check the results in depth at a larger size.
+evaluate_dpo -> register_dpo and dialogues -> validate_dialogues -> fire_student, fire_teacher -> fire_bench, each
+through the stage runner (`silkfire stage <name>`'s code path: params.yaml, MLflow run, metrics file), with the
+branches' default settings shrunk to seconds of work -- once on the tiny world model and once on a tiny checkpoint
+of a real architecture in its hub layout (`model=llava_1_5_7b model.name_or_path=<folder>`: processor, chat template
+and image tokens of the family). The slow tests (test_silkie_stages.py, test_fire_stages.py) check the results in
+depth at a larger size.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ def test_both_branches_run_stage_by_stage(mlflow_root: Path, monkeypatch: pytest
     assert (root / "models/dpo/model/model.safetensors").is_file()
     for label in ("sft", "dpo"):
         assert 0 <= metrics["evaluate_dpo"][label]["mmhal_score"] <= 6
+    gate = metrics["register_dpo"]  # the DPO model's champion gate: against its SFT start on the val figures
+    assert gate.get("skipped") or ("against the baseline" in gate["reason"] or "champion" in gate["reason"])
 
     assert metrics["validate_dialogues"]["train"]["success"] and metrics["validate_dialogues"]["val"]["success"]
     for role in ("student", "teacher"):

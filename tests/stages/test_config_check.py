@@ -50,5 +50,5 @@ def test_params_yaml_is_not_written_for_a_refused_config(tmp_path: Path) -> None
 def test_every_stage_with_typed_settings_has_a_check() -> None:
     """The stages whose run parses a settings dataclass expose the same parser as `check`."""
     for stage in ("generate", "validate", "base", "sft", "register", "sample", "annotate", "validate_feedback", "pairs",
-                  "dpo", "validate_dialogues", "fire_student", "fire_teacher"):
+                  "dpo", "register_dpo", "validate_dialogues", "fire_student", "fire_teacher"):
         assert callable(getattr(stage_module(stage), "check", None)), stage

@@ -69,3 +69,46 @@ def test_gate_moves_the_alias_only_when_the_challenger_wins(tmp_path: Path) -> N
     assert client.get_model_version("m", versions[1]).tags["silkfire.decision"].startswith("rejected")
     table = better.markdown("v3", "v1")
     assert "PROMOTED" in table and "| val.p | primary |" in table
+
+
+def test_with_no_champion_a_baseline_must_be_beaten_first(tmp_path: Path) -> None:
+    """DPO's gate (register_dpo): the first version is compared with the SFT model it started from."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    client.create_registered_model("d")
+    first, second = (client.create_model_version("d", source=str(tmp_path / f"v{i}")).version for i in range(2))
+    rule = ChampionRule.from_mapping({"primary": {"metric": "val.dpo.s"}, "min_margin": 0.1,
+                                      "guards": {"val.dpo.h": {"mode": "min", "tolerance": 0.0}}})
+    start = {"val.dpo.s": 3.5, "val.dpo.h": 0.10}  # the SFT start's figures under the rule's names
+    worse, before = run_gate(client, "d", int(first), "champion", rule, {"val": {"dpo": {"s": 3.45, "h": 0.10}}},
+                             baseline=start)
+    assert not worse.promote and before is None and "against the baseline" in worse.reason
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("d", "champion")  # a DPO that lost to its start is never served
+    better, _ = run_gate(client, "d", int(second), "champion", rule, {"val": {"dpo": {"s": 3.7, "h": 0.08}}},
+                         baseline=start)
+    assert better.promote and client.get_model_version_by_alias("d", "champion").version == second
+
+
+def test_register_dpo_reads_dpo_figures_and_its_start_model_as_baseline() -> None:
+    from omegaconf import OmegaConf
+
+    from silkfire.config import compose
+    from silkfire.stages.register_dpo import baseline_metrics, settings
+
+    cfg = compose([])
+    rule = settings(cfg)
+    assert rule.primary.metric == "val.dpo.mmhal_score" and cfg.silkie.register.baseline == "sft"
+    evaluation = {"val": {"dpo": {"mmhal_score": 3.6}, "sft": {"mmhal_score": 3.5, "hallucination_rate": 0.1,
+                                                               "mme_perception": 700.0}}}
+    assert baseline_metrics(evaluation, [o.metric for o in rule.objectives], "sft") == {
+        "val.dpo.mmhal_score": 3.5, "val.dpo.hallucination_rate": 0.1, "val.dpo.mme_perception": 700.0}
+    for bad, match in ((["silkie.register.primary.metric=dpo.mmhal_score"], "test"),
+                       (["silkie.register.primary.metric=val.sft.mmhal_score"], "DPO figure"),
+                       (["silkie.register.baseline=base"], "baseline")):
+        with pytest.raises(ValueError, match=match):
+            settings(OmegaConf.merge(cfg, OmegaConf.from_dotlist(bad)))

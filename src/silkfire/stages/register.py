@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
 from silkfire.stages import Dep, Out
 
 PARAMS = ("register", "tracking.log_model", "paths.metrics", "paths.reports")
@@ -28,10 +29,8 @@ OUTS = (
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
-    from mlflow import MlflowClient
 
-    from silkfire.io import write_json
-    from silkfire.tracking.champion import run_gate
+    from silkfire.tracking.champion import gate_stage
 
     metrics_dir = root / cfg.paths.metrics
     sft = json.loads((metrics_dir / "sft.json").read_text(encoding="utf-8"))
@@ -39,31 +38,15 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         mlflow.set_tag("silkfire.decision", "skipped: no registered model (tracking.log_model is false)")
         return {"promoted": False, "skipped": True}
     evaluation = json.loads((metrics_dir / "evaluate.json").read_text(encoding="utf-8"))
-    name, alias, version = str(cfg.register.model), str(cfg.register.alias), int(sft["registered_version"])
-    rule = settings(cfg)
-    decision, champion = run_gate(MlflowClient(), name, version, alias, rule, evaluation)
-
-    out_dir = root / cfg.paths.reports / "register"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = decision.markdown(f"v{version}", None if champion is None else f"v{champion}")
-    (out_dir / "decision.md").write_text(table, encoding="utf-8")
-    write_json(out_dir / "comparison.json", decision.rows)
-    mlflow.log_text(table, "register/decision.md")
-    mlflow.set_tags({"silkfire.decision": "promoted" if decision.promote else "rejected",
-                     "silkfire.decision_reason": decision.reason,
-                     "silkfire.challenger": f"{name}/{version}",
-                     "silkfire.champion_before": "none" if champion is None else f"{name}/{champion}",
-                     "mlflow.note.content": table})  # the whole decision as the run's description
-    return {"promoted": decision.promote, "challenger_version": version,
-            "champion_version_before": champion, "reason": decision.reason}
+    return gate_stage(OmegaConf.to_container(cfg.register, resolve=True), str(cfg.register.model),
+                      str(cfg.register.alias), int(sft["registered_version"]), evaluation,
+                      root / cfg.paths.reports / "register")
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    if metrics.get("skipped"):
-        return "skipped (no registered model)"
-    before = metrics.get("champion_version_before")
-    verdict = "promoted to champion" if metrics.get("promoted") else "champion kept"
-    return f"v{metrics.get('challenger_version')} {verdict} (was {'none' if before is None else f'v{before}'})"
+    from silkfire.tracking.champion import gate_summary
+
+    return gate_summary(metrics)
 
 
 def settings(cfg: DictConfig) -> Any:

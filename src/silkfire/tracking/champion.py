@@ -3,7 +3,9 @@
 The rule (conf/register/default.yaml):
 - the challenger must beat the champion on the *primary* metric by at least `min_margin`;
 - on every *guard* metric it may be worse than the champion by at most that guard's `tolerance`;
-- with no champion yet, the first evaluated version becomes champion.
+- with no champion yet, the first evaluated version becomes champion -- or, given a *baseline* (the figures of the
+  model the challenger started from, measured in the same evaluation: DPO against its SFT start), it must beat
+  that baseline under the same rule.
 
 Each decided version carries its evaluation metrics as tags (`silkfire.metric.<name>`), so a later comparison reads
 the champion's figures from the registry instead of re-evaluating it, and `silkfire models` can list them.
@@ -89,8 +91,10 @@ def lookup(metrics: Mapping[str, Any], dotted: str) -> float:
     return float(value)
 
 
-def decide(rule: ChampionRule, challenger: Mapping[str, float], champion: Mapping[str, float] | None) -> Decision:
-    """Compare flat {metric: value} maps of the challenger and the current champion (None: no champion yet)."""
+def decide(rule: ChampionRule, challenger: Mapping[str, float], champion: Mapping[str, float] | None,
+           against: str = "") -> Decision:
+    """Compare flat {metric: value} maps of the challenger and the current champion (None: no champion yet);
+    ``against`` prefixes the reason (e.g. that the comparison is with a baseline, not a champion)."""
     rows: list[dict[str, Any]] = []
     for objective in rule.objectives:
         is_primary = objective is rule.primary
@@ -106,17 +110,18 @@ def decide(rule: ChampionRule, challenger: Mapping[str, float], champion: Mappin
         return Decision(True, "no champion yet: the first evaluated version becomes champion", rows)
     missing = [row["metric"] for row in rows if row["champion"] is None]
     if missing:
-        return Decision(True, f"the champion has no recorded {', '.join(missing)}: the measured challenger wins", rows)
+        return Decision(True, f"{against}the champion has no recorded {', '.join(missing)}: the measured challenger "
+                              "wins", rows)
     primary = rows[0]
     if primary["gain"] < rule.primary.margin:
-        return Decision(False, f"{primary['metric']} gain {primary['gain']:g} is below the margin "
+        return Decision(False, f"{against}{primary['metric']} gain {primary['gain']:g} is below the margin "
                                f"{rule.primary.margin:g}", rows)
     for row, guard in zip(rows[1:], rule.guards):
         if row["gain"] < -guard.margin:
-            return Decision(False, f"guard {row['metric']} drops by {-row['gain']:g} (> tolerance {guard.margin:g})",
-                            rows)
-    return Decision(True, f"{primary['metric']} improves by {primary['gain']:g} (>= {rule.primary.margin:g}) "
-                          "and every guard holds", rows)
+            return Decision(False, f"{against}guard {row['metric']} drops by {-row['gain']:g} (> tolerance "
+                                   f"{guard.margin:g})", rows)
+    return Decision(True, f"{against}{primary['metric']} improves by {primary['gain']:g} (>= "
+                          f"{rule.primary.margin:g}) and every guard holds", rows)
 
 
 def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
@@ -135,8 +140,9 @@ def champion_version(client: Any, name: str, alias: str) -> Any | None:
 
 
 def run_gate(client: Any, name: str, version: int, alias: str, rule: ChampionRule,
-             metrics: Mapping[str, Any]) -> tuple[Decision, int | None]:
-    """Record the challenger's metrics on its version, compare with `name@alias`, move the alias if it wins.
+             metrics: Mapping[str, Any], baseline: Mapping[str, float] | None = None) -> tuple[Decision, int | None]:
+    """Record the challenger's metrics on its version, compare with `name@alias` (with none yet: with
+    ``baseline`` when given, {metric: value} of the start model), move the alias if it wins.
 
     Returns the decision and the champion version it was compared with (None when there was none).
     """
@@ -147,7 +153,10 @@ def run_gate(client: Any, name: str, version: int, alias: str, rule: ChampionRul
     if current is not None and int(current.version) == int(version):
         return Decision(False, f"version {version} already holds @{alias}"), int(version)
     theirs = None if current is None else version_metrics(current.tags or {})
-    decision = decide(rule, mine, theirs)
+    against = ""
+    if theirs is None and baseline is not None:
+        theirs, against = dict(baseline), "no champion yet, against the baseline (the start model): "
+    decision = decide(rule, mine, theirs, against)
     client.set_model_version_tag(name, str(version), DECISION_TAG,
                                  ("promoted: " if decision.promote else "rejected: ") + decision.reason)
     # The whole decision (reason + comparison table) as the version's description: the registry page shows it
@@ -157,3 +166,40 @@ def run_gate(client: Any, name: str, version: int, alias: str, rule: ChampionRul
     if decision.promote:
         client.set_registered_model_alias(name, alias, str(version))
     return decision, None if current is None else int(current.version)
+
+
+def gate_stage(cfg_rule: Mapping[str, Any], name: str, alias: str, version: int, evaluation: Mapping[str, Any],
+               out_dir: Any, baseline: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """What a register stage does inside its MLflow run: the gate (:func:`run_gate`), the comparison table under
+    ``out_dir`` (decision.md, comparison.json) and as the run's description, the decision as tags; the metrics."""
+    import json
+    from pathlib import Path
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    rule = ChampionRule.from_mapping(cfg_rule)
+    decision, champion = run_gate(MlflowClient(), name, version, alias, rule, evaluation, baseline)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = decision.markdown(f"v{version}", None if champion is None else f"v{champion}")
+    (out_dir / "decision.md").write_text(table, encoding="utf-8")
+    (out_dir / "comparison.json").write_text(json.dumps(decision.rows, indent=2, sort_keys=True) + "\n",
+                                             encoding="utf-8")
+    mlflow.log_text(table, f"{out_dir.name}/decision.md")
+    mlflow.set_tags({"silkfire.decision": "promoted" if decision.promote else "rejected",
+                     "silkfire.decision_reason": decision.reason,
+                     "silkfire.challenger": f"{name}/{version}",
+                     "silkfire.champion_before": "none" if champion is None else f"{name}/{champion}",
+                     "mlflow.note.content": table})  # the whole decision as the run's description
+    return {"promoted": decision.promote, "challenger_version": version,
+            "champion_version_before": champion, "reason": decision.reason}
+
+
+def gate_summary(metrics: Mapping[str, Any]) -> str:
+    """One line for the run table of a register stage."""
+    if metrics.get("skipped"):
+        return "skipped (no registered model)"
+    before = metrics.get("champion_version_before")
+    verdict = "promoted to champion" if metrics.get("promoted") else "champion kept"
+    return f"v{metrics.get('challenger_version')} {verdict} (was {'none' if before is None else f'v{before}'})"
