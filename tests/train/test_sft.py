@@ -70,7 +70,8 @@ def test_few_steps_lower_the_loss_and_write_outputs(world: Path, base: Path, tmp
     assert (out / "metrics.json").is_file()
 
 
-@pytest.mark.parametrize("curriculum", [{}, {"families": None, "curriculum_steps": 3}], ids=["plain", "curriculum"])
+@pytest.mark.parametrize("curriculum", [{}, {"families": None, "curriculum_steps": 3}, {"group_by_length": True}],
+                         ids=["plain", "curriculum", "length-grouped"])
 def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(world: Path, base: Path, tmp_path: Path,
                                                                   curriculum: dict):
     config = _config(max_steps=8, save_steps=4, eval_steps=0, save_total_limit=3, **curriculum)
@@ -181,3 +182,32 @@ def test_a_curriculum_trains_its_families_first_then_everything(world: Path) -> 
     assert _planned(encoded, records, _config(families=None, curriculum_steps=0, max_steps=10))[0] is encoded
     with pytest.raises(ValueError, match="curriculum_families"):
         curriculum_order([{"mme"}, {"mme", "open"}], ["open"], 4, 8, 0)  # no sample has only the wanted family
+
+
+def test_length_grouped_batches_cover_every_sample_each_pass_with_less_padding(world: Path, base: Path) -> None:
+    """train.group_by_length: a planned order of seeded passes, each sample once per pass, batches of similar
+    lengths (HF's own group_by_length groups nothing for a LLaVA processor: it reads pixel_values)."""
+    from silkfire.io import read_records
+    from silkfire.models.loading import load_vlm
+    from silkfire.train.data import PlannedOrder, encode_sft_records, length_grouped_passes, select_records
+    from silkfire.train.sft import _planned
+
+    _, processor = load_vlm(base)
+    records = select_records(read_records(world / "train.jsonl"), None, None, 0)
+    encoded = encode_sft_records(records, processor, world, progress=False)
+    config = _config(families=None, max_samples=None, max_steps=12, batch_size=4, group_by_length=True)
+    planned, steps = _planned(encoded, records, config)
+    assert isinstance(planned, PlannedOrder) and steps == 12 and len(planned) == 48
+    n = len(encoded)
+    assert sorted(planned.order[:n]) == list(range(n))  # a full pass before any repeat
+    assert _planned(encoded, records, config)[0].order == planned.order  # seeded: a resumed run plans the same
+    lengths = [len(ids) for ids in encoded.input_ids]
+
+    def padding(order: list[int]) -> int:
+        batches = [order[i:i + 4] for i in range(0, len(order) - len(order) % 4, 4)]
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    shuffled = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+    assert padding(length_grouped_passes(lengths, 4, n, 0)) < padding(shuffled)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        _config(group_by_length=True, curriculum_steps=3)

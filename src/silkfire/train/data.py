@@ -421,6 +421,31 @@ class PlannedOrder(torch.utils.data.Dataset):
         return self.data[self.order[index]]
 
 
+def length_grouped(order: Sequence[int], lengths: Sequence[int], batch_size: int, generator: torch.Generator
+                   ) -> list[int]:
+    """``order`` cut into mega-batches of 32 batches, each sorted by length (stable), then the batches shuffled
+    with ``generator``: a batch holds similar lengths (little padding), the batches' order stays random."""
+    mega = 32 * batch_size
+    grouped = [i for start in range(0, len(order), mega)
+               for i in sorted(order[start:start + mega], key=lambda index: lengths[index])]
+    batches = [grouped[start:start + batch_size] for start in range(0, len(grouped), batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [i for b in shuffled for i in batches[b]]
+
+
+def length_grouped_passes(lengths: Sequence[int], batch_size: int, total_samples: int, seed: int) -> list[int]:
+    """A run's sample order as seeded passes over every sample (pass e: a permutation seeded by (seed, e), as a
+    random sampler would draw it), each pass :func:`length_grouped`; cut at ``total_samples``."""
+    out: list[int] = []
+    epoch = 0
+    while len(out) < total_samples:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+        out.extend(length_grouped(order, lengths, batch_size, generator))
+        epoch += 1
+    return out[:total_samples]
+
+
 def curriculum_order(sample_families: Sequence[set[str]], families: Sequence[str], curriculum_samples: int,
                      total_samples: int, seed: int) -> list[int]:
     """The sample order of a run that starts with a curriculum: ``curriculum_samples`` samples drawn from the ones

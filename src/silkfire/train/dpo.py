@@ -674,15 +674,14 @@ def epoch_order(data: PairData, seed: int, epoch: int, batch_size: int, group_by
     """
     import torch
 
+    from silkfire.train.data import length_grouped
+
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(data), generator=generator).tolist()
     if not group_by_length:
         return order
-    mega = 32 * batch_size
-    grouped = [i for start in range(0, len(order), mega) for i in by_length(data, order[start:start + mega])]
-    batches = [grouped[start:start + batch_size] for start in range(0, len(grouped), batch_size)]
-    shuffled = torch.randperm(len(batches), generator=generator).tolist()
-    return [i for b in shuffled for i in batches[b]]
+    lengths = [max(len(chosen), len(rejected)) for chosen, rejected in zip(data.chosen_ids, data.rejected_ids)]
+    return length_grouped(order, lengths, batch_size, generator)
 
 
 def evaluate_pairs(model: Any, data: PairData, pad_token_id: int, config: DPOConfig,

@@ -55,6 +55,7 @@ class SFTConfig:
     turns_per_sample: int = 1  # > 1 packs questions about one image into multi-turn samples (train set only)
     curriculum_steps: int = 0  # > 0: the first N optimizer steps train on curriculum_families only, then on all
     curriculum_families: tuple[str, ...] = ("open", "probe")
+    group_by_length: bool = False  # batches of similar lengths (planned order, resume-exact); not with a curriculum
     freeze: tuple[str, ...] = ("vision_tower",)  # parts kept fixed: "vision_tower", "projector", "language_model"
     seed: int = 0
     # auto: continue the newest checkpoint under out_dir/checkpoints when it carries this run's fingerprint (else
@@ -82,6 +83,9 @@ class SFTConfig:
             raise ValueError("train.turns_per_sample must be >= 1")
         if self.curriculum_steps < 0 or (self.curriculum_steps > 0 and not self.curriculum_families):
             raise ValueError("train.curriculum_steps must be >= 0, with curriculum_families naming >= 1 family")
+        if self.group_by_length and self.curriculum_steps > 0:
+            raise ValueError("train.group_by_length and train.curriculum_steps cannot be combined (the curriculum "
+                             "fixes which samples come first); set one of them")
         if self.answer_style not in ANSWER_STYLES:
             raise ValueError(f"train.answer_style must be one of {ANSWER_STYLES}, got {self.answer_style!r}")
         from silkfire.train.resume import resume_mode
@@ -359,17 +363,23 @@ def train_sft(
 
 
 def _planned(train_data: Any, train_records: Sequence[Any], config: SFTConfig) -> tuple[Any, int]:
-    """What Trainer reads, and its max_steps: the encoded data as it is (Trainer shuffles it each epoch), or with a
-    curriculum, the whole run's order planned up front (:func:`silkfire.train.data.curriculum_order`)."""
-    if config.curriculum_steps <= 0:
+    """What Trainer reads, and its max_steps: the encoded data as it is (Trainer shuffles it each epoch), or the
+    whole run's order planned up front -- with a curriculum (:func:`silkfire.train.data.curriculum_order`) or
+    length-grouped batches (:func:`silkfire.train.data.length_grouped_passes`; HF's own ``group_by_length`` reads
+    lengths from ``model_input_names[0]``, LLaVA processors' ``pixel_values``, and silently groups nothing)."""
+    if config.curriculum_steps <= 0 and not config.group_by_length:
         return train_data, config.max_steps
-    from silkfire.train.data import PlannedOrder, curriculum_order, group_conversations
+    from silkfire.train.data import PlannedOrder, curriculum_order, group_conversations, length_grouped_passes
 
-    conversations = group_conversations(train_records, config.turns_per_sample, config.seed)  # encode's samples
-    assert len(conversations) == len(train_data)
     per_step = config.batch_size * config.grad_accum
     steps = config.max_steps if config.max_steps > 0 else math.ceil(
         config.num_epochs * math.ceil(len(train_data) / per_step))
+    if config.group_by_length:
+        lengths = [len(ids) for ids in train_data.input_ids]
+        return PlannedOrder(train_data, length_grouped_passes(lengths, config.batch_size, steps * per_step,
+                                                              config.seed)), steps
+    conversations = group_conversations(train_records, config.turns_per_sample, config.seed)  # encode's samples
+    assert len(conversations) == len(train_data)
     families = [{str(record.get("family")) for record in conversation} for conversation in conversations]
     order = curriculum_order(families, config.curriculum_families, config.curriculum_steps * per_step,
                              steps * per_step, config.seed)
