@@ -27,14 +27,17 @@ test-all: $(STAMP)  ## every test, slow ones included
 # Whole-pipeline seeds (issue 14): the foundation and both branches at SEEDS, then the results tables with CIs into
 # results/seeds and the README's results block, merged with the foundation-only seeds of `make plateau` (run it first:
 # the report's plateau rate and foundation figures then cover PLATEAU_SEEDS; a seed in both sweeps counts once, from
-# its newest run). ~40 min per whole seed on 2 cores (SFT 2000 steps ~14 min, DPO ~7, the FIRE models ~10). Every
-# seed re-trains its foundation: the SFT output is `persist` (for resume), and DVC keeps no run cache for such stages.
+# its newest run; `make seeds PLATEAU_SWEEP=` reports the whole-pipeline seeds alone). The report refuses a sweep
+# with no runs, so the first line catches a missing plateau sweep before the hours of training. ~40 min per whole
+# seed on 2 cores (SFT 2000 steps ~14 min, DPO ~7, the FIRE models ~10). Every seed re-trains its foundation: the SFT output is `persist` (for resume), and DVC keeps no run cache for such stages.
 SEEDS       ?= 0,1,2
 SEEDS_SWEEP ?= seeds-2000
 seeds: $(STAMP)  ## whole-pipeline seeds + `silkfire report` (mean +- 95% CI, paired bootstrap differences)
+	$(if $(PLATEAU_SWEEP),$(BIN)/silkfire report --sweep $(PLATEAU_SWEEP) --out $(shell mktemp -d) >/dev/null)
 	$(BIN)/silkfire sweep seed=$(SEEDS) 'pipeline.branches=[silkie,fire]' --mode flow \
 		--metric evaluate.val.mme.sft.perception --name $(SEEDS_SWEEP)
-	$(BIN)/silkfire report --sweep $(SEEDS_SWEEP) --sweep $(PLATEAU_SWEEP) --out results/seeds --readme README.md
+	$(BIN)/silkfire report --sweep $(SEEDS_SWEEP) $(if $(PLATEAU_SWEEP),--sweep $(PLATEAU_SWEEP)) --out results/seeds \
+		--readme README.md
 
 # Does SFT leave the constant-answer plateau on every seed at the default budget (issue 14)? The foundation alone at
 # PLATEAU_SEEDS, then its report into results/foundation and the README's `foundation` block. ~17 min per seed.

@@ -1,6 +1,6 @@
 """How well does the trained FIRE teacher judge? Its agreement with the oracle judge on a workspace's records (issue 18).
 
-    .venv/bin/python benchmarks/teacher_judge.py --root /path/to/workspace [--limit 400] [--split val]
+    .venv/bin/python benchmarks/teacher_judge.py --root /path/to/workspace [--limit 400]
 
 Needs a workspace where both branches ran (`silkfire run "pipeline.branches=[silkie,fire]"`): the silkie branch's
 oracle-annotated records (``<paths.feedback>/annotated.jsonl``) and the FIRE branch's teacher
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
+    from silkfire.artefacts import feedback_image_root
     from silkfire.config import load_params
     from silkfire.feedback.judges import make_judge
     from silkfire.feedback.teacher_judge import agreement
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         judge = make_judge({"kind": "fire_teacher", "teacher": teachers[name]}, world_dir=root / cfg.paths.world,
                            root=root)
         started = time.perf_counter()
-        judged = judge.annotate(bare, image_root=root / cfg.paths.world)
+        judged = judge.annotate(bare, image_root=feedback_image_root(cfg, root))
         counts = judge.metrics()
         results[name] = {**agreement(reference, judged), "seconds": round(time.perf_counter() - started, 1),
                          "unparsable_share": counts["judge_unparsable"] / max(counts["judge_completions"], 1)}

@@ -178,29 +178,35 @@ def main(argv: list[str] | None = None) -> int:
     gate_report = root / "reports" / "validate" / "report.html"  # self-contained: renders with no network
     if gate_report.is_file():
         pages.append(("gate report", gate_report.as_uri(), ["Data quality gate"]))
-    if (plots := dvc_plots(root, out / "dvc_plots")) is not None:  # the training curves' PNGs render offline
+    plots = dvc_plots(root, out / "dvc_plots")  # the training curves' PNGs render offline
+    failed_plots = None if plots is not None else ("dvc plots", "(dvc plots show failed or warned)", None,
+                                                   ["metrics/curves/sft.png"], ["dvc plots show: see stderr"])
+    if plots is not None:
         pages.append(("dvc plots", plots.as_uri(), ["metrics/curves/sft.png"]))
 
     profile = Path(tempfile.mkdtemp(prefix="ui-check-chromium-"))
-    prime_local_storage(args.chromium, port, profile, DISMISSED)
-    server = start_ui(tracking_uri(root), port)
-    results = []
+    results = [] if failed_plots is None else [failed_plots]
+    server = None
     try:
+        prime_local_storage(args.chromium, port, profile, DISMISSED)
+        server = start_ui(tracking_uri(root), port)
         for index, (name, url, expected) in enumerate(pages, 1):
             shot = out / f"{index:02d}-{name.replace(' ', '-')}.png"
             dom = render(args.chromium, url, shot, args.wait_ms, profile)
             missing = [text for text in expected if _needle(text) not in dom]
             results.append((name, url, shot, expected, missing))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
         shutil.rmtree(profile, ignore_errors=True)
 
     lines = ["# MLflow UI check (headless Chromium, no network)", "",
              "| page | expected on the page | result | screenshot |", "|---|---|---|---|"]
     for name, url, shot, expected, missing in results:
         verdict = "ok" if not missing else "MISSING " + ", ".join(missing)
-        lines.append(f"| [{name}]({url}) | {', '.join(expected)} | {verdict} | [{shot.name}]({shot.name}) |")
+        picture = "-" if shot is None else f"[{shot.name}]({shot.name})"
+        lines.append(f"| [{name}]({url}) | {', '.join(expected)} | {verdict} | {picture} |")
     text = "\n".join(lines) + "\n"
     (out / "README.md").write_text(text, encoding="utf-8")
     print(text)

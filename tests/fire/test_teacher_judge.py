@@ -99,3 +99,28 @@ def test_agreement_counts_ordered_pairs_ties_and_rank_correlation() -> None:
     assert agreement([{"id": "c", **_rated(5, None)}], [{"id": "c", **_rated(1, 2)}])["completions"] == 1
     with pytest.raises(ValueError, match="record 0 is 'a'"):
         agreement([{"id": "a", **_rated(1)}], [{"id": "z", **_rated(1)}])
+
+
+def test_teacher_judged_records_pass_the_feedback_gate_the_judge_config_narrows(fire_world: Path,
+                                                                              tmp_path: Path) -> None:
+    """silkie/judge=fire_teacher rates Helpfulness only; choosing it narrows the vlfeedback gate to that aspect, so
+    the annotate -> validate_feedback chain passes (with all three aspects the N/A ratings would fail it)."""
+    from silkfire.config import compose
+    from silkfire.io import write_jsonl
+    from silkfire.quality import QualityConfig
+    from silkfire.quality.cli import validate
+
+    cfg = compose(["silkie/judge=fire_teacher"])
+    assert cfg.silkie.judge.kind == "fire_teacher" and list(cfg.quality.vlfeedback.aspects) == ["Helpfulness"]
+    records = _records(fire_world, n=3)
+    for record in records:
+        record["completions"].append({"model": "right_again", "response": record["answer"] + "."})
+        record["models"] = [c["model"] for c in record["completions"]]
+    judge = make_judge({"kind": "fire_teacher", "teacher": {"kind": "oracle"}}, world_dir=fire_world, root=".")
+    path = tmp_path / "annotated.jsonl"
+    write_jsonl(path, judge.annotate(records, image_root=fire_world))
+    narrowed = validate("vlfeedback", path, QualityConfig.from_mapping(cfg.quality), tmp_path / "gate", fire_world)
+    assert narrowed.success, narrowed.to_markdown()
+    every_aspect = validate("vlfeedback", path, QualityConfig.from_mapping(compose([]).quality), tmp_path / "all",
+                            fire_world)
+    assert not every_aspect.success  # the default gate wants all three ratings

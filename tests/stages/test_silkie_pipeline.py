@@ -1,6 +1,6 @@
 """`dvc repro pipelines/silkie/dvc.yaml` for real, in a throw-away git + DVC copy of the project on a tiny config:
-the branch runs after the foundation, its lock records the six stages, a second repro does nothing, and changing
-a DPO-only parameter re-runs dpo and evaluate_dpo alone."""
+the branch runs after the foundation, its lock records its stages, a second repro does nothing, and changing a
+DPO-only parameter re-runs dpo, evaluate_dpo and the DPO champion gate alone."""
 
 from __future__ import annotations
 
@@ -29,4 +29,4 @@ def test_dvc_repro_of_the_silkie_branch(tmp_path: Path, copy_project) -> None:
 
     assert stage_digests(root, "dpo")["models/dpo"].endswith(".dir")
 
-    assert_rerun_only(root, "silkie", overrides, "silkie.dpo.beta=0.2", ["dpo", "evaluate_dpo"])
+    assert_rerun_only(root, "silkie", overrides, "silkie.dpo.beta=0.2", ["dpo", "evaluate_dpo", "register_dpo"])

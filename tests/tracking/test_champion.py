@@ -112,3 +112,13 @@ def test_register_dpo_reads_dpo_figures_and_its_start_model_as_baseline() -> Non
                        (["silkie.register.baseline=base"], "baseline")):
         with pytest.raises(ValueError, match=match):
             settings(OmegaConf.merge(cfg, OmegaConf.from_dotlist(bad)))
+
+
+def test_gate_summary_says_what_the_challenger_was_compared_with() -> None:
+    from silkfire.tracking.champion import gate_summary
+
+    assert gate_summary({"compared_with": "baseline", "promoted": False, "challenger_version": 3}) == \
+        "v3 did not beat its start model"
+    assert gate_summary({"compared_with": "champion", "promoted": True, "challenger_version": 4,
+                         "champion_version_before": 2}) == "v4 promoted to champion (was v2)"
+    assert gate_summary({"skipped": True}) == "skipped (no registered model)"

@@ -44,7 +44,7 @@ class TeacherJudge:
     def __init__(self, teacher: Any, *, scenes: Mapping[str, Any] | None = None):
         self.teacher = teacher
         self.scenes = scenes or {}
-        self._counts = {"records": 0, "completions": 0, "unparsable": 0, "no_answer": 0}
+        self._counts = {"records": 0, "completions": 0, "unparsable": 0}
 
     def params(self) -> dict[str, Any]:
         return {"judge": self.name, **{f"teacher_{k}": v for k, v in self.teacher.describe().items()}}

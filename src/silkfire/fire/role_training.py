@@ -36,10 +36,6 @@ ROLES = ("student", "teacher")
 TURN_POLICIES = ("all", "improving")
 
 
-def sets_dir(cfg: DictConfig, root: Path) -> Path:
-    return root / cfg.paths.fire / "sft"
-
-
 def trained_turns(scores: Sequence[int | None], policy: str, threshold: float) -> list[bool]:
     """Which student turns get the loss (one flag per response; see the module docstring)."""
     if policy not in TURN_POLICIES:

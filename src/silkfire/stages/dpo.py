@@ -32,7 +32,8 @@ OUTS = (
         note="kept across repro: silkie.dpo.resume=auto continues a killed run's checkpoints (fingerprinted)"),
 )
 CURVE_NAMES = ("dpo",)  # metrics/curves/<name>.{csv,png}
-CURVES = (("loss", "dpo_loss", "nll"), ("reward_accuracy", "eval_reward_accuracy"),
+CURVES = (("loss", "dpo_loss", "nll"),
+          ("reward_accuracy", "eval_reward_accuracy", "image_reward_accuracy", "eval_image_reward_accuracy"),
           ("reward_margin", "chosen_reward", "rejected_reward"), ("chosen_logp", "rejected_logp"))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+
 from silkfire.stages import Dep, Out
 
 PARAMS = ("eval", "runtime", "paths.world", "paths.base_model", "paths.sft", "paths.reports")

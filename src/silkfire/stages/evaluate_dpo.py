@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
 from silkfire.stages import Dep, Out
 
 PARAMS = ("world.seed", "silkie.evaluate", "silkie.judge", "runtime", "paths.world", "paths.sft", "paths.dpo",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
 from silkfire.stages import Dep, Out
 
 PARAMS = (

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+
 from silkfire.stages import Out
 
 PARAMS = ("world", "paths.world")  # world.seed, not the global seed: every pipeline seed sees the same world

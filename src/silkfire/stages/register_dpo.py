@@ -70,6 +70,8 @@ def settings(cfg: DictConfig) -> Any:
     rule = ChampionRule.from_mapping(OmegaConf.to_container(cfg.silkie.register, resolve=True))
     if any(".dpo." not in objective.metric for objective in rule.objectives):
         raise ValueError("silkie.register: every metric must be a DPO figure of evaluate_dpo (val.dpo.<x>)")
+    if not cfg.silkie.evaluate.get("val", True):
+        raise ValueError("silkie.register decides on validation figures: silkie.evaluate.val must stay true")
     return rule
 
 

@@ -182,7 +182,9 @@ def gate_stage(cfg_rule: Mapping[str, Any], name: str, alias: str, version: int,
     decision, champion = run_gate(MlflowClient(), name, version, alias, rule, evaluation, baseline)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = decision.markdown(f"v{version}", None if champion is None else f"v{champion}")
+    compared_with = "champion" if champion is not None else ("baseline" if baseline is not None else "none")
+    table = decision.markdown(f"v{version}", f"v{champion}" if champion is not None
+                              else ("start model" if baseline is not None else None))
     (out_dir / "decision.md").write_text(table, encoding="utf-8")
     (out_dir / "comparison.json").write_text(json.dumps(decision.rows, indent=2, sort_keys=True) + "\n",
                                              encoding="utf-8")
@@ -192,7 +194,7 @@ def gate_stage(cfg_rule: Mapping[str, Any], name: str, alias: str, version: int,
                      "silkfire.challenger": f"{name}/{version}",
                      "silkfire.champion_before": "none" if champion is None else f"{name}/{champion}",
                      "mlflow.note.content": table})  # the whole decision as the run's description
-    return {"promoted": decision.promote, "challenger_version": version,
+    return {"promoted": decision.promote, "challenger_version": version, "compared_with": compared_with,
             "champion_version_before": champion, "reason": decision.reason}
 
 
@@ -201,5 +203,8 @@ def gate_summary(metrics: Mapping[str, Any]) -> str:
     if metrics.get("skipped"):
         return "skipped (no registered model)"
     before = metrics.get("champion_version_before")
+    if metrics.get("compared_with") == "baseline":  # no champion yet: it had to beat the model it started from
+        verdict = "beat its start model: champion" if metrics.get("promoted") else "did not beat its start model"
+        return f"v{metrics.get('challenger_version')} {verdict}"
     verdict = "promoted to champion" if metrics.get("promoted") else "champion kept"
     return f"v{metrics.get('challenger_version')} {verdict} (was {'none' if before is None else f'v{before}'})"
