@@ -29,7 +29,8 @@ test-all: $(STAMP)  ## every test, slow ones included
 # the report's plateau rate and foundation figures then cover PLATEAU_SEEDS; a seed in both sweeps counts once, from
 # its newest run; `make seeds PLATEAU_SWEEP=` reports the whole-pipeline seeds alone). The report refuses a sweep
 # with no runs, so the first line catches a missing plateau sweep before the hours of training. ~40 min per whole
-# seed on 2 cores (SFT 2000 steps ~14 min, DPO ~7, the FIRE models ~10). Every seed re-trains its foundation: the SFT output is `persist` (for resume), and DVC keeps no run cache for such stages.
+# seed on 2 cores (SFT 2000 steps ~14 min, DPO ~7, the FIRE models ~10). Every seed re-trains its foundation: the
+# SFT output is `persist` (for resume), and DVC keeps no run cache for such stages.
 SEEDS       ?= 0,1,2
 SEEDS_SWEEP ?= seeds-2000
 seeds: $(STAMP)  ## whole-pipeline seeds + `silkfire report` (mean +- 95% CI, paired bootstrap differences)
