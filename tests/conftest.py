@@ -60,7 +60,8 @@ def copy_project(mlflow_db_template: Path):  # noqa: ANN201 -- returns the copyi
             target = root / name
             target.parent.mkdir(parents=True, exist_ok=True)
             if source.is_dir():
-                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+                # a workspace's own dvc.lock files (a branch run here) are not part of the project
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dvc.lock"))
             else:
                 shutil.copyfile(source, target)
         (root / ".gitignore").write_text((PROJECT_ROOT / ".gitignore").read_text())
