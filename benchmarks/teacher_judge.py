@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judges", default="trained,fire_oracle")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--note", default="", help="provenance to keep with the figures (which run's files)")
     args = parser.parse_args(argv)
 
     from silkfire.artefacts import feedback_image_root
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {**agreement(reference, judged), "seconds": round(time.perf_counter() - started, 1),
                          "unparsable_share": counts["judge_unparsable"] / max(counts["judge_completions"], 1)}
 
-    report = {"records": len(reference), "annotated_file": str(annotated_file), "teacher": str(teacher_dir),
+    report = {"note": args.note, "records": len(reference), "annotated_file": str(annotated_file), "teacher": str(teacher_dir),
               "seed": int(cfg.seed), "results": results, "git_commit": git("rev-parse", "HEAD"),
               "workspace_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                                  text=True, check=False).stdout.strip(),
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"teacher_judge-{time.strftime('%Y-%m-%dT%H%MZ', time.gmtime())}.json"
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"{len(reference)} records of {annotated_file} (seed {cfg.seed}); agreement with the VLFeedback oracle:")
+    print(f"{len(reference)} records of {annotated_file}; agreement with the VLFeedback oracle:")
     print(f"{'judge':<12} {'pairs':>6} {'pairwise acc':>12} {'judge ties':>10} {'spearman':>9} {'no score':>9} "
           f"{'seconds':>8}")
     for name, row in results.items():
