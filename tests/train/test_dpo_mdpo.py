@@ -11,20 +11,9 @@ import torch
 from PIL import Image
 
 from silkfire.io import read_records, write_jsonl
-from silkfire.models.testing import make_test_model, make_test_world
 from silkfire.train.dpo import REFERENCE_FILE, DPOConfig, ImageCorruptor, dpo_loss, mdpo_loss, train_dpo
 
-from .test_dpo import _config, pairs_file  # noqa: F401 -- the module-scoped pairs fixture
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_test_world(tmp_path_factory.mktemp("world"), train_scenes=3, val_scenes=1, test_scenes=1)
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_test_model(tmp_path_factory.mktemp("base") / "model")
+from .test_dpo import _config, base, pairs_file, world  # noqa: F401 -- test_dpo's module fixtures, shared
 
 
 def test_mdpo_adds_the_image_conditional_and_anchor_terms_to_dpo() -> None:

@@ -7,7 +7,6 @@ decision goes to the model version's tags, this run's tags, and a comparison tab
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +27,12 @@ OUTS = (
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
-    import mlflow
-
     from silkfire.tracking.champion import gate_stage
 
     metrics_dir = root / cfg.paths.metrics
-    sft = json.loads((metrics_dir / "sft.json").read_text(encoding="utf-8"))
-    if not cfg.tracking.log_model or "registered_version" not in sft:
-        mlflow.set_tag("silkfire.decision", "skipped: no registered model (tracking.log_model is false)")
-        return {"promoted": False, "skipped": True}
-    evaluation = json.loads((metrics_dir / "evaluate.json").read_text(encoding="utf-8"))
-    return gate_stage(OmegaConf.to_container(cfg.register, resolve=True), str(cfg.register.model),
-                      str(cfg.register.alias), int(sft["registered_version"]), evaluation,
-                      root / cfg.paths.reports / "register")
+    return gate_stage(settings(cfg), str(cfg.register.model), str(cfg.register.alias), metrics_dir / "sft.json",
+                      metrics_dir / "evaluate.json", root / cfg.paths.reports / "register",
+                      log_model=bool(cfg.tracking.log_model))
 
 
 def summary(metrics: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ evaluation (each ``val.dpo.<x>`` against ``val.sft.<x>``): a DPO run that made t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +34,17 @@ def baseline_metrics(evaluation: dict[str, Any], metrics: list[str], start: str)
 
 
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
-    import mlflow
-
     from silkfire.tracking.champion import gate_stage
 
     metrics_dir = root / cfg.paths.metrics
-    dpo = json.loads((metrics_dir / "dpo.json").read_text(encoding="utf-8"))
-    if not cfg.tracking.log_model or "registered_version" not in dpo:
-        mlflow.set_tag("silkfire.decision", "skipped: no registered model (tracking.log_model is false)")
-        return {"promoted": False, "skipped": True}
-    evaluation = json.loads((metrics_dir / "evaluate_dpo.json").read_text(encoding="utf-8"))
     rule = settings(cfg)
     start = cfg.silkie.register.get("baseline")
-    baseline = None if start is None else baseline_metrics(evaluation, [o.metric for o in rule.objectives],
-                                                           str(start))
-    return gate_stage(OmegaConf.to_container(cfg.silkie.register, resolve=True), str(cfg.silkie.register.model),
-                      str(cfg.silkie.register.alias), int(dpo["registered_version"]), evaluation,
-                      root / cfg.paths.reports / "register_dpo", baseline)
+    metrics = [objective.metric for objective in rule.objectives]
+    return gate_stage(rule, str(cfg.silkie.register.model), str(cfg.silkie.register.alias), metrics_dir / "dpo.json",
+                      metrics_dir / "evaluate_dpo.json", root / cfg.paths.reports / "register_dpo",
+                      log_model=bool(cfg.tracking.log_model),
+                      baseline=None if start is None else lambda evaluation: baseline_metrics(evaluation, metrics,
+                                                                                              str(start)))
 
 
 def summary(metrics: dict[str, Any]) -> str:

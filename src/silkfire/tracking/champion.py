@@ -14,7 +14,7 @@ the champion's figures from the registry instead of re-evaluating it, and `silkf
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,26 +168,37 @@ def run_gate(client: Any, name: str, version: int, alias: str, rule: ChampionRul
     return decision, None if current is None else int(current.version)
 
 
-def gate_stage(cfg_rule: Mapping[str, Any], name: str, alias: str, version: int, evaluation: Mapping[str, Any],
-               out_dir: Any, baseline: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """What a register stage does inside its MLflow run: the gate (:func:`run_gate`), the comparison table under
-    ``out_dir`` (decision.md, comparison.json) and as the run's description, the decision as tags; the metrics."""
+def gate_stage(rule: ChampionRule, name: str, alias: str, training_metrics: Any, evaluation_metrics: Any,
+               out_dir: Any, *, log_model: bool,
+               baseline: Callable[[Mapping[str, Any]], Mapping[str, float]] | None = None) -> dict[str, Any]:
+    """What a register stage does inside its MLflow run: the version its training stage registered
+    (``registered_version`` of the ``training_metrics`` JSON; none: skipped, said as a tag), the gate
+    (:func:`run_gate`) on the ``evaluation_metrics`` JSON (``baseline``: the start model's figures from it), the
+    comparison table under ``out_dir`` (decision.md, comparison.json) and as the run's description, the decision as
+    tags; the stage's metrics."""
     import json
     from pathlib import Path
 
     import mlflow
     from mlflow import MlflowClient
 
-    rule = ChampionRule.from_mapping(cfg_rule)
-    decision, champion = run_gate(MlflowClient(), name, version, alias, rule, evaluation, baseline)
+    from silkfire.io import write_json
+
+    training = json.loads(Path(training_metrics).read_text(encoding="utf-8"))
+    if not log_model or "registered_version" not in training:
+        mlflow.set_tag("silkfire.decision", "skipped: no registered model (tracking.log_model is false)")
+        return {"promoted": False, "skipped": True}
+    version = int(training["registered_version"])
+    evaluation = json.loads(Path(evaluation_metrics).read_text(encoding="utf-8"))
+    start = None if baseline is None else baseline(evaluation)
+    decision, champion = run_gate(MlflowClient(), name, version, alias, rule, evaluation, start)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    compared_with = "champion" if champion is not None else ("baseline" if baseline is not None else "none")
+    compared_with = "champion" if champion is not None else ("baseline" if start is not None else "none")
     table = decision.markdown(f"v{version}", f"v{champion}" if champion is not None
-                              else ("start model" if baseline is not None else None))
+                              else ("start model" if start is not None else None))
     (out_dir / "decision.md").write_text(table, encoding="utf-8")
-    (out_dir / "comparison.json").write_text(json.dumps(decision.rows, indent=2, sort_keys=True) + "\n",
-                                             encoding="utf-8")
+    write_json(out_dir / "comparison.json", decision.rows)
     mlflow.log_text(table, f"{out_dir.name}/decision.md")
     mlflow.set_tags({"silkfire.decision": "promoted" if decision.promote else "rejected",
                      "silkfire.decision_reason": decision.reason,

@@ -471,6 +471,20 @@ def curriculum_order(sample_families: Sequence[set[str]], families: Sequence[str
     return head + passes(list(range(len(sample_families))), total_samples - len(head))
 
 
+def pad_rows(ids: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], pad_token_id: int
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids with ``pad_token_id``, labels with -100, attention mask) of variable-length rows."""
+    length = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), length), pad_token_id, dtype=torch.long)
+    label_ids = torch.full((len(ids), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(ids), length), dtype=torch.long)
+    for row, (tokens, targets) in enumerate(zip(ids, labels)):
+        input_ids[row, :len(tokens)] = tokens
+        label_ids[row, :len(targets)] = targets
+        mask[row, :len(tokens)] = 1
+    return input_ids, label_ids, mask
+
+
 class SFTCollator:
     """Right-pads ids (pad id), labels (-100), builds the attention mask and batches the image inputs
     (:func:`collate_images`); with ``image_token_id`` and Qwen2-VL inputs also ``mm_token_type_ids``."""
@@ -480,16 +494,8 @@ class SFTCollator:
         self.image_token_id = image_token_id
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        length = max(len(f["input_ids"]) for f in features)
-        batch = len(features)
-        input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((batch, length), dtype=torch.long)
-        for row, feature in enumerate(features):
-            n = len(feature["input_ids"])
-            input_ids[row, :n] = feature["input_ids"]
-            labels[row, :n] = feature["labels"]
-            attention_mask[row, :n] = 1
+        input_ids, labels, attention_mask = pad_rows([f["input_ids"] for f in features],
+                                                     [f["labels"] for f in features], self.pad_token_id)
         images = collate_images([{key: value for key, value in f.items() if key not in ("input_ids", "labels")}
                                  for f in features])
         out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **images}

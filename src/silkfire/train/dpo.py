@@ -250,21 +250,11 @@ def split_pairs(pairs: Sequence[Mapping[str, Any]], fraction: float, seed: int) 
 
 def collate_pairs(data: PairData, indices: Sequence[int], pad_token_id: int) -> dict[str, Any]:
     """One batch of 2B rows: the B chosen sequences, then the B rejected ones (right-padded)."""
-    import torch
+    from silkfire.train.data import image_batch, pad_rows
 
-    from silkfire.train.data import IGNORE_INDEX
-
-    ids = [data.chosen_ids[i] for i in indices] + [data.rejected_ids[i] for i in indices]
-    labels = [data.chosen_labels[i] for i in indices] + [data.rejected_labels[i] for i in indices]
-    length = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), length), pad_token_id, dtype=torch.long)
-    label_ids = torch.full((len(ids), length), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(ids), length), dtype=torch.long)
-    for row, (tokens, targets) in enumerate(zip(ids, labels)):
-        input_ids[row, :len(tokens)] = tokens
-        label_ids[row, :len(targets)] = targets
-        mask[row, :len(tokens)] = 1
-    from silkfire.train.data import image_batch
+    input_ids, label_ids, mask = pad_rows(
+        [data.chosen_ids[i] for i in indices] + [data.rejected_ids[i] for i in indices],
+        [data.chosen_labels[i] for i in indices] + [data.rejected_labels[i] for i in indices], pad_token_id)
 
     images = [data.image_index[i] for i in indices]
     return {"input_ids": input_ids, "attention_mask": mask, "labels": label_ids,
@@ -544,22 +534,12 @@ class ImageCorruptor:
 def corrupt_logps(model: Any, data: PairData, indices: Sequence[int], pad_token_id: int,
                   runtime: Runtime | None = None) -> Any:
     """Answer log-prob sums of the chosen responses at ``indices`` given their corrupted images (mdpo)."""
-    import torch
-
-    from silkfire.train.data import IGNORE_INDEX
+    from silkfire.train.data import pad_rows
 
     if data.corruptor is None or data.images is None:
         raise ValueError("mdpo: the pairs carry no image corruptor (train_dpo sets it for loss=mdpo)")
-    ids = [data.chosen_ids[i] for i in indices]
-    labels = [data.chosen_labels[i] for i in indices]
-    length = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), length), pad_token_id, dtype=torch.long)
-    label_ids = torch.full((len(ids), length), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(ids), length), dtype=torch.long)
-    for row, (tokens, targets) in enumerate(zip(ids, labels)):
-        input_ids[row, :len(tokens)] = tokens
-        label_ids[row, :len(targets)] = targets
-        mask[row, :len(tokens)] = 1
+    input_ids, label_ids, mask = pad_rows([data.chosen_ids[i] for i in indices],
+                                          [data.chosen_labels[i] for i in indices], pad_token_id)
     images = data.corruptor.inputs([data.ids[i] for i in indices], [data.images[i] for i in indices])
     logps, _ = sequence_logps(model, {"input_ids": input_ids, "attention_mask": mask, "labels": label_ids, **images},
                               runtime)
