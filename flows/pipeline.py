@@ -7,6 +7,7 @@ per stage, retries, pushing data and models to the DVC remote, and a summary art
 
 Run it:       silkfire run [hydra overrides...]        (or: python flows/pipeline.py)
 Schedule it:  silkfire serve --cron "0 2 * * *"
+Rounds:       silkfire rounds run --rounds 3 [overrides]  (alignment_rounds: the Silkie branch from @champion)
 """
 
 from __future__ import annotations
@@ -172,6 +173,21 @@ def pipeline(overrides: list[str] | None = None, push_to_remote: bool = True,
     create_markdown_artifact(table, key="silkfire-summary", description="Silkfire pipeline run summary")
     print_table(rows, parent.info.run_id, wall)
     return [row.as_dict() for row in rows]
+
+
+@flow(name="silkfire-rounds", log_prints=True)
+def alignment_rounds(rounds: int | None = None, more: int | None = None, overrides: list[str] | None = None,
+                     name: str = "rounds", push_to_remote: bool = True) -> dict[str, Any]:
+    """Alignment rounds (silkfire.rounds): each round runs this module's pipeline flow as a subflow on the Silkie
+    branch, from the current @champion of silkfire-dpo, and promotes only a validated winner. ``rounds``: the series'
+    length; ``more``: rounds to add past its finished ones (a nightly deployment: 1)."""
+    from silkfire.rounds import run_rounds, show
+
+    manifest = run_rounds(overrides or [], total=rounds, more=more, name=name,
+                          flow_runner=lambda round_overrides: pipeline(overrides=round_overrides,
+                                                                       push_to_remote=push_to_remote))
+    create_markdown_artifact(show(name), key="silkfire-rounds", description="Alignment rounds: the curve")
+    return manifest
 
 
 def scheduled_deployment(cron: str, overrides: list[str] | None = None, name: str = "silkfire-nightly"):

@@ -17,11 +17,11 @@ def test_deployments_name_the_flow_and_its_parameters() -> None:
 
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     flows = load_flow_module(ROOT)
-    accepted = set(inspect.signature(flows.pipeline.fn).parameters)
     assert spec["deployments"]
     for deployment in spec["deployments"]:
         path, _, name = deployment["entrypoint"].partition(":")
         assert (ROOT / path).is_file() and hasattr(flows, name)
+        accepted = set(inspect.signature(getattr(flows, name).fn).parameters)
         assert set(deployment["parameters"]) <= accepted, deployment["name"]
         assert deployment["concurrency_limit"] == 1
         for schedule in deployment["schedules"]:

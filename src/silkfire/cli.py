@@ -32,6 +32,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rounds_run(args: argparse.Namespace) -> int:
+    from silkfire.rounds import RoundsError, run_rounds, show
+
+    try:
+        run_rounds(list(args.overrides), total=args.rounds, more=args.more, name=args.name)
+    except RoundsError as error:
+        print(f"silkfire rounds: {error}", file=sys.stderr)
+        return 2
+    show(args.name)
+    return 0
+
+
+def _cmd_rounds_show(args: argparse.Namespace) -> int:
+    from silkfire.rounds import RoundsError, show
+
+    try:
+        show(args.name)
+    except RoundsError as error:
+        print(f"silkfire rounds: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_stage(args: argparse.Namespace) -> int:
     with _holding_workspace(f"silkfire stage {args.name}"):  # under `silkfire run` / a sweep: joins their lock
         from silkfire.stages.runner import run_stage
@@ -406,6 +429,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default 400: twice the constant answer's 200)")
     report.add_argument("--verbose", action="store_true", help="say which artefacts are downloaded")
     report.set_defaults(func=_cmd_report)
+
+    rounds = sub.add_parser("rounds", help="alignment rounds: DPO from @champion, promoted only on a validated win")
+    actions = rounds.add_subparsers(dest="action", required=True)
+    rounds_run = actions.add_parser("run", help="run (or resume) a series of rounds through the pipeline flow")
+    rounds_run.add_argument("overrides", nargs="*", help="Hydra overrides of every round, e.g. experiment=smoke")
+    length = rounds_run.add_mutually_exclusive_group(required=True)
+    length.add_argument("--rounds", type=int, help="the series' length: run its rounds up to N (finished ones skip)")
+    length.add_argument("--more", type=int, help="add K rounds past the finished ones (a nightly schedule: 1)")
+    rounds_run.add_argument("--name", default="rounds", help="the series (reports/rounds/NAME/rounds.json)")
+    rounds_run.set_defaults(func=_cmd_rounds_run)
+    rounds_show = actions.add_parser("show", help="the series' curve: a table and reports/rounds/NAME/rounds.png")
+    rounds_show.add_argument("--name", default="rounds")
+    rounds_show.set_defaults(func=_cmd_rounds_show)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the project's store")
     ui.add_argument("--host", default="127.0.0.1")

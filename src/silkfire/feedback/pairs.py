@@ -198,3 +198,30 @@ def _require_annotations(source: str | Path, records: Sequence[Mapping[str, Any]
               for j, completion in enumerate(record["completions"]) if completion.get("annotations") is None]
     if errors:
         raise FeedbackFormatError("\n".join(errors))
+
+
+def replay_pairs(new: Sequence[Mapping[str, Any]], earlier: Sequence[tuple[str, Sequence[Mapping[str, Any]]]],
+                 share: float, seed: int) -> list[dict[str, Any]]:
+    """Earlier rounds' pairs to mix into this round's ``new`` ones (alignment rounds' replay): a seeded draw without
+    replacement making ``share`` of the final set, from ``earlier`` = [(round label, pairs)]. A pair equal to a new
+    one (image, prompt, chosen, rejected) or drawn already is never drawn; ids get the round label as a prefix
+    (``round1/<id>``) so they stay unique beside this round's."""
+    import random
+
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"silkie.pairs.replay.share must be in [0, 1), got {share}")
+    if share == 0.0 or not new:
+        return []
+
+    def key(pair: Mapping[str, Any]) -> tuple[Any, ...]:
+        return pair["img_path"], pair["prompt"], _text(pair["chosen"]), _text(pair["rejected"])
+
+    seen = {key(pair) for pair in new}
+    candidates: list[dict[str, Any]] = []
+    for label, pairs in earlier:
+        for pair in pairs:
+            if key(pair) not in seen:
+                seen.add(key(pair))
+                candidates.append(dict(pair) | {"id": f"{label}/{pair['id']}"})
+    wanted = round(share / (1.0 - share) * len(new))
+    return random.Random(seed).sample(candidates, min(wanted, len(candidates)))

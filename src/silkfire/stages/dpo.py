@@ -1,4 +1,5 @@
-"""Stage `dpo`: DPO of the SFT model on the gated preference pairs (silkfire.train.dpo).
+"""Stage `dpo`: DPO of the start model (`silkie.start_model`: the SFT model, or an alignment round's champion) on the
+gated preference pairs (silkfire.train.dpo).
 
 Per-step metrics (loss, reward accuracy/margin, chosen/rejected rewards and log-probs, learning rate) stream to
 MLflow; the curves are a plot artefact and `metrics/curves/dpo.{csv,png}` (DVC plots). The model folder is logged and
@@ -17,7 +18,8 @@ from silkfire.quality.verdict import require_passed
 from silkfire.stages import Dep, Out
 
 PARAMS = ("silkie.dpo", "runtime", "silkie.registered_model", "silkie.sample.source", "silkie.sample.image_root",
-          "tracking.log_model", "tracking.candidate_alias", "paths.world", "paths.feedback", "paths.reports", "paths.sft", "paths.dpo", "paths.metrics")
+          "silkie.start_model", "tracking.log_model", "tracking.candidate_alias", "paths.world", "paths.feedback",
+          "paths.reports", "paths.dpo", "paths.metrics")
 DEPS = (
     Dep("${paths.feedback}/pairs.jsonl"),
     Dep("${paths.reports}/pairs/verdict.json",
@@ -25,7 +27,8 @@ DEPS = (
     Dep("${paths.reports}/validate_feedback/verdict.json",
         "... nor on pairs built from records that did not pass theirs"),
     Dep("${paths.world}"),
-    Dep("${paths.sft}"),
+    Dep("${silkie.start_model}",
+        "the model DPO starts from and is the reference of: the SFT model, or an alignment round's champion"),
 )
 OUTS = (
     Out("${paths.dpo}", persist=True,
@@ -70,7 +73,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     pairs = gated_pairs(cfg, root)
     log_dvc_dataset(root, f"{cfg.paths.feedback}/pairs.jsonl", pairs, "silkie-pairs", context="train")
     out_dir = root / cfg.paths.dpo
-    result = train_dpo(root / cfg.paths.sft / "model", pairs, feedback_image_root(cfg, root),
+    result = train_dpo(root / cfg.silkie.start_model, pairs, feedback_image_root(cfg, root),
                        settings(cfg), out_dir, callbacks=[mlflow_logger()])
     publish_curves(out_dir / "history.csv", dpo_curves(result.history), root / cfg.paths.metrics, "dpo")
     metrics: dict[str, Any] = dict(result.metrics)

@@ -1,4 +1,5 @@
-"""Stage `evaluate_dpo`: the SFT model and its DPO successor side by side on the held-out world sets.
+"""Stage `evaluate_dpo`: the DPO model beside its start (`silkie.start_model`, reported as `sft`: the SFT model, or an
+alignment round's champion) on the held-out world sets.
 
 - MME-style yes/no set (`mme.jsonl`, greedy, official MME parser; eval.generate + eval.mme as `evaluate`);
 - MMHal-style set built from the test scenes (eval.mmhal: 8 interleaved types), greedy answers with no
@@ -19,11 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from silkfire.stages import Dep, Out
 
-PARAMS = ("world.seed", "silkie.evaluate", "silkie.judge", "runtime", "paths.world", "paths.sft", "paths.dpo",
+PARAMS = ("world.seed", "silkie.evaluate", "silkie.judge", "silkie.start_model", "runtime", "paths.world", "paths.dpo",
           "paths.reports")
 DEPS = (
     Dep("${paths.world}"),
-    Dep("${paths.sft}"),
+    Dep("${silkie.start_model}",
+        "measured beside the DPO model as `sft`: its start (the SFT model, or an alignment round's champion)"),
     Dep("${paths.dpo}"),
 )
 OUTS = (
@@ -100,7 +102,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
                          build_mmhal_world(world, val_dir / "mmhal_items.jsonl", seed=world_seed,
                                            max_items=options.get("val_mmhal_max_items"), split="val"), val_dir)
     rater = _rater(cfg, root)
-    sources = {"sft": root / cfg.paths.sft / "model", "dpo": root / cfg.paths.dpo / "model"}
+    sources = {"sft": root / cfg.silkie.start_model, "dpo": root / cfg.paths.dpo / "model"}
 
     results: dict[str, dict[str, dict[str, Any]]] = {split: {} for split in splits}
     try:

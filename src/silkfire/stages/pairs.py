@@ -1,6 +1,9 @@
 """Stage `pairs`: VLFeedback's pair rule (mean of the 3 aspect ratings; ties dropped, non-numeric skipped; optional
 margin and cap per prompt) on the gated records, then the `pairs` quality gate on the result -- under the same
-rule (``silkie.pairs.rule`` becomes ``quality.pairs.rule``: silkie's repeated and equal texts pass, strict's not)."""
+rule (``silkie.pairs.rule`` becomes ``quality.pairs.rule``: silkie's repeated and equal texts pass, strict's not).
+
+Alignment rounds (silkfire.rounds) add a replay share of earlier rounds' gated pairs (``silkie.pairs.replay``: files
+pinned by md5, so DVC re-runs the stage exactly when they change); replayed pairs pass this round's gate too."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from omegaconf import DictConfig, open_dict
 from silkfire.artefacts import PAIRS, PAIRS_GATE, gated_pairs  # noqa: F401 -- gated_pairs re-exported
 from silkfire.stages import Dep, Out
 
-PARAMS = ("quality", "silkie.pairs", "silkie.sample.source", "silkie.sample.image_root", "paths.world",
+PARAMS = ("quality", "silkie.pairs", "silkie.seed", "silkie.sample.source", "silkie.sample.image_root", "paths.world",
           "paths.feedback", "paths.reports")
 DEPS = (
     Dep("${paths.feedback}/annotated.jsonl"),
@@ -53,6 +56,9 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
                                 float(options.min_margin), None if cap is None else int(cap), rule=str(options.rule))
     if not pairs:
         raise ValueError(f"pairs: no pair could be built ({counts}); every prompt's responses tie or lack ratings")
+    replayed = replay(cfg, root, pairs)
+    counts = {**counts, "new_pairs": len(pairs), "replayed": len(replayed), "pairs": len(pairs) + len(replayed)}
+    pairs = pairs + replayed
     out = root / cfg.paths.feedback / OUTPUT
     write_jsonl(out, pairs)
     reports = root / cfg.paths.reports / REPORT
@@ -65,9 +71,33 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     return {**counts, "mean_margin": round(margin, 4), "win_rate": win_rate, "gate": gate}
 
 
+def replay(cfg: DictConfig, root: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``silkie.pairs.replay``: the earlier rounds' pairs drawn into this round (none by default)."""
+    from silkfire.feedback.pairs import replay_pairs
+    from silkfire.io import file_digest, read_records
+
+    options = cfg.silkie.pairs.get("replay") or {}
+    share, sources = float(options.get("share", 0.0)), list(options.get("sources") or [])
+    if share == 0.0 or not sources:
+        return []
+    earlier = []
+    for index, source in enumerate(sources):
+        where = f"silkie.pairs.replay.sources[{index}]"
+        path = root / str(source["path"])
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: {path} is missing (silkfire rounds archives each round's pairs under "
+                                    "silkie.rounds.archive_dir; restore it or start a new rounds series)")
+        if (digest := file_digest(path)) != str(source["md5"]):
+            raise ValueError(f"{where}: {path} has md5 {digest}, the config pins {source['md5']}: the file changed "
+                             "after its round archived it")
+        earlier.append((str(source.get("label") or f"replay{index}"), read_records(path)))
+    return replay_pairs(new, earlier, share, int(cfg.silkie.seed))
+
+
 def summary(metrics: dict[str, Any]) -> str:
+    replayed = f", +{metrics['replayed']} replayed" if metrics.get("replayed") else ""
     return (f"{metrics.get('pairs', '?')} pairs from {metrics.get('records', '?')} records "
-            f"({metrics.get('ties', 0)} ties, {metrics.get('skipped', 0)} skipped)")
+            f"({metrics.get('ties', 0)} ties, {metrics.get('skipped', 0)} skipped){replayed}")
 
 
 def check(cfg: DictConfig) -> None:

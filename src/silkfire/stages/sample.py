@@ -24,7 +24,7 @@ from silkfire.artefacts import feedback_image_root as image_root
 from silkfire.stages import Dep, Out
 
 PARAMS = ("silkie.seed", "world", "runtime", "silkie.sample", "quality.max_image_pixels", "silkie.fanout", "paths.world", "paths.reports", "paths.base_model",
-          "paths.sft", "paths.feedback")
+          "paths.sft", "paths.feedback", "silkie.start_model")
 DEPS = (
     Dep("${paths.world}"),
     Dep("${paths.reports}/validate/verdict.json",
@@ -32,6 +32,8 @@ DEPS = (
     Dep("${paths.base_model}"),
     Dep("${paths.sft}",
         "the final SFT model and its step checkpoints are pool members"),
+    Dep("${silkie.start_model}",
+        "an alignment round's champion is a pool member (silkie.sample.pool.champion)"),
 )
 OUTS = (
     Out("${paths.feedback}/samples.jsonl"),
