@@ -21,8 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 # one parser of the teacher's Score line and of what the student is shown, shared with silkfire.fire
 from silkfire.fire.text import feedback_text, parse_score  # noqa: F401  (re-exported: quality.fire.parse_score)
+from silkfire.quality.columnar import Columnar, Screen, as_mask, objects, per_row_all, shorter, visible
 from silkfire.quality.config import FireConfig, QualityConfig
 from silkfire.quality.derive import OK
 from silkfire.quality.gate import Check, between, is_ok
@@ -138,6 +143,10 @@ def _dialog_text(value: Any, name: str) -> tuple[str | None, str | None]:
     return text, OK
 
 
+DERIVED = ("image__path", "question__value", "question__status", "question__tokens", "groundtruth__status",
+           "groundtruth__tokens", "conversations__status", "conversations__tokens", "round__turns", "score__parsed",
+           "score__agreement", "feedback__leak")  # derive_fire's columns, in order
+
 _ROLES = [STUDENT, TEACHER] * 32  # expected roles/types of dialogues up to 32 rounds (longer: the slow path)
 _TYPES = [TURN_TYPE[STUDENT], TURN_TYPE[TEACHER]] * 32
 
@@ -211,9 +220,7 @@ def derive_fire(records: Sequence[dict[str, Any]], status: Sequence[str], cfg: F
     low, high = config.min_tokens, config.max_tokens_for("fire")
     short = 2 * high - 1 if low <= 1 else -1  # a string shorter than this cannot exceed `high` tokens
     smin, smax = cfg.scores
-    names = ("image__path", "question__value", "question__status", "question__tokens", "groundtruth__status",
-             "groundtruth__tokens", "conversations__status", "conversations__tokens", "round__turns",
-             "score__parsed", "score__agreement", "feedback__leak")
+    names = DERIVED
     columns: dict[str, list[Any]] = {name: [] for name in names}
     (image_path, q_value, q_status, q_tokens, gt_status, gt_tokens, conv_status, conv_tokens, round_turns,
      score_parsed, score_agree, leak) = (columns[name].append for name in names)
@@ -272,6 +279,133 @@ def derive_fire(records: Sequence[dict[str, Any]], status: Sequence[str], cfg: F
     return Derived(columns, {"final_score": final_scores})
 
 
+# ---- the same rules over columns: which rows certainly pass (silkfire.quality.columnar) ---------------------------
+_DIALOG = pa.struct([("role", pa.string()), ("value", pa.string())])
+_TURN = pa.struct([("role", pa.string()), ("type", pa.string()), ("value", pa.string())])
+ARROW_SCHEMA = pa.schema([
+    ("image", pa.string()), ("question", _DIALOG), ("conversations", pa.list_(_TURN)), ("groundtruth", _DIALOG),
+    ("source", pa.string()), ("round", pa.int64()), ("score", pa.list_(pa.int64())), ("split", pa.string()),
+    ("img_path", pa.string()),
+])
+# "Score: 7." / "Score: 5/10.": the Score line first, the integer right after it (parse_score's answer for
+# such turns); any other layout is left to parse_score itself
+_SCORE_AT_START = r"^Score: *(?P<score>\d{1,9})(?:\D|$)"
+
+
+def screen_fire(table: pa.Table, cfg: FireConfig, config: QualityConfig) -> Screen | None:
+    """The rows of an Arrow block that pass every rule of :func:`derive_fire` and the schema, proven over
+    columns; None when the block has no rows or every text needs a token count (``min_tokens > 1``)."""
+    low, high = config.min_tokens, config.max_tokens_for("fire")
+    rows = table.num_rows
+    if low > 1 or not rows:
+        return None
+    short = 2 * high - 1  # as derive_fire: a shorter string cannot exceed `high` tokens
+    table = table.combine_chunks()
+    column = {name: table.column(name).chunk(0) for name in table.column_names}
+
+    def dialog(name: str) -> tuple[pa.Array, np.ndarray]:  # {role: str, value: non-blank str}, no count needed
+        value = pc.struct_field(column[name], "value")
+        role_ok = as_mask(pc.is_valid(pc.struct_field(column[name], "role")))
+        return value, visible(value) & shorter(value, short) & role_ok
+
+    question, clean = dialog("question")
+    groundtruth, gt_ok = dialog("groundtruth")
+    clean &= gt_ok & visible(column["image"]) & visible(column["source"]) & as_mask(pc.is_valid(column["round"]))
+    for name in ("split", "img_path"):  # absent, or a non-blank string
+        clean &= ~as_mask(pc.is_valid(column[name])) | visible(column[name])
+
+    turns, teachers, scores = _turn_columns(column["conversations"], rows, short)
+    clean &= turns & as_mask(pc.equal(column["round"], pa.array(teachers.count)))
+    clean &= teachers.in_range(*cfg.scores) & _stored_scores_agree(column["score"], teachers, rows)
+    clean &= ~_maybe_leaks(groundtruth, teachers, clean, cfg)
+
+    final = scores[teachers.start[clean] + teachers.count[clean] - 1]  # every clean row has a teacher turn
+    values, tally = np.unique(final, return_counts=True)
+    keep = pa.array(clean)
+    image_path = objects(column[cfg.image_field].filter(keep))
+    return Screen(
+        clean=clean,
+        types={"image": "text", "question": "dict", "conversations": "list", "groundtruth": "dict",
+               "source": "text", "round": "int", "score": "list", "human_rating": "missing",
+               **{name: np.where(as_mask(pc.is_valid(column[name]))[clean], "text", "missing")
+                  for name in ("split", "img_path")}},
+        values={name: objects(column[name].filter(keep)) for name in ("image", "source", "round", "split", "img_path")},
+        derived={name: image_path if name == "image__path" else objects(question.filter(keep))
+                 if name == "question__value"
+                 else None if name.endswith("__tokens") else OK for name in DERIVED},
+        counts={"final_score": Counter({str(value): int(count) for value, count in zip(values, tally)})},
+    )
+
+
+class _Teachers:
+    """The teacher turns of a block, in order: their parsed scores (-1: not the simple layout), rows, and per row
+    where its teacher turns start and how many there are."""
+
+    def __init__(self, values: pa.Array, scores: np.ndarray, parents: np.ndarray, rows: int) -> None:
+        self.values, self.scores, self.parents = values, scores, parents
+        self.count = np.bincount(parents, minlength=rows)
+        self.start = np.cumsum(self.count) - self.count
+
+    def in_range(self, low: int, high: int) -> np.ndarray:
+        """Per row: every teacher turn has a Score line read here, within [low, high]."""
+        return per_row_all((self.scores >= low) & (self.scores <= high), self.parents, len(self.count))
+
+
+def _turn_columns(conversations: pa.ListArray, rows: int, short: int) -> tuple[np.ndarray, _Teachers, np.ndarray]:
+    """(rows whose turns alternate student "response" / teacher "feedback" from the student to the teacher, none
+    blank or long enough to count, the teacher turns, their scores)."""
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(conversations), 0).to_numpy(), dtype=np.int64)
+    flat = conversations.flatten()
+    parents = np.asarray(pc.list_parent_indices(conversations).to_numpy(), dtype=np.int64)
+    position = np.arange(len(flat)) - (np.cumsum(lengths) - lengths)[parents]
+    student = position % 2 == 0
+    role, kind, value = (pc.struct_field(flat, name) for name in ("role", "type", "value"))
+    role_ok = np.where(student, as_mask(pc.equal(role, STUDENT)), as_mask(pc.equal(role, TEACHER)))
+    kind_ok = np.where(student, as_mask(pc.equal(kind, TURN_TYPE[STUDENT])),
+                       as_mask(pc.equal(kind, TURN_TYPE[TEACHER])))
+    turn_ok = role_ok & kind_ok & visible(value) & shorter(value, short)
+    ok = as_mask(pc.is_valid(conversations)) & (lengths >= 2) & (lengths % 2 == 0) & per_row_all(turn_ok, parents, rows)
+    teacher = np.flatnonzero(~student)
+    values = value.take(pa.array(teacher))
+    parsed = pc.struct_field(pc.extract_regex(values, _SCORE_AT_START), "score")
+    scores = np.asarray(pc.fill_null(pc.cast(parsed, pa.int64()), -1).to_numpy(), dtype=np.int64)
+    return ok, _Teachers(values, scores, parents[teacher], rows), scores
+
+
+def _stored_scores_agree(stored: pa.ListArray, teachers: _Teachers, rows: int) -> np.ndarray:
+    """Per row: the stored ``score`` list equals the teacher turns' scores, element by element."""
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(stored), -1).to_numpy(), dtype=np.int64)
+    flat = stored.flatten()
+    parents = np.asarray(pc.list_parent_indices(stored).to_numpy(), dtype=np.int64)
+    position = np.arange(len(flat)) - (np.cumsum(np.maximum(lengths, 0)) - np.maximum(lengths, 0))[parents]
+    inside = position < teachers.count[parents]
+    at = np.where(inside, teachers.start[parents] + position, 0)
+    values = np.asarray(pc.fill_null(flat, -1).to_numpy(), dtype=np.int64)
+    same = inside & as_mask(pc.is_valid(flat)) & (values == teachers.scores[at]) if len(flat) else inside
+    return (lengths == teachers.count) & per_row_all(same, parents, rows)
+
+
+def _maybe_leaks(groundtruth: pa.Array, teachers: _Teachers, clean: np.ndarray, cfg: FireConfig) -> np.ndarray:
+    """Rows (among ``clean``) where :func:`leaks` might find a leak: a teacher's Feedback holds the ground truth
+    (for a phrase: its first word). A superset: :func:`leaks` decides on these rows."""
+    encoded = pc.dictionary_encode(groundtruth)
+    keys = [None if text is None else leak_key(text, cfg) for text in encoded.dictionary.to_pylist()]
+    probes = [None if key is None else (key[0] if key[1] else key[0].split()[0], key[1]) for key in keys]
+    key_of_row = np.asarray(pc.fill_null(encoded.indices, -1).to_numpy(), dtype=np.int64)
+    checked = np.array([probe is not None for probe in probes] + [False])[key_of_row] & clean
+    turns = np.flatnonzero(checked[teachers.parents])
+    hits = np.zeros(len(clean), dtype=bool)
+    texts = teachers.values.take(pa.array(turns)).to_pylist()
+    for turn, text in zip(turns.tolist(), texts):
+        row = teachers.parents[turn]
+        probe, number = probes[key_of_row[row]]
+        if number and probe not in text:  # digits have no case: most turns end here, before any copy
+            continue
+        if probe in (feedback_text(text) if number else feedback_text(text).casefold()):
+            hits[row] = True
+    return hits
+
+
 def fire_checks(frame: Any, cfg: FireConfig, config: QualityConfig) -> list[Check]:
     smin, smax = cfg.scores
     rmin, rmax = cfg.rounds
@@ -310,6 +444,7 @@ SPEC = KindSpec(
     image="image__path",
     image_field="image",
     profile_columns=(("round", "round"), ("source", "source")),
+    columnar=Columnar(ARROW_SCHEMA, screen_fire, optional=("split", "img_path"), unread=("human_rating",)),
 )
 
 

@@ -131,7 +131,7 @@ def _why_not_json(raw: bytes | str, error: Exception) -> str:
     return f"not valid JSON ({msg} {where}){near}"
 
 
-def _record_status(raw: bytes) -> tuple[dict[str, Any], str]:
+def record_status(raw: bytes) -> tuple[dict[str, Any], str]:
     value, why = parse_json(raw)
     if why != OK:
         return {}, why
@@ -161,7 +161,7 @@ def _jsonl_chunks(
             if number == 1 and start == 0 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
             if raw.strip():
-                record, why = _record_status(raw)
+                record, why = record_status(raw)
                 records.append(record)
                 lines.append(number)
                 status.append(why)
@@ -311,7 +311,7 @@ def records_frame(
             types = [("text" if value and not value.isspace() else "blank") if kind == "str" else kind
                      for kind, value in zip(types, raw)]
         if keep is None or name in keep:
-            columns[name] = [value if kind in allowed_set and kind != "null" else None
+            columns[name] = [value if kind in allowed_set and kind not in ("null", MISSING) else None
                              for value, kind in zip(raw, types)]
         columns[type_column(name)] = types
     # Type names and JSON statuses are a handful of strings: categoricals (cheap to build, pickle, concatenate
