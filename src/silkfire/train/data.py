@@ -1,9 +1,10 @@
 """Encode instruction records once into tensors, and collate them into padded training batches.
 
-Running the processor per batch costs more than the tiny model's forward pass, so texts are tokenised and
-images turned into pixel tensors once, up front. Each example keeps its token ids, its labels (-100 everywhere
-except the assistant's answer tokens and the token that ends its turn) and the index of its image in a shared
-store of per-image model inputs.
+Running the tokenizer per batch costs more than the tiny model's forward pass, so texts are tokenised once, up
+front. Each example keeps its token ids, its labels (-100 everywhere except the assistant's answer tokens and the
+token that ends its turn) and the index of its image in a shared store of per-image model inputs. Training reads
+:func:`encode_sft_to_disk`'s data -- token rows memory-mapped from disk, images processed when read (cached) -- so
+memory stays flat in data size; :func:`encode_sft_records` builds the same items in memory.
 
 Every family goes through the same code, driven by what its processor produces: prompts are rendered by the
 processor's chat template; images by its image processor at its resolution -- one [C, H, W] tensor per image
@@ -13,12 +14,16 @@ processor's chat template; images by its image processor at its resolution -- on
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -99,15 +104,6 @@ def collate_images(items: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, tor
         if key != "pixel_values":
             batch[key] = torch.stack([item[key] for item in items])
     return batch
-
-
-def image_batch(pixel_values: torch.Tensor | Sequence[torch.Tensor], extras: Mapping[str, torch.Tensor] | None,
-                indices: Sequence[int]) -> dict[str, torch.Tensor]:
-    """The image inputs of the images at ``indices`` of a store made by :func:`stack_images`."""
-    if isinstance(pixel_values, torch.Tensor) and not extras:
-        return {"pixel_values": pixel_values[list(indices)]}
-    return collate_images([{"pixel_values": pixel_values[i], **{k: v[i] for k, v in (extras or {}).items()}}
-                           for i in indices])
 
 
 def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
@@ -325,9 +321,87 @@ def _trained_pieces(pieces: Sequence[tuple[str, bool]], answers: Sequence[str],
     return out
 
 
+class _ImageTokens:
+    """Image tokens of each image, asked from the processor once per distinct image size (every family's count is a
+    function of the size) -- once in all for fixed-size inputs (LLaVA-1.5: no per-image extras). Every image's header
+    is checked by the image policy here, so a refused image stops encoding, not training."""
+
+    def __init__(self, processor: Any, image_root: Path):
+        self.processor, self.image_root = processor, Path(image_root)
+        self.by_size: dict[tuple[int, int] | None, int] = {}
+        self.fixed: bool | None = None
+
+    def __call__(self, relative: str) -> int:
+        from silkfire.images import check_image
+
+        checked = check_image(self.image_root, relative)
+        if self.fixed is None:  # the first image says whether the family's inputs are fixed-size
+            self.fixed = set(image_inputs(self.processor, [checked.load()])[0]) == {"pixel_values"}
+        key = None if self.fixed else (checked.width, checked.height)
+        if key not in self.by_size:
+            self.by_size[key] = count_image_tokens(self.processor, checked.load())
+        return self.by_size[key]
+
+
+class _SampleEncoder:
+    """Token ids and labels of conversations, a chunk at a time (what both the in-memory and the on-disk encoding
+    run), and the index of each sample's image in order of first use."""
+
+    def __init__(self, processor: Any, image_root: Path):
+        tokenizer = processor.tokenizer
+        self.tokenizer, self.image_token_id, self.eos_id = tokenizer, processor.image_token_id, tokenizer.eos_token_id
+        self.markers = end_markers(tokenizer)
+        self.renderer = _PieceRenderer(processor)
+        self.image_tokens = _ImageTokens(processor, image_root)
+        self.image_ids: dict[str, int] = {}
+        self.tokens_per_image: list[int] = []
+
+    def image(self, relative: str) -> int:
+        if relative not in self.image_ids:
+            self.tokens_per_image.append(self.image_tokens(relative))
+            self.image_ids[relative] = len(self.image_ids)
+        return self.image_ids[relative]
+
+    def encode(self, conversations: Sequence[Sequence[Mapping[str, Any]]]
+               ) -> tuple[list[list[int]], list[list[int]], list[int]]:
+        """``(ids, labels, image index)`` of each conversation (see :func:`encode_sft_records`)."""
+        image_index = [self.image(conversation[0]["image"]) for conversation in conversations]
+        turn_lists = [[turn for record in conversation for turn in record_turns(record)]
+                      for conversation in conversations]
+        all_pieces = [_trained_pieces(self.renderer([(user, answer) for user, answer, _ in turns]),
+                                      [answer for _, answer, _ in turns], self.markers) for turns in turn_lists]
+        flat = [text for pieces in all_pieces for text, _, _ in pieces[1:]]
+        # Only the very first piece of a sample gets the tokenizer's special prefix (<s>).
+        firsts = self.tokenizer([pieces[0][0] for pieces in all_pieces], add_special_tokens=True)["input_ids"]
+        rest = iter(self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
+        all_ids, all_labels = [], []
+        for sample, pieces in enumerate(all_pieces):
+            ids: list[int] = []
+            labels: list[int] = []
+            num_image_tokens = self.tokens_per_image[image_index[sample]]
+            trained = iter([flag for _, _, flag in turn_lists[sample]])  # one flag per answer piece, in order
+            for position, (_, is_answer, add_eos) in enumerate(pieces):
+                tokens = list(firsts[sample]) if position == 0 else list(next(rest))
+                if is_answer:
+                    if add_eos:
+                        tokens.append(self.eos_id)  # the model must learn to stop
+                    ids.extend(tokens)
+                    labels.extend(tokens if next(trained) else [IGNORE_INDEX] * len(tokens))
+                else:
+                    expanded: list[int] = []
+                    for token in tokens:
+                        expanded.extend([token] * num_image_tokens if token == self.image_token_id else [token])
+                    ids.extend(expanded)
+                    labels.extend([IGNORE_INDEX] * len(expanded))
+            all_ids.append(ids)
+            all_labels.append(labels)
+        return all_ids, all_labels, image_index
+
+
 def encode_sft_records(records: Sequence[Mapping[str, Any]], processor: Any, image_root: Path,
                        progress: bool = True, turns_per_sample: int = 1, seed: int = 0) -> EncodedSFTData:
-    """Tokenise question/answer records and their images once.
+    """Tokenise question/answer records and their images once, in memory (training reads
+    :func:`encode_sft_to_disk`'s data, which is the same element for element and flat in memory).
 
     A sample is the tokenizer's prefix (``<s>``; none for Qwen2) + the conversation rendered by the processor's chat
     template, each image placeholder expanded to that image's token count (9 for the tiny model, 576 for
@@ -338,72 +412,190 @@ def encode_sft_records(records: Sequence[Mapping[str, Any]], processor: Any, ima
     """
     if not records:
         raise ValueError("no records to encode")
-    tokenizer = processor.tokenizer
+    encoder = _SampleEncoder(processor, image_root)
     conversations = group_conversations(records, turns_per_sample, seed)
-    image_ids: dict[str, int] = {}
-    for conversation in conversations:
-        image_ids.setdefault(conversation[0]["image"], len(image_ids))
-    relatives = list(image_ids)
-    pixel_values, extras = encode_images(processor, image_root, relatives, progress=progress)
-    image_tokens = _image_token_counts(processor, image_root, relatives, pixel_values, extras)
-    image_token_id = processor.image_token_id
-    eos_id = tokenizer.eos_token_id
-    markers = end_markers(tokenizer)
-
-    renderer = _PieceRenderer(processor)
-    turn_lists = [[turn for record in conversation for turn in record_turns(record)] for conversation in conversations]
-    all_pieces = [_trained_pieces(renderer([(user, answer) for user, answer, _ in turns]),
-                                  [answer for _, answer, _ in turns], markers)
-                  for turns in tqdm(turn_lists, desc="encode texts", disable=not progress, unit="sample")]
-    flat = [text for pieces in all_pieces for text, _, _ in pieces[1:]]
-    # Only the very first piece of a sample gets the tokenizer's special prefix (<s>).
-    firsts = tokenizer([pieces[0][0] for pieces in all_pieces], add_special_tokens=True)["input_ids"]
-    rest = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
-    all_ids, all_labels = [], []
-    cursor = 0
-    image_index = [image_ids[conversation[0]["image"]] for conversation in conversations]
-    for sample, pieces in enumerate(all_pieces):
-        ids: list[int] = []
-        labels: list[int] = []
-        num_image_tokens = image_tokens[image_index[sample]]
-        trained = iter([flag for _, _, flag in turn_lists[sample]])  # one flag per answer piece, in order
-        for position, (_, is_answer, add_eos) in enumerate(pieces):
-            if position == 0:
-                tokens = list(firsts[sample])
-            else:
-                tokens = list(rest[cursor])
-                cursor += 1
-            if is_answer:
-                if add_eos:
-                    tokens.append(eos_id)  # the model must learn to stop
-                ids.extend(tokens)
-                labels.extend(tokens if next(trained) else [IGNORE_INDEX] * len(tokens))
-            else:
-                expanded: list[int] = []
-                for token in tokens:
-                    expanded.extend([token] * num_image_tokens if token == image_token_id else [token])
-                ids.extend(expanded)
-                labels.extend([IGNORE_INDEX] * len(expanded))
-        all_ids.append(torch.tensor(ids, dtype=torch.long))
-        all_labels.append(torch.tensor(labels, dtype=torch.long))
-    return EncodedSFTData(all_ids, all_labels, image_index, pixel_values, extras)
+    all_ids, all_labels, image_index = encoder.encode(conversations)
+    pixel_values, extras = encode_images(processor, image_root, list(encoder.image_ids), progress=progress)
+    return EncodedSFTData([torch.tensor(ids, dtype=torch.long) for ids in all_ids],
+                          [torch.tensor(labels, dtype=torch.long) for labels in all_labels],
+                          image_index, pixel_values, extras)
 
 
-def _image_token_counts(processor: Any, image_root: Path, relatives: Sequence[str],
-                        pixel_values: torch.Tensor | list[torch.Tensor], extras: Mapping[str, torch.Tensor]
-                        ) -> list[int]:
-    """Image tokens of each image, asked from the processor once per distinct image size (every family's count is a
-    function of the image's size): one question when all images share a size, as the world's do."""
-    if isinstance(pixel_values, torch.Tensor) and not extras:  # fixed-size inputs: one count for all (LLaVA-1.5)
-        return [count_image_tokens(processor, load_image(image_root, relatives[0]))] * len(relatives)
-    by_size: dict[tuple[int, int], int] = {}
-    counts = []
-    for relative in relatives:
-        image = load_image(image_root, relative)
-        if image.size not in by_size:
-            by_size[image.size] = count_image_tokens(processor, image)
-        counts.append(by_size[image.size])
-    return counts
+# ---- encoding flat in memory: token rows on disk, images processed when read -------------------------------------
+IMAGE_CACHE_BYTES = 256 << 20  # processed image inputs kept in memory: all of a default world's (~55 MB), few at 336 px
+ENCODE_CHUNK = 2048  # samples tokenised and written at a time: encoding's working set, whatever the data size
+
+
+class ImageStore:
+    """The model inputs of each image (:func:`image_inputs`), made when first read and kept in a bytes-bounded LRU
+    cache.
+
+    Processed pixels are not stored: at VLFeedback's scale (80k images at 336 px, ~1.35 MB of float32 each) they
+    would be a ~108 GB file, written once and read at random, many times the size of the compressed images -- so, as
+    Hugging Face pipelines do, an image is processed when an item needs it. The cache keeps a small world's images
+    processed once (many samples share an image) and serves DPO's chosen and rejected rows, which share theirs."""
+
+    def __init__(self, processor: Any, image_root: Path, relatives: Sequence[str],
+                 cache_bytes: int = IMAGE_CACHE_BYTES):
+        self.processor, self.image_root, self.relatives = processor, Path(image_root), list(relatives)
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
+        self._cached = 0
+
+    def __len__(self) -> int:
+        return len(self.relatives)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        inputs = image_inputs(self.processor, [load_image(self.image_root, self.relatives[index])])[0]
+        self._cache[index] = inputs
+        self._cached += _nbytes(inputs)
+        while self._cached > self.cache_bytes and len(self._cache) > 1:
+            self._cached -= _nbytes(self._cache.popitem(last=False)[1])
+        return inputs
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The image inputs of the images at ``indices``, batched as the model takes them (:func:`collate_images`)."""
+        return collate_images([self[index] for index in indices])
+
+    def digest(self) -> str:
+        """Digest of what the inputs are made from: the image files' bytes and the image processor's settings."""
+        import hashlib
+
+        from silkfire.images import check_image
+        from silkfire.io import file_digest
+
+        digest = hashlib.sha256(self.processor.image_processor.to_json_string().encode())
+        for relative in self.relatives:
+            digest.update(f"{relative}\0{file_digest(check_image(self.image_root, relative).path)}\0".encode())
+        return digest.hexdigest()[:20]
+
+
+def _nbytes(inputs: Mapping[str, torch.Tensor]) -> int:
+    return sum(value.numel() * value.element_size() for value in inputs.values())
+
+
+class TokenRows(Sequence[torch.Tensor]):
+    """Variable-length int32 rows of one flat memory-mapped array, read as int64 tensors; ``order[i]`` is the row
+    at position i (None: the rows' own order)."""
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray, order: np.ndarray | None):
+        self.values, self.offsets, self.order = values, offsets, order
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1 if self.order is None else len(self.order)
+
+    def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]
+        row = int(index if self.order is None else self.order[index])
+        return torch.from_numpy(self.values[self.offsets[row]:self.offsets[row + 1]].astype(np.int64))
+
+
+class DiskSFTData(torch.utils.data.Dataset):
+    """Encoded samples read from disk: items equal :class:`EncodedSFTData`'s for the same records, element for
+    element, while memory holds a few bytes per sample (length, image index), the image paths and the image cache.
+
+    ``folder`` holds ``ids.i32`` / ``labels.i32`` (every sample's tokens, concatenated), ``offsets.i64`` and
+    ``image.i32``; ``order`` maps dataset positions to stored rows (a selection streamed in file order)."""
+
+    def __init__(self, folder: Path, images: ImageStore, order: np.ndarray | None = None,
+                 owner: tempfile.TemporaryDirectory | None = None):
+        self.folder, self.images, self._owner = Path(folder), images, owner
+        offsets = np.memmap(self.folder / "offsets.i64", dtype=np.int64, mode="r")
+        self.input_ids = TokenRows(np.memmap(self.folder / "ids.i32", dtype=np.int32, mode="r"), offsets, order)
+        self.labels = TokenRows(np.memmap(self.folder / "labels.i32", dtype=np.int32, mode="r"), offsets, order)
+        stored_images = np.fromfile(self.folder / "image.i32", dtype=np.int32)
+        self.image_index = stored_images if order is None else stored_images[order]
+        self.lengths = np.diff(offsets) if order is None else np.diff(offsets)[order]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"input_ids": self.input_ids[index], "labels": self.labels[index],
+                **self.images[int(self.image_index[index])]}
+
+    def digest(self) -> str:
+        """Digest of the samples in dataset order (ids, labels, image of each) and of the images' sources."""
+        import hashlib
+
+        digest = hashlib.sha256(self.lengths.astype(np.int64).tobytes())
+        for start in range(0, len(self), ENCODE_CHUNK):
+            positions = range(start, min(start + ENCODE_CHUNK, len(self)))
+            for rows in (self.input_ids, self.labels):
+                digest.update(np.concatenate([rows[i].numpy() for i in positions]).tobytes())
+        digest.update(self.image_index.astype(np.int64).tobytes())
+        digest.update(self.images.digest().encode())
+        return digest.hexdigest()[:20]
+
+    def close(self) -> None:
+        """Remove the encoded files now when they live in a temporary folder of their own (else at exit)."""
+        if self._owner is not None:
+            self._owner.cleanup()
+
+
+class _RowWriter:
+    """Appends encoded chunks to the files :class:`DiskSFTData` reads."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.files = {name: (folder / name).open("wb") for name in ("ids.i32", "labels.i32", "offsets.i64",
+                                                                     "image.i32")}
+        self.end = 0
+        np.zeros(1, dtype=np.int64).tofile(self.files["offsets.i64"])
+
+    def write(self, ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], image_index: Sequence[int]) -> None:
+        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+        np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32).tofile(self.files["ids.i32"])
+        np.fromiter(itertools.chain.from_iterable(labels), dtype=np.int32).tofile(self.files["labels.i32"])
+        (self.end + np.cumsum(lengths)).tofile(self.files["offsets.i64"])
+        np.asarray(image_index, dtype=np.int32).tofile(self.files["image.i32"])
+        self.end += int(lengths.sum())
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+
+
+def encode_sft_to_disk(records: Iterable[Mapping[str, Any]] | RecordSelection, processor: Any, image_root: Path, *,
+                       progress: bool = True, turns_per_sample: int = 1, seed: int = 0,
+                       cache_dir: Path | None = None) -> DiskSFTData:
+    """:func:`encode_sft_records` with memory flat in data size: samples are tokenised :data:`ENCODE_CHUNK` at a
+    time into int32 files under ``cache_dir`` and read back memory-mapped; images are processed when an item is read
+    (:class:`ImageStore`). A :class:`RecordSelection` is streamed from its file (with ``turns_per_sample`` > 1 its
+    records are read into memory first: a conversation gathers an image's questions from the whole file).
+
+    Without ``cache_dir`` the files go to a temporary folder (``$TMPDIR``) that :meth:`DiskSFTData.close` -- or the
+    end of the process -- removes: never into a stage's output folder, which DVC tracks as a whole."""
+    owner = None
+    if cache_dir is None:
+        owner = tempfile.TemporaryDirectory(prefix="silkfire-encoded-")
+        cache_dir = Path(owner.name)
+    order = None
+    if isinstance(records, RecordSelection) and turns_per_sample == 1:
+        conversations: Iterable[Sequence[Mapping[str, Any]]] = ([record] for record in records.in_file_order())
+        order, total = records.file_order_rows(), len(records)
+    else:
+        conversations = group_conversations(list(records), turns_per_sample, seed)
+        total = len(conversations)
+    if not total:
+        raise ValueError("no records to encode")
+    encoder = _SampleEncoder(processor, image_root)
+    writer = _RowWriter(Path(cache_dir))
+    with tqdm(total=total, desc="encode samples", disable=not progress, unit="sample") as bar:
+        for chunk in _chunks(conversations, ENCODE_CHUNK):
+            writer.write(*encoder.encode(chunk))
+            bar.update(len(chunk))
+    writer.close()
+    images = ImageStore(processor, image_root, list(encoder.image_ids))
+    return DiskSFTData(Path(cache_dir), images, order, owner)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 class PlannedOrder(torch.utils.data.Dataset):
@@ -508,15 +700,24 @@ def styled_answers(records: Sequence[Mapping[str, Any]], style: str) -> list[Map
     """Records with their training target in ``style``: ``plain`` keeps ``answer``; ``explained`` writes
     ``"<answer>, <rationale>."`` for records that carry a ``rationale`` (the world's yes/no questions) -- the
     answer still opens the reply, so MME's parser reads it as before."""
-    from silkfire.world.templates import ANSWER_STYLES, explained
+    _check_style(style)
+    return [styled_answer(record, style) for record in records]
+
+
+def _check_style(style: str) -> None:
+    from silkfire.world.templates import ANSWER_STYLES
 
     if style not in ANSWER_STYLES:
         raise ValueError(f"answer style must be one of {ANSWER_STYLES}, got {style!r}")
-    if style == "plain":
-        return list(records)
 
-    return [dict(record, answer=explained(str(record["answer"]), str(record["rationale"])))
-            if record.get("rationale") else record for record in records]
+
+def styled_answer(record: Mapping[str, Any], style: str) -> Mapping[str, Any]:
+    """One record of :func:`styled_answers` (``style`` already checked)."""
+    from silkfire.world.templates import explained
+
+    if style == "plain" or not record.get("rationale"):
+        return record
+    return dict(record, answer=explained(str(record["answer"]), str(record["rationale"])))
 
 
 def select_records(records: Sequence[Mapping[str, Any]], families: Sequence[str] | None,
@@ -527,26 +728,73 @@ def select_records(records: Sequence[Mapping[str, Any]], families: Sequence[str]
     ``family_weights`` (optional, used only when ``max_samples`` caps the data) sets the share of each family
     in the sample (a family without a weight is left out; a family smaller than its share gives all it has).
     """
-    kept = [r for r in records if families is None or r.get("family") in families]
+    chosen = select_indices([record.get("family") for record in records], families, max_samples, seed,
+                            family_weights)
+    return [records[index] for index in chosen]
+
+
+def select_indices(record_families: Sequence[str | None], families: Sequence[str] | None, max_samples: int | None,
+                   seed: int | str, family_weights: Mapping[str, float] | None = None) -> list[int]:
+    """:func:`select_records` on the records' ``family`` values alone: the indices of the records it keeps, in its
+    order (a shuffle draws the same permutation of indices as of records)."""
+    kept = [i for i, family in enumerate(record_families) if families is None or family in families]
     if not kept:
         raise ValueError(f"no records left after keeping families {list(families or [])}")
     rng = random.Random(seed)
     if max_samples is None or max_samples >= len(kept):
-        kept = list(kept)
         rng.shuffle(kept)
         return kept
     if not family_weights:
         return rng.sample(kept, max_samples)
-    by_family: dict[str, list[Mapping[str, Any]]] = {}
-    for record in kept:
-        by_family.setdefault(record.get("family", ""), []).append(record)
+    by_family: dict[str, list[int]] = {}
+    for index in kept:
+        by_family.setdefault(record_families[index] or "", []).append(index)
     total = sum(family_weights.get(f, 0.0) for f in by_family)
     if total <= 0:
         raise ValueError(f"family_weights {dict(family_weights)} give no weight to the families {sorted(by_family)}")
-    chosen: list[Mapping[str, Any]] = []
+    chosen: list[int] = []
     for family in sorted(by_family):
         want = round(max_samples * family_weights.get(family, 0.0) / total)
         pool = by_family[family]
         chosen.extend(rng.sample(pool, min(want, len(pool))))
     rng.shuffle(chosen)
     return chosen
+
+
+class RecordSelection:
+    """The records of a file that :func:`select_records` keeps, in its order and in ``answer_style``, read from the
+    file when needed: only each record's family stays in memory (what the selection is made from)."""
+
+    def __init__(self, path: Path, families: Sequence[str] | None, max_samples: int | None, seed: int | str,
+                 family_weights: Mapping[str, float] | None = None, answer_style: str = "plain"):
+        from silkfire.io import iter_records
+
+        _check_style(answer_style)
+        self.path, self.answer_style = Path(path), answer_style
+        names: dict[Any, Any] = {}  # one string object per family name, not one per record
+        column = [names.setdefault(record.get("family"), record.get("family")) for record in iter_records(path)]
+        self.order = np.asarray(select_indices(column, families, max_samples, seed, family_weights), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def in_file_order(self) -> Iterator[Mapping[str, Any]]:
+        """The selected records (styled), in the file's order: one pass over the file."""
+        from silkfire.io import iter_records
+
+        wanted = np.zeros(int(self.order.max()) + 1, dtype=bool)
+        wanted[self.order] = True
+        for index, record in enumerate(iter_records(self.path)):
+            if index < len(wanted) and wanted[index]:
+                yield styled_answer(record, self.answer_style)
+
+    def file_order_rows(self) -> np.ndarray:
+        """For each position of the selection, the rank of its record among the selected ones in file order (the
+        row :meth:`in_file_order`'s encoding writes it to)."""
+        return np.searchsorted(np.sort(self.order), self.order)
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        """The selected records (styled) in the selection's order: read into memory first (the file is in another
+        order; only multi-turn grouping and a curriculum need them so)."""
+        by_file = list(self.in_file_order())
+        return (by_file[row] for row in self.file_order_rows())

@@ -160,7 +160,8 @@ class TrainingStopped(RuntimeError):
 # ---- data --------------------------------------------------------------------------------------------------------
 @dataclass
 class PairData:
-    """Pre-encoded pairs: chosen/rejected token ids and labels, one shared pixel tensor, reference log-probs."""
+    """Pre-encoded pairs: chosen/rejected token ids and labels, the images (a train.data.ImageStore: processed when a
+    batch reads them), reference log-probs."""
 
     ids: list[str]
     chosen_ids: list[Any]
@@ -168,10 +169,9 @@ class PairData:
     rejected_ids: list[Any]
     rejected_labels: list[Any]
     image_index: list[int]
-    pixel_values: Any
+    pixel_values: Any  # a train.data.ImageStore (with the family's image_sizes / image_grid_thw)
     ref_chosen: Any = None
     ref_rejected: Any = None
-    image_extras: Any = None  # per-image image_sizes / image_grid_thw (LLaVA-NeXT, Qwen2-VL; train.data)
     images: list[str] | None = None  # each pair's image path (mdpo: its corrupted copy is made per batch)
     ref_corrupt: Any = None  # mdpo: reference log-probs of the chosen answer given the corrupted image
     corruptor: Any = None  # mdpo: an ImageCorruptor
@@ -185,7 +185,7 @@ class PairData:
         return PairData([self.ids[i] for i in take], [self.chosen_ids[i] for i in take],
                         [self.chosen_labels[i] for i in take], [self.rejected_ids[i] for i in take],
                         [self.rejected_labels[i] for i in take], [self.image_index[i] for i in take],
-                        self.pixel_values, pick(self.ref_chosen), pick(self.ref_rejected), self.image_extras,
+                        self.pixel_values, pick(self.ref_chosen), pick(self.ref_rejected),
                         None if self.images is None else [self.images[i] for i in take], pick(self.ref_corrupt),
                         self.corruptor)
 
@@ -209,7 +209,7 @@ def encode_pairs(pairs: Sequence[Mapping[str, Any]], processor: Any, image_root:
     the answer and its </s>); drop pairs with a sequence longer than ``max_length`` (None: keep all).
 
     Returns the data and the indices (into ``pairs``) of the pairs kept."""
-    from silkfire.train.data import encode_sft_records
+    from silkfire.train.data import encode_sft_to_disk
 
     if not pairs:
         raise ValueError(f"{source}: no pairs to train on")
@@ -217,17 +217,18 @@ def encode_pairs(pairs: Sequence[Mapping[str, Any]], processor: Any, image_root:
     # chosen rows first, then rejected rows: row i and n + i are the two sides of pair i (same image index)
     records = [{"image": f[1], "question": f[2], "answer": f[3]} for f in fields]
     records += [{"image": f[1], "question": f[2], "answer": f[4]} for f in fields]
-    encoded = encode_sft_records(records, processor, image_root, progress=progress, turns_per_sample=1)
+    encoded = encode_sft_to_disk(records, processor, image_root, progress=progress, turns_per_sample=1)
     n = len(fields)
-    keep = [i for i in range(n) if max_length is None
-            or max(len(encoded.input_ids[i]), len(encoded.input_ids[n + i])) <= max_length]
+    keep = [i for i in range(n) if max_length is None or max(encoded.lengths[i], encoded.lengths[n + i]) <= max_length]
+    # The token rows are read into memory (benchmarks/dpo_vs_trl.py edits them in place); the images stay lazy.
     data = PairData(
         ids=[fields[i][0] for i in keep],
         chosen_ids=[encoded.input_ids[i] for i in keep], chosen_labels=[encoded.labels[i] for i in keep],
         rejected_ids=[encoded.input_ids[n + i] for i in keep], rejected_labels=[encoded.labels[n + i] for i in keep],
-        image_index=[encoded.image_index[i] for i in keep], pixel_values=encoded.pixel_values,
-        image_extras=encoded.image_extras, images=[fields[i][1] for i in keep],
+        image_index=[int(encoded.image_index[i]) for i in keep], pixel_values=encoded.images,
+        images=[fields[i][1] for i in keep],
     )
+    encoded.close()
     return data, keep
 
 
@@ -250,7 +251,7 @@ def split_pairs(pairs: Sequence[Mapping[str, Any]], fraction: float, seed: int) 
 
 def collate_pairs(data: PairData, indices: Sequence[int], pad_token_id: int) -> dict[str, Any]:
     """One batch of 2B rows: the B chosen sequences, then the B rejected ones (right-padded)."""
-    from silkfire.train.data import image_batch, pad_rows
+    from silkfire.train.data import pad_rows
 
     input_ids, label_ids, mask = pad_rows(
         [data.chosen_ids[i] for i in indices] + [data.rejected_ids[i] for i in indices],
@@ -258,7 +259,7 @@ def collate_pairs(data: PairData, indices: Sequence[int], pad_token_id: int) -> 
 
     images = [data.image_index[i] for i in indices]
     return {"input_ids": input_ids, "attention_mask": mask, "labels": label_ids,
-            **image_batch(data.pixel_values, data.image_extras, images + images)}
+            **data.pixel_values.batch(images + images)}
 
 
 def sequence_logps(model: Any, batch: Mapping[str, Any], runtime: Runtime | None = None) -> tuple[Any, Any]:
@@ -380,7 +381,7 @@ def collate_packed(data: PairData, indices: Sequence[int], pad_token_id: int, *,
     """
     import torch
 
-    from silkfire.train.data import IGNORE_INDEX, image_batch
+    from silkfire.train.data import IGNORE_INDEX
 
     size = len(indices)
     rows = []
@@ -430,7 +431,7 @@ def collate_packed(data: PairData, indices: Sequence[int], pad_token_id: int, *,
     return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids, "logits_to_keep": keep,
             "prefix_lengths": torch.tensor([row[0] for row in rows]),
             "targets": (torch.cat(flat), torch.cat(tokens), torch.cat(out_rows)),
-            **image_batch(data.pixel_values, data.image_extras, images)}
+            **data.pixel_values.batch(images)}
 
 
 def packed_logps(model: Any, batch: Mapping[str, Any], rows: int, runtime: Runtime | None = None
@@ -1012,12 +1013,12 @@ def checkpoint_dirs(checkpoints: Path) -> list[Path]:
 
 
 def pairs_digest(data: PairData) -> str:
-    """Digest of the encoded pairs: ids, token ids and labels of both sides, images and pixel values."""
+    """Digest of the encoded pairs: ids, token ids and labels of both sides, each pair's image and what the image
+    inputs are made from (train.data.ImageStore.digest: image files, image processor settings)."""
     from silkfire.train.resume import tensors_digest
 
-    extras = [data.image_extras[key] for key in sorted(data.image_extras or {})]  # none for LLaVA-1.5
     return tensors_digest(data.ids, data.chosen_ids, data.chosen_labels, data.rejected_ids, data.rejected_labels,
-                          list(data.image_index), data.pixel_values, *extras)
+                          list(data.image_index), data.pixel_values.digest())
 
 
 # ---- training ----------------------------------------------------------------------------------------------------

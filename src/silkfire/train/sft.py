@@ -2,7 +2,8 @@
 
 Trainer (not a hand loop) because it gives checkpoints, resume, eval, logging and callbacks (MLflow) for free
 and, on pre-encoded tensors, costs about the same per step as a plain loop (measured, see the report). Data is
-encoded once (``silkfire.train.data``); the loss covers only the assistant's answer tokens.
+encoded once (``silkfire.train.data``: token rows memory-mapped from a temporary folder, images processed when read,
+so memory stays flat in data size); the loss covers only the assistant's answer tokens.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from silkfire.io import read_records, write_json
+from silkfire.io import write_json
 from silkfire.models.config import build_dataclass, to_plain_mapping
 from silkfire.world.templates import ANSWER_STYLES  # importable from here too
 
@@ -178,11 +179,9 @@ def last_checkpoint(checkpoints_dir: Path) -> Path | None:
 
 
 def data_digest(data: Any) -> str:
-    """Digest of encoded SFT data: token ids, labels, image of each sample and the image inputs."""
-    from silkfire.train.resume import tensors_digest
-
-    extras = [data.image_extras[key] for key in sorted(data.image_extras)]  # none for LLaVA-1.5 (digest unchanged)
-    return tensors_digest(data.input_ids, data.labels, list(data.image_index), data.pixel_values, *extras)
+    """Digest of encoded SFT data (:meth:`silkfire.train.data.DiskSFTData.digest`): token ids, labels, image of each
+    sample and what the image inputs are made from (image files, image processor settings)."""
+    return data.digest()
 
 
 def train_sft(
@@ -212,7 +211,7 @@ def train_sft(
     from silkfire import runtime as runtime_policy
     from silkfire.models.loading import checkpoint_dtype, load_vlm
     from silkfire.train import resume
-    from silkfire.train.data import SFTCollator, encode_sft_records, select_records, styled_answers
+    from silkfire.train.data import RecordSelection, SFTCollator, encode_sft_to_disk
 
     torch.set_num_threads(config.num_threads)
     set_seed(config.seed)
@@ -229,17 +228,14 @@ def train_sft(
 
         model, lora_report = apply_lora(model, lora)  # freezes all but the adapters and modules_to_save
 
-    train_records = styled_answers(select_records(
-        read_records(train_path), config.families, config.max_samples, config.seed, config.family_weights
-    ), config.answer_style)
-    val_records = styled_answers(
-        select_records(read_records(val_path), config.families, config.max_eval_samples, config.seed),
-        config.answer_style,
-    )
+    train_records = RecordSelection(train_path, config.families, config.max_samples, config.seed,
+                                    config.family_weights, config.answer_style)
+    val_records = RecordSelection(val_path, config.families, config.max_eval_samples, config.seed,
+                                  answer_style=config.answer_style)
     started = time.perf_counter()
-    train_data = encode_sft_records(train_records, processor, image_root, progress=config.progress,
+    train_data = encode_sft_to_disk(train_records, processor, image_root, progress=config.progress,
                                     turns_per_sample=config.turns_per_sample, seed=config.seed)
-    val_data = encode_sft_records(val_records, processor, image_root, progress=config.progress)
+    val_data = encode_sft_to_disk(val_records, processor, image_root, progress=config.progress)
     encode_seconds = time.perf_counter() - started
     train_set, max_steps = _planned(train_data, train_records, config)
 
@@ -359,6 +355,8 @@ def train_sft(
         metrics["lora_adapted_modules"] = len(lora_report.adapted_modules)
     write_history_csv(out_dir / "history.csv", history)
     write_json(out_dir / "metrics.json", metrics)
+    train_data.close()
+    val_data.close()
     return SFTResult(model_dir=model_dir, metrics=metrics, history=history)
 
 
