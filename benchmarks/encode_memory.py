@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/encode_memory.py [--scales 1 4]
 
-Generates the default shapes world (params.yaml's `world`) with its train scenes times each scale, and the default
-base model (params.yaml's `model`), in a temporary folder. Then, each in a fresh child process, encodes the training
+Generates (in a child process) the default shapes world (params.yaml's `world`) with its train scenes times each
+scale, and the default base model (params.yaml's `model`), in a temporary folder. Then, each in a fresh child, encodes the training
 records the way the SFT stage reads them (every record, seed 0, params.yaml's `train.answer_style`):
 
 - ``in_memory``: the records read into a list and ``encode_sft_records`` (every token row and image tensor in RAM:
@@ -16,7 +16,8 @@ same for both paths), resets the peak (``/proc/self/clear_refs``) and reads it a
 peak, everything resident included, which the loading peak would otherwise hide. Also: the encode wall time
 (indicative only on a loaded machine) and the sample count. Prints the table with the ratio 4x/1x of each path's
 encode peak and whole-process peak (the target: on_disk <= 1.2) and writes the raw rows, the machine and the commit
-to ``benchmarks/results/encode_memory-<UTC time>.json``.
+to ``benchmarks/results/encode_memory-<UTC time>.json``. This process imports neither torch nor the package: Linux
+gives a child the RSS peak of the process it was started from as its floor, which would hide a small figure.
 """
 
 from __future__ import annotations
@@ -69,12 +70,15 @@ def child(path: str, world: Path, model: Path, answer_style: str) -> dict[str, A
                                   progress=False)
     seconds = time.perf_counter() - started
     encode = peak_rss_bytes()
+    import torch
+
     return {"path": path, "samples": len(data), "encode_seconds": seconds, "peak_rss_setup": setup,
-            "peak_rss_encode": encode, "peak_rss": max(setup, encode)}
+            "peak_rss_encode": encode, "peak_rss": max(setup, encode), "torch": torch.__version__}
 
 
-def build_inputs(scratch: Path, scales: list[int], params: dict[str, Any]) -> tuple[dict[int, Path], Path]:
-    """The default world at each scale of its train scenes, and the default base model."""
+def build_inputs(scratch: Path, scales: list[int], params: dict[str, Any]) -> None:
+    """The default world at each scale of its train scenes (``world-<scale>x``), and the default base model
+    (``model``)."""
     import dataclasses
 
     from silkfire.models.config import ModelConfig
@@ -87,34 +91,39 @@ def build_inputs(scratch: Path, scales: list[int], params: dict[str, Any]) -> tu
     worlds = {scale: scratch / f"world-{scale}x" for scale in scales}
     for scale, folder in worlds.items():
         generate_world(dataclasses.replace(config, train_scenes=config.train_scenes * scale), folder, progress=False)
-    model = build_tiny_llava(ModelConfig.from_mapping(params["model"]), world_texts(config), scratch / "model")
-    return worlds, model
+    build_tiny_llava(ModelConfig.from_mapping(params["model"]), world_texts(config), scratch / "model")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--world", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--answer-style", default="explained", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(child(args.child, args.world, args.model, args.answer_style)))
-        return 0
-
     import yaml
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    if args.child:
+        print(json.dumps(child(args.child, args.world, args.model, args.answer_style)))
+        return 0
+    if args.build:
+        build_inputs(args.build, args.scales, params)
+        return 0
+
     answer_style = params["train"]["answer_style"]
     scratch = Path(tempfile.mkdtemp(prefix="encode-memory-"))
     rows: list[dict[str, Any]] = []
     try:
-        worlds, model = build_inputs(scratch, args.scales, params)
+        subprocess.run([sys.executable, __file__, "--build", str(scratch), "--scales", *map(str, args.scales)],
+                       capture_output=True, check=True, cwd=ROOT)
         for scale in args.scales:
             for path in PATHS:
-                done = subprocess.run([sys.executable, __file__, "--child", path, "--world", str(worlds[scale]),
-                                       "--model", str(model), "--answer-style", answer_style],
+                done = subprocess.run([sys.executable, __file__, "--child", path, "--world",
+                                       str(scratch / f"world-{scale}x"), "--model", str(scratch / "model"),
+                                       "--answer-style", answer_style],
                                       capture_output=True, text=True, check=True, cwd=ROOT)
                 rows.append({"scale": scale, **json.loads(done.stdout.strip().splitlines()[-1])})
     finally:
@@ -130,11 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
-    import torch
-
     report = {"rows": rows, f"peak_rss_ratio_{high}x_over_{low}x": ratios,
               "train_scenes_1x": params["world"]["train_scenes"], "answer_style": answer_style,
-              "git_commit": commit, "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+              "git_commit": commit, "cpu": cpu, "cpu_count": os.cpu_count(), "torch": rows[0]["torch"],
               "python": platform.python_version(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
