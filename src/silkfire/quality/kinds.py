@@ -27,6 +27,7 @@ from silkfire.quality.columnar import BLOCK_BYTES as COLUMNAR_BLOCK_BYTES
 from silkfire.quality.columnar import MIN_BYTES as COLUMNAR_MIN_BYTES
 from silkfire.quality.columnar import Columnar, clean_frame, physical_lines, read_block
 from silkfire.quality.config import GateConfig, QualityConfig
+from silkfire.quality.records import TOKENS, derived_column
 from silkfire.quality.gate import (
     Check,
     PreparedTable,
@@ -53,7 +54,8 @@ from silkfire.quality.records import (
 )
 from silkfire.quality.report import GateResult
 
-TOKENS = "__tokens"  # suffix of token-count columns; every such column gets the token-bounds check
+# TOKENS: suffix of token-count columns; every such column gets the token-bounds check. The derived columns' dtypes
+# live beside the frame's (quality.records), which the columnar reader shares.
 
 _TYPE_WORDS = {
     "text": "a non-empty string", "str": "a string", "int": "an integer", "float": "a number", "list": "a list",
@@ -296,20 +298,6 @@ def _timed_chunks(chunks: Iterable[LoadedRecords], cpu: Counter[str]) -> Iterato
         finally:
             cpu["parse_cpu_s"] += time.process_time() - clock
         yield chunk
-
-
-NUMERIC_SUFFIXES = (TOKENS, "__rows", "__count")
-VALUE_SUFFIXES = ("__value", "__path")
-
-
-def derived_column(name: str, values: list[Any]) -> Any:
-    """A derived column in the dtype GX filters fastest: counts as floats, texts/paths as objects, statuses
-    (a handful of distinct strings) as categoricals."""
-    if name.endswith(NUMERIC_SUFFIXES):
-        return pd.Series(values, dtype="float64")
-    if name.endswith(VALUE_SUFFIXES):
-        return pd.Series(values, dtype=object)
-    return pd.Categorical(values)
 
 
 def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:

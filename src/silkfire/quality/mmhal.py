@@ -19,7 +19,8 @@ import pandas as pd
 from silkfire.quality.config import MMHalConfig, QualityConfig
 from silkfire.quality.derive import OK
 from silkfire.quality.gate import Check, in_set, is_ok
-from silkfire.quality.kinds import Derived, KindSpec, derived_column
+from silkfire.quality.kinds import Derived, KindSpec
+from silkfire.quality.records import derived_column
 from silkfire.quality.records import OK as JSON_OK
 from silkfire.quality.report import GateResult
 

@@ -334,3 +334,19 @@ _BROKEN = object()  # a row whose line is not a JSON object
 def schema_allows(allowed: str | Sequence[str], kinds: Sequence[str]) -> bool:
     allowed_set = {allowed} if isinstance(allowed, str) else set(allowed)
     return bool(allowed_set & set(kinds))
+
+
+# ---- derived columns (a kind's derive functions and the columnar reader build them) ------------------------------
+TOKENS = "__tokens"  # suffix of token-count columns; every such column gets the token-bounds check
+NUMERIC_SUFFIXES = (TOKENS, "__rows", "__count")
+VALUE_SUFFIXES = ("__value", "__path")
+
+
+def derived_column(name: str, values: list[Any]) -> Any:
+    """A derived column in the dtype GX filters fastest: counts as floats, texts/paths as objects, statuses
+    (a handful of distinct strings) as categoricals."""
+    if name.endswith(NUMERIC_SUFFIXES):
+        return pd.Series(values, dtype="float64")
+    if name.endswith(VALUE_SUFFIXES):
+        return pd.Series(values, dtype=object)
+    return pd.Categorical(values)
