@@ -346,7 +346,7 @@ def run_check(inputs: dict[str, str], args: argparse.Namespace, out: Path) -> di
             mismatches.append({"row": row, "ours": ids.tolist(), "trl": trl_ids, "ours_answer": answer,
                                "trl_answer": trl_answer})
     same_pixels = bool(torch.allclose(trl_batch["pixel_values"][:n].float(),
-                                      data.pixel_values[data.image_index].float(), atol=1e-6))
+                                      data.pixel_values.batch(data.image_index)["pixel_values"].float(), atol=1e-6))
 
     # model FLOPs of the policy's forward + backward per pair (two rows, no padding, vision tower frozen)
     model, _ = load_vlm(inputs["start"], dtype="float32", device="cpu")

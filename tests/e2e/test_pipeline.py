@@ -223,6 +223,10 @@ def test_pipeline_end_to_end(prefect_server: None, project: Path) -> None:
     write_params([*SMOKE, "eval.max_new_tokens=6", "tracking.experiment_name=other"], project)
     with Repo(str(project)) as repo:
         assert repo.status(targets=["dvc.yaml"]) == {}
+    # ... and renaming the registered model re-runs registration only (the register stage registers; sft logs)
+    write_params([*SMOKE, "eval.max_new_tokens=6", "tracking.registered_model=silkfire-sft-renamed"], project)
+    with Repo(str(project)) as repo:
+        assert set(repo.status(targets=["dvc.yaml"])) == {"register"}
     write_params([*SMOKE, "eval.max_new_tokens=6"], project)
 
     # 4. The pushed remote alone brings the data back: drop the workspace copy and the cache, pull.

@@ -32,4 +32,7 @@ def test_dvc_repro_of_the_fire_branch(tmp_path: Path, copy_project) -> None:
     assert_rerun_only(root, "fire", overrides, "fire.bench.max_turns=2", ["fire_bench"])
     # a teacher-only setting re-trains the teacher (and re-benchmarks), never the student (issue 15)
     assert_rerun_only(root, "fire", [*overrides, "fire.bench.max_turns=2"], "fire.sft.teacher.learning_rate=2e-3",
-                      ["fire_teacher", "fire_bench"])
+                      ["fire_teacher", "fire_bench", "register_fire"])
+    # renaming a registered model re-registers, it never retrains
+    assert_rerun_only(root, "fire", [*overrides, "fire.bench.max_turns=2", "fire.sft.teacher.learning_rate=2e-3"],
+                      "fire.sft.registered_teacher=teacher-renamed", ["register_fire"])

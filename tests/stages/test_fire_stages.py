@@ -89,8 +89,10 @@ def test_fire_branch_stages_end_to_end(project: Path) -> None:
         assert (project / "metrics" / "curves" / f"fire_{role}.csv").is_file()
         assert trained[role]["global_step"] == (4 if role == "student" else 3)
     client = MlflowClient()
+    registered = run_stage("register_fire", project)["registered"]  # registration is its own stage
     for name in ("silkfire-fire-student", "silkfire-fire-teacher"):
         version = client.get_model_version_by_alias(name, "candidate")
+        assert registered[name.rsplit("-", 1)[1]] == f"{name}/{version.version}"
         run = client.get_run(version.run_id)
         assert version.run_id == trained[name.rsplit("-", 1)[1]]["mlflow_run_id"]  # the role's stage run
         assert client.get_metric_history(version.run_id, "train/loss"), "no training curve in MLflow"

@@ -79,8 +79,9 @@ def test_the_branch_runs_stage_by_stage(mlflow_root: Path) -> None:
     assert dpo["global_step"] == 4 and (root / "models/dpo/model/model.safetensors").is_file()
     assert (root / "metrics/curves/dpo.csv").is_file()
     client = MlflowClient()
-    version = client.get_model_version_by_alias("silkfire-dpo", "candidate")
-    assert int(version.version) == dpo["registered_version"]
+    version = client.get_model_version_by_alias("silkfire-dpo", "candidate")  # registered by register_dpo ...
+    assert int(version.version) == metrics["register_dpo"]["challenger_version"]
+    assert version.run_id == dpo["mlflow_run_id"] == dpo["logged_model"]["run_id"]  # ... from the dpo run's model
     run = client.get_run(dpo["mlflow_run_id"])
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "dpo/reward_accuracy")]
     assert steps == [1, 2, 3, 4]

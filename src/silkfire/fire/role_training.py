@@ -15,7 +15,8 @@ Both start from models/sft/model and are trained with silkfire.train.sft (Traine
   model's tokenizer spends ~420 tokens on upstream's; fire_bench prompts the teacher with the same one).
 
 Both roles hold out the same seeded share of the training dialogues (``val_fraction``) for the eval loss. Each
-model is registered as ``silkfire-fire-student`` / ``silkfire-fire-teacher`` (alias ``candidate``); its curves go
+model is logged to its stage's run (the `register_fire` stage registers it as ``silkfire-fire-student`` /
+``silkfire-fire-teacher``, alias ``candidate``); its curves go
 to metrics/curves/fire_<role>.{csv,png} (DVC plots) and to its stage's MLflow run.
 """
 
@@ -185,7 +186,7 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
 
     from silkfire.tracking.callbacks import MlflowMetricsCallback
     from silkfire.tracking.plots import publish_curves, training_curves
-    from silkfire.tracking.registry import log_and_register
+    from silkfire.tracking.registry import log_trained_model
     from silkfire.train.sft import train_sft
 
     settings = cfg.fire.sft
@@ -200,9 +201,8 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
     publish_curves(out_dir / "history.csv", training_curves(result.history, title=f"FIRE {role}"),
                    root / cfg.paths.metrics, f"fire_{role}")
     metrics: dict[str, Any] = dict(result.metrics)
-    if cfg.tracking.log_model:
-        name = str(settings.registered_student if role == "student" else settings.registered_teacher)
-        metrics["registered_version"] = log_and_register(result.model_dir, name, cfg.tracking.candidate_alias)
+    if cfg.tracking.log_model:  # register_fire registers it: registry names never retrain
+        metrics["logged_model"] = log_trained_model(result.model_dir)
     return metrics
 
 
@@ -220,12 +220,12 @@ def run_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
 
 
 def role_summary(metrics: Mapping[str, Any]) -> str:
-    """One line for the run table: the eval loss, a resume, the registered version."""
+    """One line for the run table: the eval loss, a resume, whether the model was logged."""
     text = f"eval_loss={metrics.get('eval_loss', float('nan')):.3g}"
     if metrics.get("resumed_from_step"):
         text += f" resumed from step {metrics['resumed_from_step']}"
-    if "registered_version" in metrics:
-        text += f" v{metrics['registered_version']}"
+    if "logged_model" in metrics:
+        text += " model logged"
     return text
 
 

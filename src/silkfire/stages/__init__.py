@@ -44,7 +44,7 @@ STAGES: tuple[str, ...] = ("generate", "validate", "base", "sft", "evaluate", "r
 # Branches after `sft`, each in order. Stage names are global: `silkfire stage <name>` runs any of them.
 BRANCHES: dict[str, tuple[str, ...]] = {
     "silkie": ("sample", "annotate", "validate_feedback", "pairs", "dpo", "evaluate_dpo", "register_dpo"),
-    "fire": ("dialogues", "validate_dialogues", "fire_student", "fire_teacher", "fire_bench"),
+    "fire": ("dialogues", "validate_dialogues", "fire_student", "fire_teacher", "fire_bench", "register_fire"),
 }
 
 ALL_STAGES: tuple[str, ...] = STAGES + tuple(stage for stages in BRANCHES.values() for stage in stages)

@@ -2,8 +2,8 @@
 gated preference pairs (silkfire.train.dpo).
 
 Per-step metrics (loss, reward accuracy/margin, chosen/rejected rewards and log-probs, learning rate) stream to
-MLflow; the curves are a plot artefact and `metrics/curves/dpo.{csv,png}` (DVC plots). The model folder is logged and
-registered as `silkie.registered_model` (silkfire-dpo) with the `candidate` alias.
+MLflow; the curves are a plot artefact and `metrics/curves/dpo.{csv,png}` (DVC plots). The model folder is logged to the
+run; `register_dpo` registers it as `silkie.registered_model` (silkfire-dpo) with the `candidate` alias.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 from silkfire.quality.verdict import require_passed
 from silkfire.stages import Dep, Out
 
-PARAMS = ("silkie.dpo", "runtime", "silkie.registered_model", "silkie.sample.source", "silkie.sample.image_root",
-          "silkie.start_model", "tracking.log_model", "tracking.candidate_alias", "paths.world", "paths.feedback",
+PARAMS = ("silkie.dpo", "runtime", "silkie.sample.source", "silkie.sample.image_root",
+          "silkie.start_model", "tracking.log_model", "paths.world", "paths.feedback",
           "paths.reports", "paths.dpo", "paths.metrics")
 DEPS = (
     Dep("${paths.feedback}/pairs.jsonl"),
@@ -66,7 +66,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.tracking.callbacks import mlflow_logger
     from silkfire.tracking.plots import publish_curves
     from silkfire.tracking.datasets import log_dvc_dataset
-    from silkfire.tracking.registry import log_and_register
+    from silkfire.tracking.registry import log_trained_model
     from silkfire.train.dpo import train_dpo
 
     require_passed(cfg, root, "dpo")  # the feedback and pairs gates' verdicts vouch for these pairs
@@ -77,9 +77,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
                        settings(cfg), out_dir, callbacks=[mlflow_logger()])
     publish_curves(out_dir / "history.csv", dpo_curves(result.history), root / cfg.paths.metrics, "dpo")
     metrics: dict[str, Any] = dict(result.metrics)
-    if cfg.tracking.log_model:
-        metrics["registered_version"] = log_and_register(result.model_dir, str(cfg.silkie.registered_model),
-                                                         cfg.tracking.candidate_alias)
+    if cfg.tracking.log_model:  # register_dpo registers it: registry names never retrain
+        metrics["logged_model"] = log_trained_model(result.model_dir)
     return metrics
 
 
@@ -90,8 +89,8 @@ def summary(metrics: dict[str, Any]) -> str:
             parts.append(f"{key}={metrics[key]:.3g}")
     if metrics.get("resumed_from_step"):
         parts.append(f"resumed from step {metrics['resumed_from_step']} ({metrics.get('steps_run')} steps run)")
-    if "registered_version" in metrics:
-        parts.append(f"registered v{metrics['registered_version']}")
+    if "logged_model" in metrics:
+        parts.append("model logged")
     return " ".join(parts)
 
 

@@ -13,9 +13,9 @@ from silkfire.stages import Dep, Out
 
 PARAMS = (
     "fire.seed", "fire.sft.student", "fire.sft.student_turns", "fire.sft.val_fraction", "fire.sft.mix_sft",
-    "fire.sft.mix_families", "fire.sft.mix_family_weights", "fire.sft.max_length", "fire.sft.registered_student",
+    "fire.sft.mix_families", "fire.sft.mix_family_weights", "fire.sft.max_length",
     "fire.dialogues.stop_score", "fire.dialogues.families", "fire.dialogues.source", "fire.dialogues.published",
-    "runtime", "tracking.log_model", "tracking.candidate_alias",
+    "runtime", "tracking.log_model",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_student", "paths.metrics",
 )
 DEPS = (

@@ -14,8 +14,7 @@ from silkfire.stages import Dep, Out
 
 PARAMS = (
     "fire.seed", "fire.sft.teacher", "fire.sft.teacher_instruction", "fire.sft.val_fraction", "fire.sft.max_length",
-    "fire.sft.registered_teacher", "fire.dialogues.source", "fire.dialogues.published",
-    "runtime", "tracking.log_model", "tracking.candidate_alias",
+    "fire.dialogues.source", "fire.dialogues.published", "runtime", "tracking.log_model",
     "paths.world", "paths.reports", "paths.fire", "paths.sft", "paths.fire_teacher", "paths.metrics",
 )
 DEPS = (

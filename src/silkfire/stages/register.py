@@ -1,8 +1,10 @@
-"""Stage `register`: the champion/challenger gate on the model the sft stage registered.
+"""Stage `register`: registers the model the sft stage logged, then the champion/challenger gate on it.
 
-It reads the version number from metrics/sft.json and the evaluation from metrics/evaluate.json, compares with the
-version holding `register.alias` (silkfire.tracking.champion) and moves the alias only when the new one wins. The
-decision goes to the model version's tags, this run's tags, and a comparison table (reports/register/).
+It registers the logged model of metrics/sft.json as a new version of `tracking.registered_model` (alias
+`tracking.candidate_alias`; the version's run is the SFT run), reads the evaluation from metrics/evaluate.json,
+compares with the version holding `register.alias` (silkfire.tracking.champion) and moves the alias only when the new
+one wins. The decision goes to the model version's tags, this run's tags, and a comparison table (reports/register/).
+Registering here, not in `sft`, makes the registry's names params of this stage only: a rename never retrains.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from silkfire.stages import Dep, Out
 
-PARAMS = ("register", "tracking.log_model", "paths.metrics", "paths.reports")
+PARAMS = ("register", "tracking.log_model", "tracking.candidate_alias", "paths.metrics", "paths.reports")
 DEPS = (
     Dep("${paths.metrics}/sft.json",
-        "the registered version"),
+        "the model the sft stage logged (registered here)"),
     Dep("${paths.metrics}/evaluate.json",
         "its evaluation"),
 )
@@ -32,7 +34,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     metrics_dir = root / cfg.paths.metrics
     return gate_stage(settings(cfg), str(cfg.register.model), str(cfg.register.alias), metrics_dir / "sft.json",
                       metrics_dir / "evaluate.json", root / cfg.paths.reports / "register",
-                      log_model=bool(cfg.tracking.log_model))
+                      log_model=bool(cfg.tracking.log_model), candidate_alias=str(cfg.tracking.candidate_alias))
 
 
 def summary(metrics: dict[str, Any]) -> str:

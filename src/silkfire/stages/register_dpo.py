@@ -1,4 +1,5 @@
-"""Stage `register_dpo`: the champion/challenger gate on the DPO model the dpo stage registered (silkfire-dpo).
+"""Stage `register_dpo`: registers the DPO model the dpo stage logged (as a version of silkfire-dpo, alias candidate),
+then the champion/challenger gate on it.
 
 The same gate as `register` (silkfire.tracking.champion), on `silkie.register`'s validation metrics of
 metrics/evaluate_dpo.json (the DPO model on the val scenes' MMHal-style and MME-style sets). With no champion yet
@@ -15,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from silkfire.stages import Dep, Out
 
-PARAMS = ("silkie.register", "tracking.log_model", "paths.metrics", "paths.reports")
+PARAMS = ("silkie.register", "tracking.log_model", "tracking.candidate_alias", "paths.metrics", "paths.reports")
 DEPS = (
-    Dep("${paths.metrics}/dpo.json", "the registered version"),
+    Dep("${paths.metrics}/dpo.json", "the model the dpo stage logged (registered here)"),
     Dep("${paths.metrics}/evaluate_dpo.json", "its evaluation, and its SFT start's"),
 )
 OUTS = (
@@ -42,7 +43,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     metrics = [objective.metric for objective in rule.objectives]
     return gate_stage(rule, str(cfg.silkie.register.model), str(cfg.silkie.register.alias), metrics_dir / "dpo.json",
                       metrics_dir / "evaluate_dpo.json", root / cfg.paths.reports / "register_dpo",
-                      log_model=bool(cfg.tracking.log_model),
+                      log_model=bool(cfg.tracking.log_model), candidate_alias=str(cfg.tracking.candidate_alias),
                       baseline=None if start is None else lambda evaluation: baseline_metrics(evaluation, metrics,
                                                                                               str(start)))
 

@@ -1,7 +1,7 @@
 """Stage `sft`: supervised fine-tuning of the base model on the world's instructions.
 
-Curves stream to MLflow while training; the final model folder (safetensors + processor) is logged and
-registered with the `candidate` alias.
+Curves stream to MLflow while training; the final model folder (safetensors + processor) is logged to the run (the
+`register` stage registers it).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from silkfire.quality.verdict import require_passed
 from silkfire.stages import Dep, Out
 
 PARAMS = (
-    "seed", "train", "model", "runtime", "tracking.log_model", "tracking.registered_model", "tracking.candidate_alias",
-    "paths.world", "paths.reports", "paths.base_model", "paths.sft", "paths.metrics",
+    "seed", "train", "model", "runtime", "tracking.log_model", "paths.world", "paths.reports", "paths.base_model", "paths.sft", "paths.metrics",
 )
 DEPS = (
     Dep("${paths.world}"),
@@ -38,7 +37,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from silkfire.tracking.callbacks import MlflowMetricsCallback
     from silkfire.tracking.datasets import log_dvc_dataset
     from silkfire.tracking.plots import publish_curves, training_curves
-    from silkfire.tracking.registry import log_and_register
+    from silkfire.tracking.registry import log_trained_model
     from silkfire.train.sft import SFTConfig, train_sft
 
     require_passed(cfg, root, "sft")  # the world gate's verdict vouches for the files read below
@@ -59,10 +58,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     )
     publish_curves(out_dir / "history.csv", training_curves(result.history), root / cfg.paths.metrics, "sft")
     metrics: dict[str, Any] = dict(result.metrics)
-    if cfg.tracking.log_model:
-        metrics["registered_version"] = log_and_register(
-            result.model_dir, cfg.tracking.registered_model, cfg.tracking.candidate_alias
-        )
+    if cfg.tracking.log_model:  # the register stage registers it: registry names never retrain
+        metrics["logged_model"] = log_trained_model(result.model_dir)
     return metrics
 
 
@@ -73,8 +70,8 @@ def summary(metrics: dict[str, Any]) -> str:
             parts.append(f"{key}={metrics[key]:.3g}")
     if metrics.get("resumed_from_step"):
         parts.append(f"resumed from step {metrics['resumed_from_step']} ({metrics.get('steps_run')} steps run)")
-    if "registered_version" in metrics:
-        parts.append(f"registered v{metrics['registered_version']}")
+    if "logged_model" in metrics:
+        parts.append("model logged")
     return " ".join(parts)
 
 

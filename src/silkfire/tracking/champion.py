@@ -169,13 +169,16 @@ def run_gate(client: Any, name: str, version: int, alias: str, rule: ChampionRul
 
 
 def gate_stage(rule: ChampionRule, name: str, alias: str, training_metrics: Any, evaluation_metrics: Any,
-               out_dir: Any, *, log_model: bool,
+               out_dir: Any, *, log_model: bool, candidate_alias: str,
                baseline: Callable[[Mapping[str, Any]], Mapping[str, float]] | None = None) -> dict[str, Any]:
-    """What a register stage does inside its MLflow run: the version its training stage registered
-    (``registered_version`` of the ``training_metrics`` JSON; none: skipped, said as a tag), the gate
-    (:func:`run_gate`) on the ``evaluation_metrics`` JSON (``baseline``: the start model's figures from it), the
-    comparison table under ``out_dir`` (decision.md, comparison.json) and as the run's description, the decision as
-    tags; the stage's metrics."""
+    """What a register stage does inside its MLflow run: registers the model its training stage logged
+    (``logged_model`` of the ``training_metrics`` JSON; none: skipped, said as a tag) as a version of ``name`` with
+    ``candidate_alias``, runs the gate (:func:`run_gate`) on the ``evaluation_metrics`` JSON (``baseline``: the start
+    model's figures from it), writes the comparison table under ``out_dir`` (decision.md, comparison.json) and as the
+    run's description, the decision as tags; returns the stage's metrics.
+
+    Registration lives here, not in the training stage, so the registry's names and aliases are params of the
+    register stages only: renaming a registered model re-registers, it never retrains (issue 15)."""
     import json
     from pathlib import Path
 
@@ -183,12 +186,13 @@ def gate_stage(rule: ChampionRule, name: str, alias: str, training_metrics: Any,
     from mlflow import MlflowClient
 
     from silkfire.io import write_json
+    from silkfire.tracking.registry import register_logged
 
     training = json.loads(Path(training_metrics).read_text(encoding="utf-8"))
-    if not log_model or "registered_version" not in training:
-        mlflow.set_tag("silkfire.decision", "skipped: no registered model (tracking.log_model is false)")
+    if not log_model or "logged_model" not in training:
+        mlflow.set_tag("silkfire.decision", "skipped: no logged model (tracking.log_model is false)")
         return {"promoted": False, "skipped": True}
-    version = int(training["registered_version"])
+    version = register_logged(training["logged_model"], name, candidate_alias)
     evaluation = json.loads(Path(evaluation_metrics).read_text(encoding="utf-8"))
     start = None if baseline is None else baseline(evaluation)
     decision, champion = run_gate(MlflowClient(), name, version, alias, rule, evaluation, start)

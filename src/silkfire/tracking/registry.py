@@ -8,6 +8,7 @@ alone: ``mlflow.artifacts.download_artifacts("models:/<name>@<alias>")`` + ``hf_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 MODEL_ARTIFACT_PATH = "model"  # the logged model's name in its run
@@ -64,29 +65,47 @@ def log_model(model_dir: Path) -> object:
     )
 
 
-def log_and_register(model_dir: Path, registered_name: str, alias: str) -> int:
-    """Log `model_dir` as the active run's model, register it as a new version of `registered_name`, set `alias`.
+def log_trained_model(model_dir: Path) -> dict[str, str]:
+    """Log ``model_dir`` as the active run's model (a training stage does this); returns what a register stage
+    registers from: ``{"run_id", "model_uri", "model_id"}`` (the training stage writes it to its metrics)."""
+    import mlflow
 
-    Returns the new version number.
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_trained_model needs an active MLflow run")
+    info = log_model(Path(model_dir))
+    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "model_id": info.model_id}
+
+
+def register_logged(logged: Mapping[str, str], registered_name: str, alias: str) -> int:
+    """Register a model a training run logged (:func:`log_trained_model`'s record) as a version of
+    ``registered_name`` and give it ``alias``; returns the version number.
+
+    The version's run is the training run, so lineage reads the run that made the model. Registering the same logged
+    model under the same name again (the register stage re-run for a new rule) reuses its version.
     """
     import mlflow
     from mlflow import MlflowClient
 
-    run = mlflow.active_run()
-    if run is None:
-        raise RuntimeError("log_and_register needs an active MLflow run")
-    info = log_model(Path(model_dir))
     client = MlflowClient()
     try:
         client.get_registered_model(registered_name)
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(registered_name,
                                        description=REGISTERED_DESCRIPTION.format(name=registered_name))
-    version = client.create_model_version(
-        registered_name, source=info.model_uri, run_id=run.info.run_id, model_id=info.model_id,
+    same = [version for version in client.search_model_versions(f"name = '{registered_name}'")
+            if version.run_id == logged["run_id"] and version.source == logged["model_uri"]]
+    version = same[0] if same else client.create_model_version(
+        registered_name, source=logged["model_uri"], run_id=logged["run_id"], model_id=logged.get("model_id"),
         tags={FORMAT_TAG: FORMAT},
     )
     client.set_registered_model_alias(registered_name, alias, version.version)
     # No alias here: aliases move (candidate -> champion), the registry is where they are read.
-    mlflow.set_tag(REGISTERED_TAG, f"{registered_name}/{version.version}")
+    client.set_tag(logged["run_id"], REGISTERED_TAG, f"{registered_name}/{version.version}")
     return int(version.version)
+
+
+def log_and_register(model_dir: Path, registered_name: str, alias: str) -> int:
+    """Log ``model_dir`` as the active run's model, register it as a new version of ``registered_name``, set
+    ``alias`` (the FIRE stages, which have no register stage, and scripts); returns the version number."""
+    return register_logged(log_trained_model(Path(model_dir)), registered_name, alias)

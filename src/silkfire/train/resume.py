@@ -2,7 +2,7 @@
 
 Every run writes ``<checkpoints>/fingerprint.json`` before its first step: a digest of what it trains on -- the
 training settings (less :data:`RESUME_FREE`, which a resumed run may change), the content of the encoded training
-and eval data (token ids, labels and pixel values: the data files, the images and the processor at once), the
+and eval data (token ids and labels, the image files' bytes and the image processor's settings), the
 start model's files, and the training code (``silkfire.train``, ``silkfire.models``) with the versions of the
 libraries that run it. The next run computes the same digest and, with ``resume: auto`` (the default):
 
