@@ -5,6 +5,11 @@ or any other `silkie.*` choice swept the same way.
         --metric evaluate_dpo.val.dpo.hallucination_rate --name mdpo-vs-dpo
     .venv/bin/python benchmarks/dpo_variants.py --sweep mdpo-vs-dpo --param silkie.dpo.loss --baseline sigmoid
 
+Variants from separate sweeps (the judge is a config group, not a value to sweep beside the seed):
+
+    .venv/bin/python benchmarks/dpo_variants.py --sweep mdpo-vs-dpo --sweep teacher-judge \
+        --param silkie.judge.kind --baseline oracle --where silkie.dpo.loss=sigmoid
+
 The sweep's points are matched by ``--pair-by`` (default ``silkie.seed``: the branch seed on one foundation, so the
 interval covers pair sampling and DPO training, not the foundation). For every pair-by value both variants' DPO
 models answered the same MMHal-style items (val and test); the difference variant - baseline of the MMHal-style
@@ -25,22 +30,26 @@ ROOT = Path(__file__).resolve().parents[1]
 SPLITS = {"val": "predictions/val/mmhal_rated_{model}.jsonl", "test": "predictions/mmhal_rated_{model}.jsonl"}
 
 
-def point_runs(client: Any, sweep: str, param: str, pair_by: str) -> dict[tuple[str, str], Any]:
-    """(pair-by value, variant) -> the point's pipeline run (the newest finished one of each)."""
+def point_runs(client: Any, sweeps: list[str], param: str, pair_by: str,
+               where: dict[str, str]) -> dict[tuple[str, str], Any]:
+    """(pair-by value, variant) -> the point's pipeline run (the newest finished one of each), over the points of
+    ``sweeps`` whose params match ``where``."""
     from silkfire import results
 
     experiments = results._all_experiments(client)
-    runs = results._search(client, f"tags.`{results.SWEEP_TAG}` = '{sweep}'", experiments)
     points: dict[tuple[str, str], Any] = {}
-    for run in runs:  # newest first
-        if run.data.tags.get(results.KIND_TAG) != "pipeline" or run.info.status != "FINISHED":
-            continue
-        params = run.data.params
-        variant = params.get(f"sweep.{param}", params.get(param))
-        by = params.get(f"sweep.{pair_by}", params.get(pair_by))
-        if variant is None or by is None:
-            raise SystemExit(f"run {run.info.run_id} of sweep {sweep!r} has no param {param!r} / {pair_by!r}")
-        points.setdefault((by, variant), run)
+    for sweep in sweeps:
+        for run in results._search(client, f"tags.`{results.SWEEP_TAG}` = '{sweep}'", experiments):  # newest first
+            if run.data.tags.get(results.KIND_TAG) != "pipeline" or run.info.status != "FINISHED":
+                continue
+            params = run.data.params
+            if any(params.get(key) != value for key, value in where.items()):
+                continue
+            variant = params.get(f"sweep.{param}", params.get(param))
+            by = params.get(f"sweep.{pair_by}", params.get(pair_by))
+            if variant is None or by is None:
+                raise SystemExit(f"run {run.info.run_id} of sweep {sweep!r} has no param {param!r} / {pair_by!r}")
+            points.setdefault((by, variant), run)
     return points
 
 
@@ -61,10 +70,12 @@ def rated_items(client: Any, run: Any, folder: Path) -> dict[str, dict[str, tupl
     return out
 
 
-def compare(client: Any, sweep: str, param: str, baseline: str, pair_by: str, bootstrap: int) -> dict[str, Any]:
+def compare(client: Any, sweeps: list[str], param: str, baseline: str, pair_by: str, bootstrap: int,
+            where: dict[str, str] | None = None) -> dict[str, Any]:
     from silkfire import results
 
-    points = point_runs(client, sweep, param, pair_by)
+    sweep = "+".join(sweeps)
+    points = point_runs(client, sweeps, param, pair_by, where or {})
     variants = sorted({variant for _, variant in points})
     if baseline not in variants or len(variants) != 2:
         raise SystemExit(f"sweep {sweep!r}: {param} takes {variants}; expected two values, one of them {baseline!r}")
@@ -74,7 +85,7 @@ def compare(client: Any, sweep: str, param: str, baseline: str, pair_by: str, bo
         raise SystemExit(f"sweep {sweep!r}: no {pair_by} value has a finished run of both variants")
     statistics = {"mmhal_score": results.mean_of(0), "hallucination_rate": results.share_below(0, 3.0)}
     report: dict[str, Any] = {"sweep": sweep, "param": param, "baseline": baseline, "variant": other,
-                              "pair_by": pair_by, "values": keys, "runs": {}, "splits": {}}
+                              "pair_by": pair_by, "where": where or {}, "values": keys, "runs": {}, "splits": {}}
     with tempfile.TemporaryDirectory() as folder:
         items = {}
         for by in keys:
@@ -127,12 +138,15 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", required=True)
+    parser.add_argument("--sweep", required=True, action="append",
+                        help="a sweep's --name; repeat to compare variants run in separate sweeps")
+    parser.add_argument("--where", action="append", default=[],
+                        help="KEY=VALUE: only points whose run param KEY is VALUE (e.g. silkie.dpo.loss=sigmoid)")
     parser.add_argument("--param", default="silkie.dpo.loss")
     parser.add_argument("--baseline", default="sigmoid")
     parser.add_argument("--pair-by", default="silkie.seed")
     parser.add_argument("--bootstrap", type=int, default=2000)
-    parser.add_argument("--out", type=Path, default=None, help="default: results/<sweep>")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/<sweep>[+<sweep>]")
     args = parser.parse_args(argv)
 
     import mlflow
@@ -143,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     from silkfire.tracking.store import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(project_root()))
-    report = compare(MlflowClient(), args.sweep, args.param, args.baseline, args.pair_by, args.bootstrap)
-    out = args.out or ROOT / "results" / args.sweep
+    where = dict(item.split("=", 1) for item in args.where)
+    report = compare(MlflowClient(), args.sweep, args.param, args.baseline, args.pair_by, args.bootstrap, where)
+    out = args.out or ROOT / "results" / report["sweep"]
     write_json(out / "dpo_variants.json", report)
     text = markdown(report)
     (out / "dpo_variants.md").write_text(text, encoding="utf-8")
