@@ -124,3 +124,14 @@ def test_teacher_judged_records_pass_the_feedback_gate_the_judge_config_narrows(
     every_aspect = validate("vlfeedback", path, QualityConfig.from_mapping(compose([]).quality), tmp_path / "all",
                             fire_world)
     assert not every_aspect.success  # the default gate wants all three ratings
+    # ... and the pairs stage's rule, over the aspects the config names, pairs them (over all three aspects the
+    # "N/A" ratings made every completion unpairable: 0 pairs from 1410 at the default scale)
+    from silkfire.feedback.pairs import build_pairs
+    from silkfire.feedback.records import iter_feedback
+    from silkfire.stages.pairs import rated_aspects
+
+    pairs, counts = build_pairs(iter_feedback(path, require_annotations=True), 0.0, None, rated_aspects(cfg),
+                                rule="silkie")
+    assert pairs and counts["skipped"] == 0 and all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+    _, everything = build_pairs(iter_feedback(path, require_annotations=True), 0.0, None, rule="silkie")
+    assert everything["pairs"] == 0 and everything["skipped"] > 0

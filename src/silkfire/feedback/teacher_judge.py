@@ -4,8 +4,9 @@ FIRE's teacher compares a student's answer with the ground truth and writes ``"S
 N on 1-10 (silkfire.fire.prompts). As a judge it sees each completion of a record as a student turn
 (``format_student("", response)``, the layout it was trained on) against the record's reference ``answer``, and
 its score becomes the record's **Helpfulness** rating on VLFeedback's 1-5 scale: ``ceil(N / 2)`` (1-2 -> 1, ...,
-9-10 -> 5). It gives one overall score, so Visual Faithfulness and Ethical Considerations are "N/A" (pairs built
-with the ``silkie`` rule average the aspects present, i.e. Helpfulness alone). A reply without a score is "N/A"
+9-10 -> 5). It gives one overall score, so Visual Faithfulness and Ethical Considerations are "N/A"; choosing it sets
+``quality.vlfeedback.aspects`` to Helpfulness, which both the gate and the pairs stage read (the pair rule skips a
+completion with any non-numeric rating among the aspects it reads: with all three, no pair at all). A reply without a score is "N/A"
 and counted (``judge_unparsable``); its rationale quotes the reply.
 
 Reference-based by design: a record without an ``answer`` (published VLFeedback prompts have none) is refused,

@@ -53,7 +53,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     options = cfg.silkie.pairs
     cap = options.max_pairs_per_prompt
     pairs, counts = build_pairs(iter_feedback(gated_feedback(cfg, root), require_annotations=True),
-                                float(options.min_margin), None if cap is None else int(cap), rule=str(options.rule))
+                                float(options.min_margin), None if cap is None else int(cap), rated_aspects(cfg),
+                                rule=str(options.rule))
     if not pairs:
         raise ValueError(f"pairs: no pair could be built ({counts}); every prompt's responses tie or lack ratings")
     replayed = replay(cfg, root, pairs)
@@ -69,6 +70,12 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     win_rate = {model: round(wins[model] / (wins[model] + losses[model]), 3) for model in sorted(wins | losses)}
     margin = sum(pair["chosen_score"] - pair["rejected_score"] for pair in pairs) / len(pairs)
     return {**counts, "mean_margin": round(margin, 4), "win_rate": win_rate, "gate": gate}
+
+
+def rated_aspects(cfg: DictConfig) -> tuple[str, ...]:
+    """The aspects the pair rule averages: those the feedback gate checks (``quality.vlfeedback.aspects``; a judge
+    that rates fewer, the FIRE teacher, narrows both)."""
+    return tuple(cfg.quality.vlfeedback.aspects)
 
 
 def replay(cfg: DictConfig, root: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
