@@ -11,7 +11,9 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 FLOW_MODULE = "silkfire_pipeline_flow"
 
@@ -34,3 +36,19 @@ def load_flow_module(root: Path | None = None) -> ModuleType:
     sys.modules[FLOW_MODULE] = module
     spec.loader.exec_module(module)
     return module
+
+
+def flow_runner(root: Path) -> Callable[[list[str]], Any]:
+    """Run the pipeline flow on Hydra overrides, without pushing (what a sweep point or an alignment round does)."""
+    flows = load_flow_module(root)
+    return lambda overrides: flows.pipeline(overrides=overrides, push_to_remote=False)
+
+
+def latest_pipeline_run(client: Any, experiment_id: str, since_ms: int) -> str:
+    """The MLflow `pipeline` run the flow just started (the newest since ``since_ms``)."""
+    runs = client.search_runs([experiment_id],
+                              f"tags.`silkfire.kind` = 'pipeline' and attributes.start_time >= {since_ms}",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise RuntimeError("the flow finished but its MLflow `pipeline` run was not found")
+    return runs[0].info.run_id

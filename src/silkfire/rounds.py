@@ -34,6 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from silkfire.flow import flow_runner as pipeline_runner
+from silkfire.flow import latest_pipeline_run
+
 ROUNDS_TAG = "silkfire.rounds"  # on the parent run and every round's pipeline run: the series name
 ROUND_TAG = "silkfire.round"
 PARENT_TAG = "mlflow.parentRunId"
@@ -182,7 +185,7 @@ def run_rounds(overrides: Sequence[str] = (), *, total: int | None = None, more:
             write_manifest(path, manifest)
         parent_id = manifest["parent_run_id"]
         client.update_run(parent_id, status="RUNNING")
-        runner = flow_runner or _flow_runner(root)
+        runner = flow_runner or pipeline_runner(root)
         try:
             for number in range(1, target + 1):
                 if number <= len(rounds) and rounds[number - 1].status == "done":
@@ -216,7 +219,7 @@ def _run_round(client: Any, current: Round, cfg: Any, root: Path, name: str, par
     since = int(time.time() * 1000)
     rows = runner(list(current.overrides)) or []
     current.stages_ran = [row["stage"] for row in rows if isinstance(row, dict) and row.get("status") == "ran"]
-    current.run_id = _latest_pipeline_run(client, experiment_id, since)
+    current.run_id = latest_pipeline_run(client, experiment_id, since)
     client.set_tag(current.run_id, PARENT_TAG, parent_id)
     client.set_tag(current.run_id, ROUNDS_TAG, name)
     client.set_tag(current.run_id, ROUND_TAG, str(current.round))
@@ -248,22 +251,6 @@ def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RoundsError(f"{path} is missing after the round's pipeline run: did the Silkie branch run?")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _flow_runner(root: Path) -> Callable[[list[str]], Any]:
-    from silkfire.flow import load_flow_module
-
-    flows = load_flow_module(root)
-    return lambda overrides: flows.pipeline(overrides=overrides, push_to_remote=False)
-
-
-def _latest_pipeline_run(client: Any, experiment_id: str, since_ms: int) -> str:
-    runs = client.search_runs([experiment_id],
-                              f"tags.`silkfire.kind` = 'pipeline' and attributes.start_time >= {since_ms}",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise RoundsError("the round's flow finished but its MLflow `pipeline` run was not found")
-    return runs[0].info.run_id
 
 
 # ---- the curve ---------------------------------------------------------------------------------------------------

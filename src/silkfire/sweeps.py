@@ -35,6 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from silkfire.flow import flow_runner as pipeline_runner
+from silkfire.flow import latest_pipeline_run
+
 SWEEP_TAG = "silkfire.sweep"
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -297,8 +300,8 @@ def _run_points(client: Any, experiment_id: str, parent_id: str, sweep_name: str
                 _dvc_exp_run(root, point_overrides, experiment_name, targets, _point_env(result.run_id))
             else:
                 since = int(time.time() * 1000)
-                (flow_runner or _flow_runner(root))(point_overrides)
-                result.run_id = _latest_pipeline_run(client, experiment_id, since)
+                (flow_runner or pipeline_runner(root))(point_overrides)
+                result.run_id = latest_pipeline_run(client, experiment_id, since)
                 client.set_tag(result.run_id, PARENT_TAG, parent_id)
                 client.set_tag(result.run_id, SWEEP_TAG, sweep_name)
             result.metric = read_metric(root / cfg.paths.metrics, metric)
@@ -353,18 +356,3 @@ def _finish_parent(client: Any, parent_id: str, results: Sequence[PointResult], 
         client.set_tag(parent_id, "silkfire.sweep.best", " ".join(f"{k}={v}" for k, v in best.values.items()))
     client.set_terminated(parent_id, status)
     return rows
-
-
-def _flow_runner(root: Path) -> Callable[[list[str]], Any]:
-    from silkfire.flow import load_flow_module
-
-    flows = load_flow_module(root)
-    return lambda overrides: flows.pipeline(overrides=overrides, push_to_remote=False)
-
-
-def _latest_pipeline_run(client: Any, experiment_id: str, since_ms: int) -> str:
-    runs = client.search_runs([experiment_id], f"tags.`silkfire.kind` = 'pipeline' and attributes.start_time >= {since_ms}",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise RuntimeError("the flow finished but its MLflow `pipeline` run was not found")
-    return runs[0].info.run_id
