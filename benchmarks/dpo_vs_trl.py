@@ -233,7 +233,7 @@ class Clock:
 def run_ours(inputs: dict[str, str], args: argparse.Namespace, shared_prefix: bool, group_by_length: bool,
              out: Path) -> dict[str, Any]:
     import silkfire.models.loading as loading
-    from silkfire.train.dpo import DPOConfig, LoraSettings, train_dpo
+    from silkfire.train.dpo import DPOConfig, train_dpo
 
     patch_encoding(args.keep_bos)
     clock = Clock()
@@ -250,7 +250,7 @@ def run_ours(inputs: dict[str, str], args: argparse.Namespace, shared_prefix: bo
                        eval_fraction=0.0, logging_steps=max(1, args.steps), save_steps=0, num_threads=args.threads,
                        progress=False, freeze=("vision_tower",), shared_prefix=shared_prefix,
                        group_by_length=group_by_length, device="cpu", dtype="float32", resume=False,
-                       lora=LoraSettings(enabled=False), eval_steps=0)  # full fine-tuning, as TRL's side
+                       lora=None, eval_steps=0)  # full fine-tuning, as TRL's side
 
     def callback(event: str, step: int, values: dict[str, Any]) -> None:
         if event == "step":

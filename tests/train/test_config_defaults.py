@@ -61,3 +61,33 @@ def test_fire_models_spell_out_every_setting(role: str) -> None:
     section = yaml_section("conf/fire/default.yaml", "sft", role)
     missing = {f.name for f in fields(SFTConfig)} - FIRE_SETS - set(section)
     assert not missing, f"fire.sft.{role} leaves {sorted(missing)} to SFTConfig's defaults: write them out"
+
+
+def _lora_blocks(node: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        found = [(f"{where}.lora", node["lora"])] if isinstance(node.get("lora"), dict) else []
+        for key, value in node.items():
+            found += _lora_blocks(value, f"{where}.{key}")
+        return found
+    return []
+
+
+def test_one_lora_schema_across_trainers_and_experiments() -> None:
+    """SFT, DPO and the FIRE roles share silkfire.train.lora.LoraOptions (issue 15: one LoRA schema): every LoRA
+    block under conf/ parses with it, and the default DPO block spells out every key (no hidden default)."""
+    from silkfire.train.lora import LoraOptions
+
+    blocks = [block for path in sorted((ROOT / "conf").rglob("*.yaml"))
+              for block in _lora_blocks(OmegaConf.to_container(OmegaConf.load(path), resolve=False), path.name)]
+    assert any(where.startswith("default.yaml.dpo") for where, _ in blocks)
+    assert any("student" in where for where, _ in blocks)  # fire_llava_8b's role block
+    for where, block in blocks:
+        options = LoraOptions.from_mapping(block)
+        assert options is None or options.r == block.get("r", options.r), where
+    dpo_block = yaml_section("conf/silkie/default.yaml", "dpo", "lora")
+    assert set(dpo_block) == {f.name for f in fields(LoraOptions)}
+    config = DPOConfig.from_mapping({"lora": {"r": 4}})
+    assert config.lora is not None and config.lora.r == 4 and config.lora.alpha == 16  # the rest: Silkie's block
+    assert DPOConfig.from_mapping({"lora": {"enabled": False}}).lora is None
+    with pytest.raises(ValueError, match="llm_only"):
+        DPOConfig.from_mapping({"lora": {"llm_only": True}})  # the old DPO-only key names the allowed ones

@@ -187,7 +187,7 @@ def test_lora_trains_adapters_only_and_saves_a_merged_model(
     from silkfire.models.loading import load_vlm
 
     config = _config(max_steps=3, save_steps=0, rpo_alpha=1.0,
-                     lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "llm_only": True})
+                     lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "within": "language_model"})
     result = train_dpo(base, pairs_file, world, config, tmp_path / "lora")
     assert (tmp_path / "lora" / "adapter" / "adapter_model.safetensors").is_file()
     base_weights = _weights(base)

@@ -50,6 +50,7 @@ from silkfire.io import read_records, write_json
 from silkfire.models.config import build_dataclass, to_plain_mapping
 from silkfire.runtime import Runtime
 from silkfire.train.resume import RESUME_FREE, complete_checkpoints, resume_mode  # noqa: F401 (RESUME_FREE: API)
+from silkfire.train.lora import LoraOptions, apply_lora
 
 HISTORY_FIELDS = ("step", "epoch", "loss", "dpo_loss", "nll", "reward_accuracy", "reward_margin", "chosen_reward",
                   "rejected_reward", "chosen_logp", "rejected_logp", "learning_rate", "grad_norm",
@@ -61,14 +62,8 @@ REFERENCE_FILE = "reference_logps.safetensors"
 LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    enabled: bool = True
-    r: int = 64
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = LLAMA_MODULES
-    llm_only: bool = True
+# Silkie's LoRA: r 64, alpha 16, dropout 0.05 on the language model's attention and MLP projections
+SILKIE_LORA = LoraOptions(r=64, alpha=16.0, dropout=0.05, target_modules=LLAMA_MODULES, within="language_model")
 
 
 # sigmoid: Rafailov et al.'s DPO (+ rpo_alpha * NLL of the chosen answer). mdpo (Wang et al. 2024, arXiv 2406.11839):
@@ -106,7 +101,7 @@ class DPOConfig:
     ref_batch_size: int = 64
     group_by_length: bool = True
     freeze: tuple[str, ...] = ("vision_tower",)
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    lora: LoraOptions | None = SILKIE_LORA  # the one LoRA schema (silkfire.train.lora); None = full fine-tuning
     num_threads: int = 2
     seed: int = 0
     resume: bool | str = "auto"  # auto | true | false (silkfire.train.resume)
@@ -135,15 +130,13 @@ class DPOConfig:
         if not 0.0 < self.mdpo_keep <= 1.0:
             raise ValueError(f"dpo: mdpo_keep must be in (0, 1], got {self.mdpo_keep}")
         object.__setattr__(self, "resume", resume_mode(self.resume))
+        object.__setattr__(self, "freeze", tuple(self.freeze or ()))
+        # a partial mapping keeps Silkie's recipe for the keys it leaves out; `enabled: false` becomes None
+        object.__setattr__(self, "lora", LoraOptions.from_mapping(self.lora, base=SILKIE_LORA))
 
     @classmethod
     def from_mapping(cls, cfg: Any, **overrides: Any) -> DPOConfig:
-        values = {**to_plain_mapping(cfg, "dpo config"), **overrides}
-        lora = values.pop("lora", None) or {}
-        lora = lora if isinstance(lora, LoraSettings) else build_dataclass(LoraSettings, dict(lora), "dpo.lora config")
-        config = build_dataclass(cls, {**values, "lora": lora}, "dpo config")
-        return cls(**{**asdict(config), "freeze": tuple(config.freeze or ()),
-                      "lora": LoraSettings(**{**asdict(lora), "target_modules": tuple(lora.target_modules)})})
+        return build_dataclass(cls, {**to_plain_mapping(cfg, "dpo config"), **overrides}, "dpo config")
 
 
 @dataclass
@@ -688,19 +681,6 @@ def evaluate_pairs(model: Any, data: PairData, pad_token_id: int, config: DPOCon
 
 
 # ---- model preparation -------------------------------------------------------------------------------------------
-def apply_lora(model: Any, settings: LoraSettings) -> Any:
-    """Wrap the model with PEFT LoRA adapters through silkfire.train.lora (only inside the language model when
-    ``llm_only``: the ViT's own q/k/v projections stay frozen)."""
-    from silkfire.train.lora import LoraOptions
-    from silkfire.train.lora import apply_lora as wrap
-
-    options = LoraOptions(r=settings.r, alpha=float(settings.alpha), dropout=settings.dropout,
-                          target_modules=tuple(settings.target_modules),
-                          within="language_model" if settings.llm_only else None)
-    wrapped, _ = wrap(model, options)
-    return wrapped
-
-
 def trainable_state(model: Any) -> dict[str, Any]:
     return {name: parameter.detach().to("cpu", copy=True).contiguous() for name, parameter in model.named_parameters()
             if parameter.requires_grad}
@@ -1144,10 +1124,10 @@ def train_dpo(
     frozen = freeze_parts(model, config.freeze)
     if runtime.gradient_checkpointing:
         runtime_policy.enable_gradient_checkpointing(model)
-    if config.lora.enabled:
+    if config.lora is not None:
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        model = apply_lora(model, config.lora)
+        model, _ = apply_lora(model, config.lora)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count = sum(p.numel() for p in trainable)
@@ -1283,7 +1263,7 @@ def _save_final(model: Any, processor: Any, start: str | Path, out_dir: Path, mo
     state = job.accelerator.get_state_dict(model) if job.sharded else None  # collective: every process
     if job.main:
         model = job.unwrap(model)
-        if config.lora.enabled:
+        if config.lora is not None:
             # adapter weights (safetensors) + adapter_config.json
             model.save_pretrained(str(out_dir / "adapter"), **({"state_dict": state} if state is not None else {}))
             if state is not None:  # the shards' weights are not in this process's modules: merge from the files

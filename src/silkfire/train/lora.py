@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,13 @@ class LoraOptions:
             raise ValueError("lora.target_modules is empty: name the layers that get adapters (e.g. q_proj)")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> LoraOptions | None:
-        """From a config mapping; None (or ``enabled: false``) means no LoRA."""
-        if values is None:
-            return None
+    def from_mapping(cls, values: Mapping[str, Any] | LoraOptions | None,
+                     base: LoraOptions | None = None) -> LoraOptions | None:
+        """The one LoRA schema of every trainer (SFT ``train.lora``, DPO ``silkie.dpo.lora``, FIRE
+        ``fire.sft.<role>.lora``): None (or ``enabled: false``) means no LoRA. A partial mapping fills its missing
+        keys from ``base`` (the trainer's own default block), else from these defaults."""
+        if values is None or isinstance(values, LoraOptions):
+            return values if values is None or values.enabled else None
         if hasattr(values, "items") and not isinstance(values, dict):  # DictConfig
             from omegaconf import OmegaConf
 
@@ -56,7 +59,7 @@ class LoraOptions:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"lora: unknown key(s) {unknown}; known: {sorted(known)}")
-        data = dict(values)
+        data = {**(asdict(base) if base is not None else {}), **values}
         for key in ("target_modules", "modules_to_save"):
             if key in data:
                 value = data[key] or ()

@@ -20,6 +20,7 @@ from typing import Any
 
 from silkfire.io import write_json
 from silkfire.models.config import build_dataclass, to_plain_mapping
+from silkfire.train.lora import LoraOptions
 from silkfire.world.templates import ANSWER_STYLES  # importable from here too
 
 # Model parts that can be frozen, the same three names in every family (silkfire.models.families says where each
@@ -66,7 +67,7 @@ class SFTConfig:
     dtype: str = "float32"  # compute precision (silkfire.runtime): auto | float32 | bfloat16 (fp32 master + autocast)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (runtime.device)
     gradient_checkpointing: bool = False  # runtime.gradient_checkpointing
-    lora: Mapping[str, Any] | None = None  # PEFT LoRA (silkfire.train.lora.LoraOptions keys); None = full FT
+    lora: LoraOptions | None = None  # PEFT LoRA (a mapping of LoraOptions keys is parsed); None = full fine-tuning
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1:
@@ -92,10 +93,8 @@ class SFTConfig:
         from silkfire.train.resume import resume_mode
 
         object.__setattr__(self, "resume", resume_mode(self.resume))  # "auto" | "true" | "false"
-        if self.lora is not None:
-            from silkfire.train.lora import LoraOptions
-
-            LoraOptions.from_mapping(self.lora)  # unknown keys / bad values fail here, before any work
+        # unknown keys / bad values fail here, before any work; `enabled: false` becomes None
+        object.__setattr__(self, "lora", LoraOptions.from_mapping(self.lora))
 
     @classmethod
     def from_mapping(cls, cfg: Any, **overrides: Any) -> SFTConfig:
@@ -111,8 +110,6 @@ class SFTConfig:
             updates["freeze"] = tuple(config.freeze or ())
         if config.family_weights is not None:
             updates["family_weights"] = dict(config.family_weights)
-        if config.lora is not None and not isinstance(config.lora, dict):
-            updates["lora"] = to_plain_mapping(config.lora, "train.lora")
         return cls(**{**asdict(config), **updates}) if updates else config
 
 
@@ -223,7 +220,7 @@ def train_sft(
     model.train()
     frozen = freeze_parts(model, config.freeze)
     lora_report = None
-    if (lora := _lora_options(config)) is not None:
+    if (lora := config.lora) is not None:
         from silkfire.train.lora import apply_lora
 
         model, lora_report = apply_lora(model, lora)  # freezes all but the adapters and modules_to_save
@@ -382,12 +379,6 @@ def _planned(train_data: Any, train_records: Sequence[Any], config: SFTConfig) -
     order = curriculum_order(families, config.curriculum_families, config.curriculum_steps * per_step,
                              steps * per_step, config.seed)
     return PlannedOrder(train_data, order), steps
-
-
-def _lora_options(config: SFTConfig) -> Any:
-    from silkfire.train.lora import LoraOptions
-
-    return LoraOptions.from_mapping(config.lora)
 
 
 def _finished(checkpoint: Path) -> bool:
