@@ -15,7 +15,7 @@ principles, divided by a stated hardware peak times a stated efficiency range:
 * sampling (vLLM endpoints): prefill is compute-bound (2 x N x prompt tokens incl. the 576 image tokens + the
   vision tower); decode is memory-bandwidth-bound: every step reads the weights once for a whole batch plus each
   sequence's KV cache, the batch being as large as the KV cache left in HBM allows.
-* judging: tokens of the judge template (src/silkfire/feedback/template.py, rendered here) + the instruction + the
+* judging: tokens of the judge template (src/silkfire/vlfeedback/template.py, rendered here) + the instruction + the
   4 responses + the image in; 3 aspects x 4 texts of Rating/Rationale out; $ at the prices given.
 * memory: weights + gradients + AdamW states + fp32 master weights, sharded as DDP / ZeRO-2 / ZeRO-3 / FSDP do over
   the GPUs, + saved activations of one micro-batch at the stage's maximum length, with and without checkpointing.
@@ -397,7 +397,7 @@ def fire_lengths(words: tuple[float, float], rounds: float, a: Assumptions, imag
 
 def judge_tokens(a: Assumptions, responses: int) -> dict[str, float]:
     """Tokens of one judge call (one record: the instruction, its image and all its responses, rated at once)."""
-    from silkfire.feedback.template import ASPECT_ORDER, render_prompt
+    from silkfire.vlfeedback.template import ASPECT_ORDER, render_prompt
 
     skeleton = render_prompt("", [""] * responses)
     reply = "\n\n".join(f"#### {aspect} Assessment\n" + "\n".join(

@@ -84,7 +84,7 @@ def build_inputs(scratch: Path, scales: list[int], params: dict[str, Any]) -> No
     from silkfire.models.config import ModelConfig
     from silkfire.models.tiny_llava import build_tiny_llava
     from silkfire.world.config import WorldConfig
-    from silkfire.world.generate import generate_world
+    from silkfire.world.build import generate_world
     from silkfire.world.texts import world_texts
 
     config = WorldConfig.from_mapping(params["world"])

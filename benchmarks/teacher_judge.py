@@ -6,7 +6,7 @@ Needs a workspace where both branches ran (`silkfire run "pipeline.branches=[sil
 oracle-annotated records (``<paths.feedback>/annotated.jsonl``) and the FIRE branch's teacher
 (``<paths.fire_teacher>/model``). The same records, annotations removed, are judged again by
 
-- ``trained``: the trained FIRE teacher (silkfire.feedback.teacher_judge, the instruction it was trained with);
+- ``trained``: the trained FIRE teacher (silkfire.vlfeedback.teacher_judge, the instruction it was trained with);
 - ``fire_oracle``: the world's rule-based FIRE teacher, the ceiling a teacher trained on its turns could reach;
 
 and each is compared with the VLFeedback oracle's ratings (the mean of its aspects, the score pairs are built
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from silkfire.artefacts import feedback_image_root
     from silkfire.config import load_params
-    from silkfire.feedback.judges import make_judge
-    from silkfire.feedback.teacher_judge import agreement
+    from silkfire.vlfeedback.judges import make_judge
+    from silkfire.vlfeedback.teacher_judge import agreement
     from silkfire.io import read_records
 
     root = args.root.resolve()

@@ -111,3 +111,23 @@ def test_every_source_folder_is_a_regular_package() -> None:
                      if folder.is_dir() and folder.name != "__pycache__" and any(folder.glob("*.py"))
                      and not (folder / "__init__.py").is_file())
     assert not missing, f"folders of silkfire modules without __init__.py: {missing}"
+
+
+# Names that say what they hold (issue 15, item 6). A stage module is named for its stage and a quality module for
+# the data kind it gates (quality/pairs.py gates stages/pairs.py's file); each package may have its own config,
+# test helpers, command line and published-records reader. Any other library module name is used once, so
+# "generate.py" or "oracle.py" means one thing.
+PER_PACKAGE = {"__init__", "config", "testing", "cli", "records"}
+NAMED_FOR = ("stages", "quality")
+
+
+def test_library_module_names_are_unique() -> None:
+    seen: dict[str, list[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        relative = path.relative_to(SRC)
+        if path.stem in PER_PACKAGE or relative.parts[0] in NAMED_FOR:
+            continue
+        seen.setdefault(path.stem, []).append(str(relative))
+    repeated = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not repeated, f"library modules sharing a name (give each a name for what it holds): {repeated}"
+    assert "answers" in seen and "oracle_judge" in seen and "oracle_teacher" in seen  # the renamed ones are found

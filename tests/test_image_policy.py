@@ -111,7 +111,7 @@ def _no_secret_reached(server: FakeChatServer) -> None:
 
 
 def test_api_judge_sends_nothing_when_any_record_is_unsafe(attack: dict, tmp_path: Path) -> None:
-    from silkfire.feedback.judges import ApiJudge
+    from silkfire.vlfeedback.judges import ApiJudge
     from silkfire.llm.client import ClientConfig
 
     good = {"id": "ok", "prompt": "What is it?", "img_path": "images/good.png",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from silkfire.feedback.pairs import replay_pairs
+from silkfire.vlfeedback.pair_rule import replay_pairs
 from silkfire.rounds import Round, final_champion, markdown, round_overrides, table_rows
 
 

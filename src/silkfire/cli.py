@@ -169,8 +169,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_pairs(args: argparse.Namespace) -> int:
     """Exit 0 with the counts as JSON; 2 with one ``error:`` message listing every bad record (file, line/record,
     field), an unreadable or empty input, or an output that cannot be written (nothing is written then)."""
-    from silkfire.feedback.pairs import build_pairs_file
-    from silkfire.feedback.records import FeedbackFormatError
+    from silkfire.vlfeedback.pair_rule import build_pairs_file
+    from silkfire.vlfeedback.records import FeedbackFormatError
 
     try:
         counts = build_pairs_file(args.file, args.out, args.min_margin, args.max_pairs_per_prompt)

@@ -45,6 +45,9 @@ def compose(overrides: Sequence[str] = (), root: Path | None = None) -> DictConf
     with initialize_config_dir(str(root / CONFIG_DIR), version_base=None):
         cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
     OmegaConf.resolve(cfg)
+    from silkfire.config_schema import check as check_schema
+
+    check_schema(cfg, root / CONFIG_DIR)  # a key no conf/ file declares (a `+key=` typo, an experiment file's) fails here
     from silkfire.models.config import resolve_checkpoint_files
 
     resolve_checkpoint_files(cfg)  # a hub checkpoint: DVC hashes its folder in the HF cache

@@ -3,7 +3,7 @@ that is local threads or processes here and a Dask or Ray cluster on real infras
 
     config = FanoutConfig(runner="dask", shards=32, address="tcp://scheduler:8786")
     annotated = fan_out(annotate_shard, records, config, judge=..., world_dir=..., root=..., image_root=...)
-    # annotate_shard: silkfire.feedback.judges (this module imports no other silkfire module)
+    # annotate_shard: silkfire.vlfeedback.judges (this module imports no other silkfire module)
 
 ``fn(shard, **kwargs) -> list`` must be a module-level function (it is pickled to the workers) that builds what
 it needs (a judge, a policy) from plain config inside the task: never ship an open HTTP client or a model.

@@ -105,7 +105,7 @@ class SilkfireVLM(mlflow.pyfunc.PythonModel):
                                               dtype=os.environ.get(DTYPE_ENV, "auto"))
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        from silkfire.eval.generate import generate_batch, generation_mode
+        from silkfire.eval.answers import generate_batch, generation_mode
         from silkfire.train.data import prompt_text
 
         max_new_tokens = int((params or {}).get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)

@@ -168,7 +168,7 @@ def test_score_reads_mme_parquet_predictions(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_a_parquet_row_given_to_a_model_reader_is_refused_with_the_way_out(tmp_path: Path) -> None:
-    from silkfire.eval.generate import generate_answers
+    from silkfire.eval.answers import generate_answers
 
     row = make.mme_rows()[0]
     with pytest.raises(ValueError, match=r"field 'image' is dict.*silkfire.data.published"):

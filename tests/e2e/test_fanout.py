@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from silkfire.fanout import FanoutConfig, fan_out, make_task_runner, split
-from silkfire.feedback.judges import annotate_shard
+from silkfire.vlfeedback.judges import annotate_shard
 
 
 def test_split_keeps_order_and_balances() -> None:
@@ -69,7 +69,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _records(world: Path) -> list[dict]:
-    from silkfire.feedback.judges import make_judge
+    from silkfire.vlfeedback.judges import make_judge
     from silkfire.policies.instructions import world_instructions
     from silkfire.policies.scripted import PROFILES, ScriptedPolicy
 

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 
 from silkfire.config import compose
 from silkfire.fanout import FanoutConfig, ShardTimeout, fan_out_shards, sum_metrics
-from silkfire.feedback.cache import AnnotationCache
-from silkfire.feedback.template import ASPECT_ORDER
+from silkfire.vlfeedback.cache import AnnotationCache
+from silkfire.vlfeedback.template import ASPECT_ORDER
 from silkfire.llm.testing import FakeChatServer
 from silkfire.models.testing import make_test_model, make_test_world
 from silkfire.stages.runner import run_stage

@@ -72,7 +72,7 @@ def test_max_items_keeps_whole_scenes_and_items_are_stable(world: Path) -> None:
     with pytest.raises(ValueError, match="max_items 7 is less than one scene's 8 items"):
         build_mmhal_world(world, max_items=7)
     # an item depends on (seed, scene, type) only: dropping scenes in front changes no other item
-    from silkfire.feedback.oracle import load_world
+    from silkfire.vlfeedback.oracle_judge import load_world
 
     config, scenes = load_world(world)
     ordered = sorted((s for s in scenes.values() if s.split == "test"), key=lambda s: s.scene_id)

@@ -11,7 +11,7 @@ import pytest
 
 from silkfire.fire import bench
 from silkfire.fire.dialogue import run_dialogues, world_tasks
-from silkfire.fire.oracle import OracleTeacher
+from silkfire.fire.oracle_teacher import OracleTeacher
 from silkfire.fire.records import FireDialogue
 from silkfire.fire.students import ScriptedStudent, StudentInput
 

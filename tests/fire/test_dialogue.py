@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from silkfire.fire.dialogue import DialogueTask, run_dialogues, stop_reason, tasks_from_dialogues, world_tasks
-from silkfire.fire.oracle import OracleTeacher
+from silkfire.fire.oracle_teacher import OracleTeacher
 from silkfire.fire.records import check_record, read_dialogues, write_dialogues
 from silkfire.fire.students import ApiStudent, HFStudent, ScriptedStudent, Student, StudentInput, build_student
 from silkfire.fire.teacher import ApiTeacher

@@ -8,7 +8,7 @@ import pytest
 
 from silkfire.fire.dialogue import run_dialogues, world_tasks
 from silkfire.fire.generation import chat_messages
-from silkfire.fire.oracle import OracleTeacher
+from silkfire.fire.oracle_teacher import OracleTeacher
 from silkfire.fire.prompts import teacher_prompt
 from silkfire.fire.students import HFStudent
 from silkfire.fire.teacher import TeacherInput, TrainedTeacher

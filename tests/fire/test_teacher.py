@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from silkfire.fire.oracle import OracleTeacher
+from silkfire.fire.oracle_teacher import OracleTeacher
 from silkfire.fire.prompts import TEACHER_INSTRUCTION
 from silkfire.fire.teacher import ApiTeacher, Teacher, TeacherInput, build_teacher
 from silkfire.fire.text import parse_score

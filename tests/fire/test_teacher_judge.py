@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from silkfire.feedback.judges import make_judge
-from silkfire.feedback.oracle import OracleJudge
-from silkfire.feedback.teacher_judge import TeacherJudge, agreement, score_to_rating, spearman
+from silkfire.vlfeedback.judges import make_judge
+from silkfire.vlfeedback.oracle_judge import OracleJudge
+from silkfire.vlfeedback.teacher_judge import TeacherJudge, agreement, score_to_rating, spearman
 from silkfire.io import read_records
 
 
@@ -126,8 +126,8 @@ def test_teacher_judged_records_pass_the_feedback_gate_the_judge_config_narrows(
     assert not every_aspect.success  # the default gate wants all three ratings
     # ... and the pairs stage's rule, over the aspects the config names, pairs them (over all three aspects the
     # "N/A" ratings made every completion unpairable: 0 pairs from 1410 at the default scale)
-    from silkfire.feedback.pairs import build_pairs
-    from silkfire.feedback.records import iter_feedback
+    from silkfire.vlfeedback.pair_rule import build_pairs
+    from silkfire.vlfeedback.records import iter_feedback
     from silkfire.stages.pairs import rated_aspects
 
     pairs, counts = build_pairs(iter_feedback(path, require_annotations=True), 0.0, None, rated_aspects(cfg),

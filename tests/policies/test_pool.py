@@ -66,8 +66,8 @@ def test_scripted_profiles_fail_where_they_should(instructions: list[Instruction
 def test_the_oracle_judge_ranks_correct_above_every_failure_profile(world: Path,
                                                                     instructions: list[Instruction]) -> None:
     """The profiles are only useful if a judge can tell them apart: mean score per profile under the oracle."""
-    from silkfire.feedback.judges import make_judge
-    from silkfire.feedback.pairs import completion_score
+    from silkfire.vlfeedback.judges import make_judge
+    from silkfire.vlfeedback.pair_rule import completion_score
 
     pool = build_pool(SCRIPTED, world, SamplingDefaults(progress=False), WorldConfig())
     records, stats = sample_responses(instructions, pool, world, k=6, seed=0, progress=False)
@@ -83,8 +83,8 @@ def test_the_oracle_judge_ranks_correct_above_every_failure_profile(world: Path,
 
 def test_mmhal_family_asks_the_benchmark_kinds_of_training_scenes_only(world: Path) -> None:
     """Silkie's instructions of MMHal-Bench's kinds: training scenes, no question repeated, scripted failures hold."""
-    from silkfire.feedback.judges import make_judge
-    from silkfire.feedback.pairs import completion_score
+    from silkfire.vlfeedback.judges import make_judge
+    from silkfire.vlfeedback.pair_rule import completion_score
     from silkfire.io import read_records
 
     mmhal = world_instructions(world, families=["mmhal"])

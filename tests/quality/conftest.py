@@ -25,7 +25,7 @@ def make_tiny_world(out_dir: Path) -> Path:
     """A small valid world: the world module's generator when it is importable, else a local stand-in."""
     try:
         from silkfire.world.config import WorldConfig
-        from silkfire.world.generate import generate_world
+        from silkfire.world.build import generate_world
     except ImportError:
         return _fallback_world(out_dir)
     generate_world(WorldConfig(train_scenes=4, val_scenes=2, test_scenes=3), out_dir, seed=0, progress=False)

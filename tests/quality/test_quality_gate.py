@@ -13,7 +13,7 @@ from PIL import Image
 from silkfire.quality import derive
 from silkfire.quality.config import QualityConfig
 from silkfire.quality.gate import Check, Suite, between, expectation_class, in_set, unique, validate_table
-from silkfire.quality.records import JSON, LINE, load_records, records_frame
+from silkfire.quality.frames import JSON, LINE, load_records, records_frame
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 

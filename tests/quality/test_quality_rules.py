@@ -101,7 +101,7 @@ def _fire_lines(count: int) -> list[str]:
 
 def test_blocks_renumber_to_file_lines(tmp_path: Path) -> None:
     from silkfire.quality.kinds import _load_block
-    from silkfire.quality.records import iter_record_chunks, jsonl_blocks
+    from silkfire.quality.frames import iter_record_chunks, jsonl_blocks
 
     path = tmp_path / "fire.jsonl"
     path.write_text("\n".join(_fire_lines(40)) + "\n", encoding="utf-8")

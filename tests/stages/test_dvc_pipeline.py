@@ -121,7 +121,7 @@ def test_import_closure_follows_lazy_imports_and_leaves_out_orchestration() -> N
         assert needed in sft
     assert not {"src/silkfire/cli.py", "src/silkfire/stages/runner.py", "src/silkfire/flow.py"} & set(sft)
     assert "src/silkfire/train/dpo.py" not in sft  # another stage's trainer is not sft's code
-    assert "src/silkfire/eval/generate.py" in code_deps("fire_bench", ROOT)  # issue 15: FIRE-Bench generates
+    assert "src/silkfire/eval/answers.py" in code_deps("fire_bench", ROOT)  # issue 15: FIRE-Bench generates
 
 
 def _out_paths(spec: dict, section: str) -> list[str]:

@@ -56,7 +56,7 @@ def _direct_answer(model_dir: Path, image: bytes, question: str, max_new_tokens:
     """What the project's own loader and greedy generation answer (no MLflow in between)."""
     from PIL import Image
 
-    from silkfire.eval.generate import generate_batch, generation_mode
+    from silkfire.eval.answers import generate_batch, generation_mode
     from silkfire.models.loading import load_vlm
     from silkfire.train.data import prompt_text
 

@@ -149,7 +149,7 @@ def test_frozen_vision_tower_stays_unchanged(world: Path, base: Path, tmp_path: 
 
 def test_build_train_save_reload_generate_path(world: Path, tmp_path: Path):
     """The whole model path on the tiny sizes: build -> SFT -> save -> load_vlm -> batched greedy answers."""
-    from silkfire.eval.generate import generate_answers
+    from silkfire.eval.answers import generate_answers
     from silkfire.io import read_records
     from silkfire.models.loading import load_vlm
 

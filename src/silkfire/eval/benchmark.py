@@ -12,7 +12,7 @@ Each run goes the same way:
 2. **Gate**: the kind's data-quality gate (``silkfire validate``'s) on the file, reports under ``<out>/gate/``.
    A failure stops here (exit 1) with the report; under ``--set <kind>.policy=filter`` the bad records are
    quarantined and the rest evaluated. Every image read after this goes through the image path policy.
-3. **Generate** greedy answers with the checkpoint (``silkfire.eval.generate`` / the FIRE student and teacher).
+3. **Generate** greedy answers with the checkpoint (``silkfire.eval.answers`` / the FIRE student and teacher).
 4. **Score** with the benchmark's own scorer: MME's official parser and acc/acc+ (:mod:`silkfire.eval.mme`);
    MMHal's 0-6 judge and mean score/hallucination rate (:mod:`silkfire.eval.mmhal`; needs a judge endpoint,
    else the answers are written in the template's layout for any judge); FIRE-Bench's fixed dialogue BLEU-1..4 /
@@ -149,7 +149,7 @@ def _load(options: EvalOptions) -> tuple[Any, Any]:
 
 
 def evaluate_mme(records: list[dict[str, Any]], root: Path, options: EvalOptions) -> tuple[list[dict], dict]:
-    from silkfire.eval.generate import generate_answers
+    from silkfire.eval.answers import generate_answers
     from silkfire.eval.mme import PARSER_NAME, WORLD_CATEGORY_GROUPS, score_mme
 
     model, processor = _load(options)
@@ -162,7 +162,7 @@ def evaluate_mme(records: list[dict[str, Any]], root: Path, options: EvalOptions
 
 
 def evaluate_mmhal(items: list[dict[str, Any]], root: Path, options: EvalOptions, out: Path) -> tuple[list[dict], dict]:
-    from silkfire.eval.generate import generate_answers
+    from silkfire.eval.answers import generate_answers
     from silkfire.eval.mmhal import ApiMMHalRater, score_mmhal
 
     model, processor = _load(options)

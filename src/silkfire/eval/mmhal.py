@@ -21,7 +21,7 @@ asked instead (same type label; never twice of one scene). Items are seeded per 
 adding scenes does not change others.
 
 **Oracle rater** (:class:`OracleMMHalRater`, the MMHal rubric read against the scene graph; claims as in
-:mod:`silkfire.feedback.claims`): *hallucination* = any false claim (a wrong answer is one).
+:mod:`silkfire.vlfeedback.claims`): *hallucination* = any false claim (a wrong answer is one).
 No hallucination: 6 = right answer + at least one further true statement + analysis ("because", "since", "so",
 "therefore"); 5 = right answer + a further true statement (a complete description counts as very informative);
 4 = right (or right but incomplete) answer; 3 = no answer (not informative). With hallucination, informativeness
@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from silkfire.data.published import read_located
-from silkfire.feedback.claims import (
+from silkfire.vlfeedback.claims import (
     NUMBER_WORDS,
     Answer,
     Claim,
@@ -68,7 +68,7 @@ from silkfire.feedback.claims import (
     background_name,
     object_text,
 )
-from silkfire.feedback.oracle import load_world
+from silkfire.vlfeedback.oracle_judge import load_world
 from silkfire.io import checked_records, write_jsonl
 from silkfire.quality.config import MMHAL_TYPES
 from silkfire.world import templates as t
@@ -448,14 +448,14 @@ def mmhal_readable(text: str) -> bool:
 class ApiMMHalRater:
     """MMHal's judge through an OpenAI-compatible model (text only, as the benchmark), with the disk cache.
 
-    As the VLFeedback judge (:class:`silkfire.feedback.judges.ApiJudge`), only readable replies (exactly one
+    As the VLFeedback judge (:class:`silkfire.vlfeedback.judges.ApiJudge`), only readable replies (exactly one
     "rating: N") are cached; an unreadable one is rated by the official rule this run (0), kept in the cache's
     side record and asked again on the next run, at most ``max_unparsable_attempts`` replies per item; metrics
     ``mmhal_judge_unparsable``, ``_retried``, ``_unparsable_given_up``."""
 
     def __init__(self, client_config: Any, cache_dir: str | Path, progress: bool = False,
                  max_unparsable_attempts: int = 3) -> None:
-        from silkfire.feedback.cache import AnnotationCache
+        from silkfire.vlfeedback.cache import AnnotationCache
 
         self.client_config = client_config
         self.cache = AnnotationCache(cache_dir)
@@ -476,7 +476,7 @@ class ApiMMHalRater:
     def rate(self, items: Sequence[Mapping[str, Any]], answer_key: str = "model_answer") -> list[dict[str, Any]]:
         """Copies of items with ``review`` (the judge text) and ``rating`` (parsed); failures raise ApiError
         after the other replies are cached."""
-        from silkfire.feedback.cache import annotation_key
+        from silkfire.vlfeedback.cache import annotation_key
         from silkfire.llm.client import ApiError, ChatClient, user_message
 
         model = self.client_config.model

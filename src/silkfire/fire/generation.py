@@ -1,6 +1,6 @@
 """Batched greedy generation of the next assistant turn of multi-turn image conversations (FIRE students/teachers).
 
-silkfire.eval.generate answers single questions; a FIRE student continues a conversation (question, response,
+silkfire.eval.answers answers single questions; a FIRE student continues a conversation (question, response,
 feedback, ...). Prompts are rendered with the processor's chat template exactly as silkfire.train.data renders
 training conversations (image block in the first user turn, text-only later turns), so a model trained on
 :mod:`silkfire.fire.sft_data` samples sees the same layout at generation time.
@@ -39,7 +39,7 @@ def generate_chat(model: Any, processor: Any, conversations: Sequence[Sequence[t
     Left padding, so each row continues right after its prompt; decoded without special tokens and stripped.
     Conversations are sorted by prompt length inside the call to pad less, and returned in input order.
     """
-    from silkfire.eval.generate import generate_batch, generation_mode
+    from silkfire.eval.answers import generate_batch, generation_mode
     from silkfire.train.data import load_image
 
     if len(conversations) != len(images):

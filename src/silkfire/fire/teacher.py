@@ -8,7 +8,7 @@ A teacher reads one student turn and writes one teacher turn::
 
 Teachers (``conf/fire/teacher/<kind>.yaml``, built by :func:`build_teacher`):
 
-- ``oracle`` (default; :class:`silkfire.fire.oracle.OracleTeacher`): scores against the shapes world's scene graph
+- ``oracle`` (default; :class:`silkfire.fire.oracle_teacher.OracleTeacher`): scores against the shapes world's scene graph
   with stated rules and writes feedback that guides without giving the answer away. Needs ``TeacherInput.scene``
   for the world's question kinds; other questions get a ground-truth text comparison.
 - ``api`` (:class:`ApiTeacher`): FIRE's teacher prompt (silkfire.fire.prompts) through the OpenAI-compatible
@@ -127,7 +127,7 @@ def build_teacher(cfg: Mapping[str, Any], *, root: Path | None = None, world: An
     kind = data.pop("kind", None)
     name = str(data.pop("name", None) or kind)
     if kind == "oracle":
-        from silkfire.fire.oracle import OracleTeacher
+        from silkfire.fire.oracle_teacher import OracleTeacher
 
         _no_extra(kind, data)
         return OracleTeacher(world=world, name=name)

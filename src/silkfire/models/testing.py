@@ -26,7 +26,7 @@ def make_test_world(out_dir: Path, *, train_scenes: int = 6, val_scenes: int = 2
                     seed: int = 0) -> Path:
     """A few-scene world in the data contract's format (written by the world module itself)."""
     from silkfire.world.config import WorldConfig
-    from silkfire.world.generate import generate_world
+    from silkfire.world.build import generate_world
 
     config = WorldConfig(train_scenes=train_scenes, val_scenes=val_scenes, test_scenes=test_scenes)
     generate_world(config, Path(out_dir), seed=seed, progress=False)

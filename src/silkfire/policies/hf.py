@@ -76,7 +76,7 @@ class HFPolicy:
 def sample_answers(model: Any, processor: Any, instructions: Sequence[Instruction], image_root: Path, *,
                    seed: int, temperature: float, top_p: float = 1.0, max_new_tokens: int = 48,
                    batch_size: int = 32, progress: bool = True, desc: str = "sample") -> list[str]:
-    """Sampled answers (greedy when temperature is 0), left-padded batches as in eval.generate.
+    """Sampled answers (greedy when temperature is 0), left-padded batches as in eval.answers.
 
     Each batch is seeded from ``seed`` and its first instruction id, so an answer does not depend on which
     other policies ran before. Special tokens (pad, image, bos) are banned from the answer; a response that
@@ -84,7 +84,7 @@ def sample_answers(model: Any, processor: Any, instructions: Sequence[Instructio
     """
     import torch
 
-    from silkfire.eval.generate import generate_batch, generation_mode
+    from silkfire.eval.answers import generate_batch, generation_mode
     from silkfire.train.data import load_image, prompt_text
 
     tokenizer = processor.tokenizer

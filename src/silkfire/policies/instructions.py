@@ -45,7 +45,7 @@ def world_instructions(world_dir: Path, *, split_file: str = "train.jsonl", fami
     world_dir = Path(world_dir)
     pool: list[dict[str, Any]] = read_records(world_dir / split_file)
     if families and MMHAL_FAMILY in families:  # needs the world's vocabulary (manifest) besides its scenes
-        from silkfire.feedback.oracle import load_world
+        from silkfire.vlfeedback.oracle_judge import load_world
 
         config, scenes = load_world(world_dir)
         asked = {(record.get("scene_id"), record.get("question")) for record in pool}

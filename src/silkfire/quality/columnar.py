@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from silkfire.quality.records import (JSON, LINE, NUMERIC_SUFFIXES, OK, TYPE_SUFFIX, VALUE_SUFFIXES,
+from silkfire.quality.frames import (JSON, LINE, NUMERIC_SUFFIXES, OK, TYPE_SUFFIX, VALUE_SUFFIXES,
                                       derived_column, type_column)
 
 BLOCK_BYTES = 16 << 20  # Arrow parses ~9k FIRE dialogues at a time
@@ -138,7 +138,7 @@ def per_row_all(ok: np.ndarray, parents: np.ndarray, rows: int) -> np.ndarray:
 
 # ---- the block's frame ------------------------------------------------------------------------------------------
 def constant(value: Any, rows: int, name: str) -> Any:
-    """A column of one value, in the dtype :func:`silkfire.quality.records.derived_column` would give it."""
+    """A column of one value, in the dtype :func:`silkfire.quality.frames.derived_column` would give it."""
     if name.endswith(NUMERIC_SUFFIXES):
         return np.full(rows, np.nan if value is None else value, dtype="float64")
     if name.endswith(VALUE_SUFFIXES) or value is None:
@@ -147,7 +147,7 @@ def constant(value: Any, rows: int, name: str) -> Any:
 
 
 def clean_frame(screen: Screen, lines: np.ndarray, schema: Mapping[str, Any], keep: Sequence[str]) -> pd.DataFrame:
-    """The frame :func:`silkfire.quality.records.records_frame` + the kind's ``derive`` give the clean rows:
+    """The frame :func:`silkfire.quality.frames.records_frame` + the kind's ``derive`` give the clean rows:
     the same columns, in the same order and dtypes."""
     rows = len(lines)
     data: dict[str, Any] = {LINE: lines.astype("int64"), JSON: constant(OK, rows, JSON)}

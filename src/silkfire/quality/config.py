@@ -18,7 +18,7 @@ from silkfire.images import DEFAULT_MAX_PIXELS
 
 POLICIES = ("fail", "filter")  # fail: any failed expectation stops the pipeline; filter: quarantine bad rows
 KINDS = ("world", "vlfeedback", "pairs", "fire", "mme", "mmhal")
-PAIR_RULES = ("silkie", "strict")  # = silkfire.feedback.pairs.RULES (the gate does not import the builder)
+PAIR_RULES = ("silkie", "strict")  # = silkfire.vlfeedback.pair_rule.RULES (the gate does not import the builder)
 
 _DEFAULT_FAMILIES: dict[str, tuple[str, ...]] = {
     "mme": ("existence", "count", "position", "color", "numerical_calculation", "comparison"),
@@ -180,7 +180,7 @@ class PairsConfig(GateConfig):
     from rejected and no (image, prompt, chosen, rejected) repeats."""
 
     min_margin: float = 0.0  # chosen_score - rejected_score must be > this (0: strictly greater)
-    # the pair rule that built the file (silkfire.feedback.pairs): strict refuses repeated (image, prompt, chosen,
+    # the pair rule that built the file (silkfire.vlfeedback.pair_rule): strict refuses repeated (image, prompt, chosen,
     # rejected) and chosen == rejected; silkie (vlf-silkie's run_dpo.py) keeps both, as the released code does.
     # The `pairs` stage sets it from silkie.pairs.rule; a file checked on its own is checked strictly by default.
     rule: str = "strict"

@@ -32,7 +32,7 @@ from silkfire.quality.config import FireConfig, QualityConfig
 from silkfire.quality.derive import OK
 from silkfire.quality.gate import Check, between, is_ok
 from silkfire.quality.kinds import Derived, KindSpec
-from silkfire.quality.records import OK as JSON_OK
+from silkfire.quality.frames import OK as JSON_OK
 from silkfire.quality.report import GateResult
 
 STUDENT, TEACHER = "student", "teacher"

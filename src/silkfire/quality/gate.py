@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
-from silkfire.quality.records import LINE, LoadedRecords
+from silkfire.quality.frames import LINE, LoadedRecords
 from silkfire.quality.report import DATA_DOCS_DIR, Failure, GateResult, TableResult, load_failure
 
 SITE = "silkfire"
@@ -274,7 +274,7 @@ def validate_table(
     """Run ``checks`` on ``frame`` with GX and return what failed, mapped back to lines of ``source``.
 
     ``frame`` should carry a ``__line__`` column (the record's line in ``source``, see
-    ``silkfire.quality.records``); without it the row position + 1 is used. The validation page is added to
+    ``silkfire.quality.frames``); without it the row position + 1 is used. The validation page is added to
     the static Data Docs site in ``docs_dir`` (with ``build_docs=False``, call ``gx_session(docs_dir).build_docs()``
     once after the last table).
     """

@@ -27,7 +27,7 @@ from silkfire.quality.columnar import BLOCK_BYTES as COLUMNAR_BLOCK_BYTES
 from silkfire.quality.columnar import MIN_BYTES as COLUMNAR_MIN_BYTES
 from silkfire.quality.columnar import Columnar, clean_frame, physical_lines, read_block
 from silkfire.quality.config import GateConfig, QualityConfig
-from silkfire.quality.records import TOKENS, derived_column
+from silkfire.quality.frames import TOKENS, derived_column
 from silkfire.quality.gate import (
     Check,
     PreparedTable,
@@ -40,7 +40,7 @@ from silkfire.quality.gate import (
     unique,
 )
 from silkfire.quality.profile import build_profile, compare, count_values, drift_table, load_profile, write_profile
-from silkfire.quality.records import (
+from silkfire.quality.frames import (
     JSON,
     LINE,
     LoadedRecords,
@@ -55,7 +55,7 @@ from silkfire.quality.records import (
 from silkfire.quality.report import GateResult
 
 # TOKENS: suffix of token-count columns; every such column gets the token-bounds check. The derived columns' dtypes
-# live beside the frame's (quality.records), which the columnar reader shares.
+# live beside the frame's (quality.frames), which the columnar reader shares.
 
 _TYPE_WORDS = {
     "text": "a non-empty string", "str": "a string", "int": "an integer", "float": "a number", "list": "a list",

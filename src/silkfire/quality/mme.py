@@ -17,7 +17,7 @@ from silkfire.quality import derive
 from silkfire.quality.config import MMEConfig, QualityConfig
 from silkfire.quality.gate import Check, between, in_set, is_ok, matches
 from silkfire.quality.kinds import KindSpec
-from silkfire.quality.records import derived_column
+from silkfire.quality.frames import derived_column
 from silkfire.quality.report import GateResult
 
 HINT = "fix the benchmark export (or the file by hand) and validate again"

@@ -20,8 +20,8 @@ from silkfire.quality.config import MMHalConfig, QualityConfig
 from silkfire.quality.derive import OK
 from silkfire.quality.gate import Check, in_set, is_ok
 from silkfire.quality.kinds import Derived, KindSpec
-from silkfire.quality.records import derived_column
-from silkfire.quality.records import OK as JSON_OK
+from silkfire.quality.frames import derived_column
+from silkfire.quality.frames import OK as JSON_OK
 from silkfire.quality.report import GateResult
 
 HINT = "fix the benchmark export (or the file by hand) and validate again"

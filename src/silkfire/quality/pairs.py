@@ -25,7 +25,7 @@ from silkfire.quality.config import PairsConfig, QualityConfig
 from silkfire.quality.derive import OK
 from silkfire.quality.gate import Check, greater, is_ok
 from silkfire.quality.kinds import Derived, KindSpec, validate_file
-from silkfire.quality.records import OK as JSON_OK
+from silkfire.quality.frames import OK as JSON_OK
 from silkfire.quality.report import GateResult
 
 HINT = "fix the pair builder that wrote this file (or the file by hand) and validate again"

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import pandas as pd
 
-from silkfire.quality.records import LINE, iter_raw_records, parse_json
+from silkfire.quality.frames import LINE, iter_raw_records, parse_json
 from silkfire.quality.report import CLEAN_DIR, QUARANTINE_JSONL, TableResult, jsonable
 
 

@@ -24,7 +24,7 @@ from silkfire.io import write_json
 from silkfire.quality.config import DriftConfig
 from silkfire.quality.derive import OK, is_null
 from silkfire.quality.gate import PreparedTable, Suite, is_ok
-from silkfire.quality.records import JSON, LINE, LoadedRecords
+from silkfire.quality.frames import JSON, LINE, LoadedRecords
 
 PROFILE_VERSION = 1
 OTHER = "<other>"

@@ -20,7 +20,7 @@ from silkfire.quality.config import QualityConfig, VLFeedbackConfig
 from silkfire.quality.derive import OK
 from silkfire.quality.gate import Check, between, is_ok
 from silkfire.quality.kinds import Derived, KindSpec
-from silkfire.quality.records import OK as JSON_OK
+from silkfire.quality.frames import OK as JSON_OK
 from silkfire.quality.report import GateResult
 
 HINT = "fix the sampling/annotation stage that wrote this file (or the file by hand) and validate again"

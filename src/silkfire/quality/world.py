@@ -32,7 +32,7 @@ from silkfire.quality.gate import (
 )
 from silkfire.quality.kinds import schema_checks, token_checks
 from silkfire.quality.profile import build_profile, compare, count_values, drift_table, load_profile, write_profile
-from silkfire.quality.records import LoadedRecords, load_records, records_frame
+from silkfire.quality.frames import LoadedRecords, load_records, records_frame
 from silkfire.quality.report import GateResult
 
 SPLITS = ("train", "val", "test")
@@ -43,7 +43,7 @@ TABLES = {SCENES: "world.scenes", TRAIN: "world.train", VAL: "world.val", MME: "
           MME_VAL: "world.mme_val", OPEN: "world.open"}
 MME_SPLITS = {MME: "test", MME_VAL: "val"}  # the MME-style benchmark of each split's scenes
 
-# field -> type ("text": a non-blank string; see silkfire.quality.records.records_frame)
+# field -> type ("text": a non-blank string; see silkfire.quality.frames.records_frame)
 SCENE_SCHEMA = {
     "scene_id": "text", "split": "text", "image": "text", "width": "int", "height": "int", "objects": "list",
 }

@@ -2,7 +2,7 @@
 sampled response on VLFeedback's 3 aspects; token and cost accounting go to MLflow.
 
 Fan-out (`silkie.fanout`, src/silkfire/fanout.py): the records are cut into shards, each annotated by a judge that
-`silkfire.feedback.judges.judge_shard` builds from plain config inside its task; the shards' counters are summed
+`silkfire.vlfeedback.judges.judge_shard` builds from plain config inside its task; the shards' counters are summed
 into the same metrics one process reports (the API judge's cost recomputed from the summed tokens, as its client
 computes it).
 """
@@ -32,8 +32,8 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
     from silkfire.fanout import FanoutConfig, fan_out_shards, fanout_summary
-    from silkfire.feedback.judges import judge_shard
-    from silkfire.feedback.records import read_feedback, write_feedback
+    from silkfire.vlfeedback.judges import judge_shard
+    from silkfire.vlfeedback.records import read_feedback, write_feedback
     from silkfire.artefacts import SAMPLES, feedback_image_root
     from silkfire.tracking.runs import safe_params
 
@@ -60,7 +60,7 @@ def judge_totals(judge_cfg: dict[str, Any], parts: list[dict[str, Any]]) -> dict
 
     totals = sum_metrics(parts)
     if "judge_cost_usd" in totals:
-        from silkfire.feedback.judges import API_KEYS
+        from silkfire.vlfeedback.judges import API_KEYS
         from silkfire.llm.client import ClientConfig, Usage
 
         client = ClientConfig.from_mapping({key: value for key, value in judge_cfg.items() if key not in API_KEYS})
@@ -73,7 +73,7 @@ def judge_totals(judge_cfg: dict[str, Any], parts: list[dict[str, Any]]) -> dict
 
 def _mean_ratings(records: list[dict[str, Any]]) -> dict[str, float]:
     """Mean rating per aspect and per policy (numeric ratings only): what the judge thinks of each policy."""
-    from silkfire.feedback.pairs import completion_score
+    from silkfire.vlfeedback.pair_rule import completion_score
 
     per_model: dict[str, list[float]] = {}
     for record in records:

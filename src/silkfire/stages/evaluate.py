@@ -33,7 +33,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
 
     import mlflow
 
-    from silkfire.eval.generate import generate_answers
+    from silkfire.eval.answers import generate_answers
     from silkfire.eval.mme import WORLD_CATEGORY_GROUPS, cap_pairs, score_mme
     from silkfire.io import read_records, write_jsonl
     from silkfire.models.loading import load_vlm

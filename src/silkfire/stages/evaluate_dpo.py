@@ -1,7 +1,7 @@
 """Stage `evaluate_dpo`: the DPO model beside its start (`silkie.start_model`, reported as `sft`: the SFT model, or an
 alignment round's champion) on the held-out world sets.
 
-- MME-style yes/no set (`mme.jsonl`, greedy, official MME parser; eval.generate + eval.mme as `evaluate`);
+- MME-style yes/no set (`mme.jsonl`, greedy, official MME parser; eval.answers + eval.mme as `evaluate`);
 - MMHal-style set built from the test scenes (eval.mmhal: 8 interleaved types), greedy answers with no
   short-answer suffix, rated 0-6 by the oracle (default) or by an OpenAI-compatible judge
   (`silkie.evaluate.mmhal_rater: api`, client settings from `silkie.judge` of kind api);
@@ -136,7 +136,7 @@ def _evaluate_model(model: Any, processor: Any, label: str, mme_records: list[di
                     items: list[dict[str, Any]], rater: Any, world: Path, folder: Path, options: Any,
                     runtime: Any) -> dict[str, Any]:
     """One model on one split: MME-style answers scored by MME's rules, MMHal-style answers rated; files written."""
-    from silkfire.eval.generate import generate_answers
+    from silkfire.eval.answers import generate_answers
     from silkfire.eval.mme import WORLD_CATEGORY_GROUPS, score_mme
     from silkfire.eval.mmhal import score_mmhal
     from silkfire.io import write_jsonl

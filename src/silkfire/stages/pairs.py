@@ -44,8 +44,8 @@ def gate_config(cfg: DictConfig) -> DictConfig:
 def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     from collections import Counter
 
-    from silkfire.feedback.pairs import build_pairs
-    from silkfire.feedback.records import iter_feedback
+    from silkfire.vlfeedback.pair_rule import build_pairs
+    from silkfire.vlfeedback.records import iter_feedback
     from silkfire.io import write_jsonl
     from silkfire.artefacts import feedback_image_root, gated_feedback
     from silkfire.tracking.gates import run_file_gate
@@ -80,7 +80,7 @@ def rated_aspects(cfg: DictConfig) -> tuple[str, ...]:
 
 def replay(cfg: DictConfig, root: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``silkie.pairs.replay``: the earlier rounds' pairs drawn into this round (none by default)."""
-    from silkfire.feedback.pairs import replay_pairs
+    from silkfire.vlfeedback.pair_rule import replay_pairs
     from silkfire.io import file_digest, read_records
 
     options = cfg.silkie.pairs.get("replay") or {}

@@ -96,7 +96,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
     from silkfire.fanout import FanoutConfig, fan_out_shards, fanout_summary, sum_metrics
-    from silkfire.feedback.records import write_feedback
+    from silkfire.vlfeedback.records import write_feedback
     from silkfire.policies.pool import SamplingDefaults, assemble_records, build_pool, draw_all, pool_stats
     from silkfire.world.config import WorldConfig
 

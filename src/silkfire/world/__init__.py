@@ -1,7 +1,7 @@
 """Silkfire: world — the embedded shapes world (scenes, images, question families with known answers)."""
 
 from silkfire.world.config import WorldConfig
-from silkfire.world.generate import generate_world
+from silkfire.world.build import generate_world
 from silkfire.world.questions import CATEGORY_GROUPS, MME_CATEGORIES, describe, scene_questions
 from silkfire.world.render import render_scene
 from silkfire.world.scene import Scene, WorldObject, scene_from_record, scene_signature

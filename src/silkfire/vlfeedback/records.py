@@ -13,7 +13,7 @@ Row form returned by :func:`read_feedback` / :func:`normalise_record` (key order
 
 plus any extra keys of the input record (e.g. ``scene_id``, ``answer`` written by the sampler), kept after the
 standard ones. ``annotations`` maps an aspect to ``{"Rating": "4", "Rationale": "..."}``; ratings stay
-*strings* exactly as published (``"N/A"`` and other non-numeric ratings are kept -- :mod:`silkfire.feedback.pairs`
+*strings* exactly as published (``"N/A"`` and other non-numeric ratings are kept -- :mod:`silkfire.vlfeedback.pair_rule`
 skips them). Records not yet judged (the sampler's output) may have ``annotations`` missing or ``None``;
 pass ``require_annotations=True`` to insist on them. ``models`` missing -> taken from the completions.
 

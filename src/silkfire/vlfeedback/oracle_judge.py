@@ -3,7 +3,7 @@
 It stands in for GPT-4V in the embedded world. A record's scene is found by its ``scene_id`` (if present) or
 the stem of ``img_path`` (``images/train-000012.png`` -> ``train-000012``) in ``<world>/scenes.jsonl``; the
 world vocabulary comes from ``<world>/manifest.json``. Responses are read with
-:mod:`silkfire.feedback.claims` (claims of every declarative sentence + the answer to the recognised question).
+:mod:`silkfire.vlfeedback.claims` (claims of every declarative sentence + the answer to the recognised question).
 
 Rules (ratings are strings "1".."5", as published):
 
@@ -36,7 +36,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from silkfire.feedback.claims import Answer, Claim, QuestionReader, answer_text, object_text
+from silkfire.vlfeedback.claims import Answer, Claim, QuestionReader, answer_text, object_text
 from silkfire.io import read_records
 from silkfire.world.config import WorldConfig
 from silkfire.world.scene import Scene, scene_from_record
@@ -85,7 +85,7 @@ def _sentence(text: str) -> str:
 
 
 class OracleJudge:
-    """Rates completions against scene graphs; implements :class:`silkfire.feedback.judges.Judge`."""
+    """Rates completions against scene graphs; implements :class:`silkfire.vlfeedback.judges.Judge`."""
 
     name = "oracle"
 

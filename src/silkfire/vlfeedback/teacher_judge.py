@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from silkfire.feedback.template import ASPECT_ORDER, NA
+from silkfire.vlfeedback.template import ASPECT_ORDER, NA
 from silkfire.fire.text import TeacherInput, feedback_text, format_student, parse_score
 
 TEACHER_JUDGE_KEYS = ("kind", "teacher")
@@ -106,7 +106,7 @@ def make_teacher_judge(cfg: Mapping[str, Any], *, world_dir: str | Path | None, 
     if teacher_cfg.get("kind") == "oracle":
         if world_dir is None:
             raise ValueError("fire_teacher judge with the oracle teacher: needs the world folder (scene graphs)")
-        from silkfire.feedback.oracle import load_world
+        from silkfire.vlfeedback.oracle_judge import load_world
 
         world, scenes = load_world(world_dir)
     return TeacherJudge(build_teacher(teacher_cfg, root=Path(root), world=world), scenes=scenes)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from silkfire.feedback.claims import QuestionReader
-from silkfire.feedback.oracle import OracleJudge, OracleRules
+from silkfire.vlfeedback.claims import QuestionReader
+from silkfire.vlfeedback.oracle_judge import OracleJudge, OracleRules
 from silkfire.world.config import WorldConfig
 from silkfire.world.scene import Scene, WorldObject
 

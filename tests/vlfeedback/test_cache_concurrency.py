@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from silkfire.feedback.cache import CACHE_FILE, AnnotationCache
+from silkfire.vlfeedback.cache import CACHE_FILE, AnnotationCache
 
 ENTRIES = 40
 TEXT_BYTES = 70_000  # far above the 8 KiB a buffered text write goes out in: one entry = several write() calls

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from silkfire.cli import main
-from silkfire.feedback.pairs import build_pairs, build_pairs_file, completion_score
-from silkfire.feedback.records import FeedbackFormatError, read_feedback, write_feedback
+from silkfire.vlfeedback.pair_rule import build_pairs, build_pairs_file, completion_score
+from silkfire.vlfeedback.records import FeedbackFormatError, read_feedback, write_feedback
 
 
 def notes(h: str, v: str, e: str) -> dict:
@@ -214,7 +214,7 @@ def test_validate_cli_takes_the_rule(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def read_one(raw: dict) -> dict:
-    from silkfire.feedback.records import normalise_record
+    from silkfire.vlfeedback.records import normalise_record
 
     return normalise_record(raw)
 

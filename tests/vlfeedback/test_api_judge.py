@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from silkfire.feedback.cache import AnnotationCache
-from silkfire.feedback.judges import ApiJudge, Judge, JudgeError, make_judge
-from silkfire.feedback.testing import check, fake_judge, world_records
+from silkfire.vlfeedback.cache import AnnotationCache
+from silkfire.vlfeedback.judges import ApiJudge, Judge, JudgeError, make_judge
+from silkfire.vlfeedback.testing import check, fake_judge, world_records
 from silkfire.images import UnsafeImage
 from silkfire.llm.client import ClientConfig
 from silkfire.llm.testing import FakeChatServer

@@ -1,23 +1,23 @@
 """Judges: annotate VLFeedback records (row form) with the 3 aspects -- the oracle or an API model -- by config.
 
-    from silkfire.feedback.judges import make_judge
+    from silkfire.vlfeedback.judges import make_judge
     judge = make_judge(cfg.silkie.judge, world_dir=root / cfg.paths.world, root=root)
     annotated = judge.annotate(records, image_root=root / cfg.paths.world)   # copies, annotations filled
     mlflow.log_params(judge.params()); mlflow.log_metrics(judge.metrics())
 
 Every judge implements :class:`Judge`: ``annotate(records, image_root)`` takes row-form records
-(:func:`silkfire.feedback.records.read_feedback`; each with up to 4 completions, ``annotations`` missing/None
+(:func:`silkfire.vlfeedback.records.read_feedback`; each with up to 4 completions, ``annotations`` missing/None
 or present -- they are replaced) and returns new records whose completions carry ``annotations`` exactly as
 published: ``{"Helpfulness": {"Rating": "4", "Rationale": "..."}, "Ethical Considerations": {...},
 "Visual Faithfulness": {...}}`` (ratings are strings; "N/A" when the judge gave none).
 
-- ``kind: oracle`` -> :class:`silkfire.feedback.oracle.OracleJudge` (rules in its module docstring); needs
+- ``kind: oracle`` -> :class:`silkfire.vlfeedback.oracle_judge.OracleJudge` (rules in its module docstring); needs
   ``world_dir``.
-- ``kind: fire_teacher`` -> :class:`silkfire.feedback.teacher_judge.TeacherJudge`: a FIRE teacher (the trained
+- ``kind: fire_teacher`` -> :class:`silkfire.vlfeedback.teacher_judge.TeacherJudge`: a FIRE teacher (the trained
   one by default) scores each response against the record's reference answer; Helpfulness only.
 - ``kind: api`` -> :class:`ApiJudge`: one chat call per record (image as a data URL + the annotation prompt
-  of :mod:`silkfire.feedback.template` with all responses), replies parsed per aspect/text, a persistent
-  :class:`silkfire.feedback.cache.AnnotationCache` (``cache_dir``) so a re-run or a resume after a crash never
+  of :mod:`silkfire.vlfeedback.template` with all responses), replies parsed per aspect/text, a persistent
+  :class:`silkfire.vlfeedback.cache.AnnotationCache` (``cache_dir``) so a re-run or a resume after a crash never
   pays twice; the client (and its API key) is only created when some record is not cached. Calls that still
   fail after the client's retries: ``on_failure: raise`` (default) raises :class:`JudgeError` after every other
   reply is cached (re-run to resume); ``on_failure: na`` fills "N/A" ratings (pairs skip them).
@@ -43,8 +43,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
-from silkfire.feedback.cache import AnnotationCache, annotation_key, image_digest
-from silkfire.feedback.template import NA, TEMPLATE_VERSION, na_count, parse_annotation, render_prompt
+from silkfire.vlfeedback.cache import AnnotationCache, annotation_key, image_digest
+from silkfire.vlfeedback.template import NA, TEMPLATE_VERSION, na_count, parse_annotation, render_prompt
 from silkfire.images import CheckedImage, UnsafeImage, check_image
 from silkfire.llm.client import ApiError, ChatClient, ClientConfig, user_message
 
@@ -238,7 +238,7 @@ def make_judge(cfg: Mapping[str, Any], *, world_dir: str | Path | None = None, r
                progress: bool = False) -> Judge:
     """A judge from its config group (conf/silkie/judge/oracle.yaml | api.yaml | fire_teacher.yaml); paths
     relative to ``root``."""
-    from silkfire.feedback.oracle import OracleJudge, OracleRules
+    from silkfire.vlfeedback.oracle_judge import OracleJudge, OracleRules
 
     data = _plain(cfg)
     kind = data.pop("kind", None)
@@ -264,7 +264,7 @@ def make_judge(cfg: Mapping[str, Any], *, world_dir: str | Path | None = None, r
                         template_version=str(version), on_failure=on_failure, chunk_size=chunk_size, progress=progress,
                         max_unparsable_attempts=MAX_UNPARSABLE_ATTEMPTS if attempts is None else attempts)
     if kind == "fire_teacher":
-        from silkfire.feedback.teacher_judge import make_teacher_judge
+        from silkfire.vlfeedback.teacher_judge import make_teacher_judge
 
         return make_teacher_judge(data, world_dir=world_dir, root=root)
     raise ValueError(f"judge: unknown kind {kind!r}; use 'oracle', 'api' or 'fire_teacher' (conf/silkie/judge/)")

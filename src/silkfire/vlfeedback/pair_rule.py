@@ -4,7 +4,7 @@ For every record, all C(n, 2) pairs of its completions (n = 4 -> 6 pairs) are co
 (``rule``):
 
 - ``silkie`` (default; vlf-silkie's run_dpo.py): score of a completion = unweighted mean of the aspect ratings
-  it has (Helpfulness, Visual Faithfulness, Ethical Considerations; :data:`silkfire.feedback.records.ASPECTS`)
+  it has (Helpfulness, Visual Faithfulness, Ethical Considerations; :data:`silkfire.vlfeedback.records.ASPECTS`)
   -- a missing aspect is left out of the mean, as the released code averages over the aspects present; a
   non-numeric rating (``"N/A"``, ``""``) or no rating at all leaves the completion without a score; pairs
   repeating a (chosen, rejected) text, or of two equal texts rated differently, are KEPT as the released code
@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from silkfire.feedback.records import ASPECTS, FeedbackFormatError, rating_value, read_feedback
+from silkfire.vlfeedback.records import ASPECTS, FeedbackFormatError, rating_value, read_feedback
 from silkfire.io import write_jsonl
 
 COUNT_KEYS = ("records", "pairs", "ties", "skipped", "below_margin", "over_cap", "duplicates")
@@ -147,7 +147,7 @@ def build_pairs(
     *,
     rule: str = "silkie",
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """All pairs of row-form records (see :func:`silkfire.feedback.records.read_feedback`) and summed counts;
+    """All pairs of row-form records (see :func:`silkfire.vlfeedback.records.read_feedback`) and summed counts;
     ``rule``: silkie (the released code's) | strict (module docstring)."""
     check_rule(rule)
     if min_margin < 0:
@@ -175,7 +175,7 @@ def build_pairs_file(
 ) -> dict[str, int]:
     """Read a VLFeedback file (either layout; annotations required), write the pairs as JSONL, return counts.
 
-    Every bad record of the file is reported at once (:class:`silkfire.feedback.records.FeedbackErrors`, each
+    Every bad record of the file is reported at once (:class:`silkfire.vlfeedback.records.FeedbackErrors`, each
     with file, line/record and field) and nothing is written; a file without records is an error too."""
     check_rule(rule)
     # the reader's "annotated" check also requires every aspect: the silkie rule averages the ones present,

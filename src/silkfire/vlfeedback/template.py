@@ -17,7 +17,7 @@ Expected judge output, per aspect::
 :func:`parse_annotation` tolerates drift: any number of ``#``, bold markers (``**Rating:** 4``), "Text 1:" or
 "Response 1" headings, "4/5", "[4]", aspects in any order or abbreviated ("Ethics", "Faithfulness"),
 multi-line rationales, a preamble. A rating it cannot find, or one outside 1..5, becomes ``"N/A"`` (which
-:mod:`silkfire.feedback.pairs` skips) with a rationale saying so -- never an exception.
+:mod:`silkfire.vlfeedback.pair_rule` skips) with a rationale saying so -- never an exception.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from silkfire.feedback.template import ASPECT_ORDER
+from silkfire.vlfeedback.template import ASPECT_ORDER
 from silkfire.io import read_records
 
 

@@ -9,9 +9,9 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from silkfire.feedback.cache import CACHE_FILE, UNPARSABLE_FILE, AnnotationCache, annotation_key, image_digest
-from silkfire.feedback.judges import ApiJudge, readable
-from silkfire.feedback.testing import check, fake_judge, world_records
+from silkfire.vlfeedback.cache import CACHE_FILE, UNPARSABLE_FILE, AnnotationCache, annotation_key, image_digest
+from silkfire.vlfeedback.judges import ApiJudge, readable
+from silkfire.vlfeedback.testing import check, fake_judge, world_records
 from silkfire.llm.client import ClientConfig
 from silkfire.llm.testing import FakeChatServer
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from silkfire.feedback.template import ASPECT_ORDER, NA, format_section, parse_annotation, render_prompt
-from silkfire.feedback.testing import published_reply
+from silkfire.vlfeedback.template import ASPECT_ORDER, NA, format_section, parse_annotation, render_prompt
+from silkfire.vlfeedback.testing import published_reply
 
 
 def reply(ratings: list[tuple[int, int, int]]) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from silkfire.feedback.judges import make_judge
-from silkfire.feedback.pairs import build_pairs, completion_score
-from silkfire.feedback.records import read_feedback, write_feedback
+from silkfire.vlfeedback.judges import make_judge
+from silkfire.vlfeedback.pair_rule import build_pairs, completion_score
+from silkfire.vlfeedback.records import read_feedback, write_feedback
 from silkfire.io import write_jsonl
 from silkfire.quality.config import QualityConfig
 

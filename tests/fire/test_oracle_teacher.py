@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from silkfire.fire.oracle import OracleTeacher
+from silkfire.fire.oracle_teacher import OracleTeacher
 from silkfire.fire.teacher import TeacherInput
 from silkfire.fire.text import feedback_text, parse_score
 from silkfire.world.scene import Scene, WorldObject

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from silkfire.eval.generate import generate_answers
+from silkfire.eval.answers import generate_answers
 from silkfire.io import read_records
 from silkfire.models.loading import load_vlm
 from silkfire.models.testing import make_test_model, make_test_world
@@ -73,7 +73,7 @@ def test_max_new_tokens_bounds_the_answer(model_and_processor, world: Path):
 def test_blank_like_keeps_size_and_fills_with_the_background(world: Path):
     from PIL import Image
 
-    from silkfire.eval.generate import blank_like
+    from silkfire.eval.answers import blank_like
 
     image = Image.open(world / read_records(world / "mme.jsonl")[0]["image"]).convert("RGB")
     blank = blank_like(image)
