@@ -116,7 +116,7 @@ def test_import_closure_follows_lazy_imports_and_leaves_out_orchestration() -> N
     sft = code_deps("sft", ROOT)
     # sft renders its prompts through the world's templates and logs its curve through the tracking callbacks,
     # both imported inside functions; the gate verdict it checks first
-    for needed in ("src/silkfire/world/templates.py", "src/silkfire/tracking/callbacks.py",
+    for needed in ("src/silkfire/world/templates.py", "src/silkfire/tracking/curve_logger.py",
                    "src/silkfire/quality/verdict.py", "src/silkfire/stages/sft.py", "src/silkfire/__init__.py"):
         assert needed in sft
     assert not {"src/silkfire/cli.py", "src/silkfire/stages/runner.py", "src/silkfire/flow.py"} & set(sft)

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from silkfire.reporting import StageRow, headline_metrics, markdown_table, parent_run_name
-from silkfire.tracking.callbacks import curve_name
+from silkfire.train.callbacks import curve_name
 from silkfire.tracking.champion import ChampionRule, run_gate
 from silkfire.tracking.runs import description
 from silkfire.tracking.store import EXPERIMENT_DESCRIPTION, NOTE_TAG, configure, run_url, runs_view_url

@@ -133,9 +133,16 @@ def test_training_raises_preference_and_a_killed_run_resumes_to_the_same_end(
         if event == "step" and step == 3:
             raise TrainingStopped("killed")
 
+    events: list[tuple[str, int, dict]] = []
     with pytest.raises(TrainingStopped):
-        train_dpo(base, pairs_file, world, _config(), tmp_path / "resumed", callbacks=[kill_at_3])
+        train_dpo(base, pairs_file, world, _config(), tmp_path / "resumed",
+                  callbacks=[lambda *event: events.append(event), kill_at_3])
     assert [p.name for p in checkpoint_dirs(tmp_path / "resumed" / "checkpoints")] == ["checkpoint-2"]
+    # the protocol SFT follows too (silkfire.train.callbacks): log rows, one "step" per step, "save" after a checkpoint
+    assert [(event, step) for event, step, _ in events if event != "log"] == [
+        ("step", 1), ("save", 2), ("step", 2), ("step", 3)]
+    saved = next(values for event, _, values in events if event == "save")
+    assert saved["checkpoint"].endswith("checkpoints/checkpoint-2")
     resumed = train_dpo(base, pairs_file, world, _config(resume=True), tmp_path / "resumed")
     assert resumed.metrics["resumed_from_step"] == 2
     assert resumed.history == history

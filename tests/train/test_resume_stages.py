@@ -43,15 +43,23 @@ class Killed(RuntimeError):
 
 
 def dying_callback(monkeypatch: pytest.MonkeyPatch, step: int, outputs: str | None = None) -> None:
-    """The stages' MLflow callback, made to die right after checkpoint-<step> (of runs writing under `outputs`)."""
-    import silkfire.tracking.callbacks as callbacks
+    """The stages' MLflow callback, made to die right after checkpoint-<step> (of runs writing under `outputs`):
+    the "save" event of silkfire.train.callbacks, the same for SFT and DPO."""
+    import silkfire.tracking.curve_logger as callbacks
 
-    class DiesAfterCheckpoint(callbacks.MlflowMetricsCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == step and (outputs is None or outputs in str(args.output_dir)):
+    real = callbacks.mlflow_logger
+
+    def dying_logger(prefix: str = ""):
+        log = real(prefix)
+
+        def callback(event: str, at: int, values: dict) -> None:
+            log(event, at, values)
+            if event == "save" and at == step and (outputs is None or outputs in values["checkpoint"]):
                 raise Killed(f"killed after checkpoint-{step}")
 
-    monkeypatch.setattr(callbacks, "MlflowMetricsCallback", DiesAfterCheckpoint)
+        return callback
+
+    monkeypatch.setattr(callbacks, "mlflow_logger", dying_logger)
 
 
 def make_project(root: Path, overrides: list[str]) -> Path:

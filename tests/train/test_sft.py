@@ -106,18 +106,31 @@ def test_same_seed_same_model(world: Path, base: Path, tmp_path: Path):
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_callbacks_receive_logs(world: Path, base: Path, tmp_path: Path):
-    from transformers import TrainerCallback
+def test_callbacks_follow_the_one_training_protocol(world: Path, base: Path, tmp_path: Path):
+    """SFT calls the same callback(event, step, values) functions as DPO (silkfire.train.callbacks): its rows under
+    the curve names, a "step" per optimizer step, a "save" naming the checkpoint folder; raising stops training
+    with the checkpoints written so far."""
+    from silkfire.train.callbacks import TrainingStopped
 
-    seen: list[dict] = []
-
-    class Recorder(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            seen.append(dict(logs or {}))
-
+    seen: list[tuple[str, int, dict]] = []
     train_sft(base, world / "train.jsonl", world / "val.jsonl", world,
-              _config(max_steps=2, eval_steps=0, save_steps=100), tmp_path / "cb", callbacks=[Recorder()])
-    assert any("loss" in logs for logs in seen) and any("eval_loss" in logs for logs in seen)
+              _config(max_steps=2, eval_steps=0, save_steps=1), tmp_path / "cb",
+              callbacks=[lambda event, step, values: seen.append((event, step, dict(values)))])
+    logs = [values for event, _, values in seen if event == "log"]
+    assert any("train/loss" in values for values in logs) and any("eval/loss" in values for values in logs)
+    assert [step for event, step, _ in seen if event == "step"] == [1, 2]
+    saves = [(step, values["checkpoint"]) for event, step, values in seen if event == "save"]
+    assert [step for step, _ in saves] == [1, 2] and saves[0][1].endswith("checkpoints/checkpoint-1")
+
+    def stop_at_3(event: str, step: int, values: dict) -> None:
+        if event == "step" and step == 3:
+            raise TrainingStopped("killed")
+
+    with pytest.raises(TrainingStopped):
+        train_sft(base, world / "train.jsonl", world / "val.jsonl", world, _config(max_steps=6, save_steps=2),
+                  tmp_path / "stopped", callbacks=[stop_at_3])
+    assert (tmp_path / "stopped" / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "stopped" / "model").exists()
 
 
 def test_config_from_mapping_and_conf_file():

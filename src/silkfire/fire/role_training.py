@@ -184,7 +184,7 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
     """Train one model (student or teacher) on its sets in the active MLflow run; returns its metrics."""
     import mlflow
 
-    from silkfire.tracking.callbacks import MlflowMetricsCallback
+    from silkfire.tracking.curve_logger import mlflow_logger
     from silkfire.tracking.plots import publish_curves, training_curves
     from silkfire.tracking.registry import log_trained_model
     from silkfire.train.sft import train_sft
@@ -197,7 +197,7 @@ def train_role(cfg: DictConfig, root: Path, role: str) -> dict[str, Any]:
     mlflow.log_params({f"{role}.{key}": str(value) for key, value in values.items()})
     result = train_sft(root / cfg.paths.sft / "model", data / "train.jsonl", data / "val.jsonl",
                        dialogue_images(cfg, root), role_config(cfg, role), out_dir,
-                       callbacks=[MlflowMetricsCallback()], config_key=f"fire.sft.{role}")
+                       callbacks=[mlflow_logger()], config_key=f"fire.sft.{role}")
     publish_curves(out_dir / "history.csv", training_curves(result.history, title=f"FIRE {role}"),
                    root / cfg.paths.metrics, f"fire_{role}")
     metrics: dict[str, Any] = dict(result.metrics)

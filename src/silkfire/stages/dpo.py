@@ -63,7 +63,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
     from silkfire.artefacts import feedback_image_root, gated_pairs
-    from silkfire.tracking.callbacks import mlflow_logger
+    from silkfire.tracking.curve_logger import mlflow_logger
     from silkfire.tracking.plots import publish_curves
     from silkfire.tracking.datasets import log_dvc_dataset
     from silkfire.tracking.registry import log_trained_model
@@ -74,7 +74,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     log_dvc_dataset(root, f"{cfg.paths.feedback}/pairs.jsonl", pairs, "silkie-pairs", context="train")
     out_dir = root / cfg.paths.dpo
     result = train_dpo(root / cfg.silkie.start_model, pairs, feedback_image_root(cfg, root),
-                       settings(cfg), out_dir, callbacks=[mlflow_logger()])
+                       settings(cfg), out_dir, callbacks=[mlflow_logger("dpo/")])
     publish_curves(out_dir / "history.csv", dpo_curves(result.history), root / cfg.paths.metrics, "dpo")
     metrics: dict[str, Any] = dict(result.metrics)
     if cfg.tracking.log_model:  # register_dpo registers it: registry names never retrain

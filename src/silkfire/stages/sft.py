@@ -34,7 +34,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
     from silkfire.artefacts import gated_file, resolve_base
-    from silkfire.tracking.callbacks import MlflowMetricsCallback
+    from silkfire.tracking.curve_logger import mlflow_logger
     from silkfire.tracking.datasets import log_dvc_dataset
     from silkfire.tracking.plots import publish_curves, training_curves
     from silkfire.tracking.registry import log_trained_model
@@ -54,7 +54,7 @@ def run(cfg: DictConfig, root: Path) -> dict[str, Any]:
         world,
         settings(cfg),
         out_dir,
-        callbacks=[MlflowMetricsCallback()],
+        callbacks=[mlflow_logger()],
     )
     publish_curves(out_dir / "history.csv", training_curves(result.history), root / cfg.paths.metrics, "sft")
     metrics: dict[str, Any] = dict(result.metrics)

@@ -41,7 +41,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from silkfire.io import read_records, write_json
 from silkfire.models.config import build_dataclass, to_plain_mapping
 from silkfire.runtime import Runtime
 from silkfire.train.resume import RESUME_FREE, complete_checkpoints, resume_mode  # noqa: F401 (RESUME_FREE: API)
+from silkfire.train.callbacks import Callback, TrainingStopped  # noqa: F401 (TrainingStopped: raised by callbacks)
 from silkfire.train.lora import LoraOptions, apply_lora
 
 HISTORY_FIELDS = ("step", "epoch", "loss", "dpo_loss", "nll", "reward_accuracy", "reward_margin", "chosen_reward",
@@ -144,10 +145,6 @@ class DPOResult:
     model_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-class TrainingStopped(RuntimeError):
-    """Raised when a callback asks to stop (tests simulate a killed run with it)."""
 
 
 # ---- data --------------------------------------------------------------------------------------------------------
@@ -1002,7 +999,6 @@ def pairs_digest(data: PairData) -> str:
 
 
 # ---- training ----------------------------------------------------------------------------------------------------
-Callback = Callable[[str, int, dict[str, Any]], None]
 
 
 def _digest(*parts: Any) -> str:
@@ -1025,10 +1021,10 @@ def train_dpo(
     reused on resume), ``out_dir/history.csv`` and ``out_dir/metrics.json``. It continues from the newest checkpoint
     when that carries this run's fingerprint (``config.resume``: auto | true | false, see
     :mod:`silkfire.train.resume`); the decision is printed, set as tags of the active MLflow run and returned in
-    the metrics (``resumed_from_step``, ``steps_run``). Each callback is called as
-    ``callback(event, step, values)`` with event ``"log"`` (values: the logged metrics) or ``"step"`` (after every
-    optimizer step; raise :class:`TrainingStopped` to stop, as a kill would). Under ``accelerate launch`` every
-    process calls it (see the module docstring); only process 0 writes files. A CUDA out-of-memory error names
+    the metrics (``resumed_from_step``, ``steps_run``). Callbacks follow silkfire.train.callbacks (SFT's too):
+    ``callback(event, step, values)`` with event ``"log"`` (values: the logged row), ``"step"`` (after every
+    optimizer step) or ``"save"`` (a checkpoint written); raise :class:`TrainingStopped` to stop, as a kill would.
+    Under ``accelerate launch`` every process calls them (see the module docstring); only process 0 writes files. A CUDA out-of-memory error names
     ``<config_key>.batch_size`` / ``ref_batch_size``.
     """
     import torch
@@ -1222,6 +1218,7 @@ def train_dpo(
                 if job.main:
                     for old in checkpoint_dirs(checkpoints)[:-config.save_total_limit or None]:
                         shutil.rmtree(old)
+                emit("save", done, {"checkpoint": str(checkpoints / f"checkpoint-{done}")})
             emit("step", done, step_metrics)
     bar.close()
     train_seconds = time.perf_counter() - started

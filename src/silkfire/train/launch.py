@@ -83,9 +83,9 @@ def run(overrides: Sequence[str], out: Path | None = None, root: Path | None = N
     mlflow_run = None
     if track and is_main_process():
         mlflow_run = _start_tracking(cfg, root, overrides)
-        from silkfire.tracking.callbacks import MlflowMetricsCallback
+        from silkfire.tracking.curve_logger import mlflow_logger
 
-        callbacks.append(MlflowMetricsCallback())
+        callbacks.append(mlflow_logger())
     try:
         result = train_sft(base_model_path(cfg, root), files["train"], files["val"], root / cfg.paths.world,
                            config, out_dir, callbacks=callbacks)

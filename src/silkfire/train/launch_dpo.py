@@ -62,9 +62,9 @@ def run(overrides: Sequence[str], out: Path | None = None, root: Path | None = N
     if track and is_main_process():
         mlflow_run = _start_tracking(cfg, root, overrides, RUN_NAME, ("seed", "silkie.seed", "silkie.dpo", "model",
                                                                       "runtime"))
-        from silkfire.tracking.callbacks import mlflow_logger
+        from silkfire.tracking.curve_logger import mlflow_logger
 
-        callbacks.append(mlflow_logger())
+        callbacks.append(mlflow_logger("dpo/"))
     try:
         result = train_dpo(inputs["start"], inputs["pairs"], inputs["images"], config, out_dir, callbacks=callbacks)
         metrics: dict[str, Any] = dict(result.metrics)

@@ -20,6 +20,7 @@ from typing import Any
 
 from silkfire.io import write_json
 from silkfire.models.config import build_dataclass, to_plain_mapping
+from silkfire.train.callbacks import Callback, trainer_bridge
 from silkfire.train.lora import LoraOptions
 from silkfire.world.templates import ANSWER_STYLES  # importable from here too
 
@@ -188,7 +189,7 @@ def train_sft(
     image_root: Path,
     config: SFTConfig,
     out_dir: Path,
-    callbacks: Sequence[Any] = (),
+    callbacks: Sequence[Callback] = (),
     config_key: str = "train",
 ) -> SFTResult:
     """Fine-tune ``base`` on the instructions of ``train_path`` (images under ``image_root``).
@@ -276,7 +277,7 @@ def train_sft(
         eval_dataset=val_data,
         data_collator=SFTCollator(processor.tokenizer.pad_token_id, processor.image_token_id),
         processing_class=processor,  # saved next to every checkpoint: each one is a loadable model folder
-        callbacks=list(callbacks),
+        callbacks=[trainer_bridge(callbacks)] if callbacks else [],  # silkfire.train.callbacks: DPO's protocol
     )
     if not config.progress:  # with tqdm off, Trainer prints every log dict instead; keep quiet
         from transformers import PrinterCallback
