@@ -135,3 +135,13 @@ def test_teacher_judged_records_pass_the_feedback_gate_the_judge_config_narrows(
     assert pairs and counts["skipped"] == 0 and all(p["chosen_score"] > p["rejected_score"] for p in pairs)
     _, everything = build_pairs(iter_feedback(path, require_annotations=True), 0.0, None, rule="silkie")
     assert everything["pairs"] == 0 and everything["skipped"] > 0
+
+
+def test_the_judge_conf_narrows_the_gate_to_the_aspects_the_judge_rates() -> None:
+    """agreement() and the pairs stage score the judge over the same aspects the judge's conf gives the gate."""
+    from omegaconf import OmegaConf
+
+    from silkfire.vlfeedback.teacher_judge import RATED_ASPECTS
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "silkie" / "judge" / "fire_teacher.yaml")
+    assert tuple(conf.quality.vlfeedback.aspects) == RATED_ASPECTS

@@ -25,11 +25,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from silkfire.vlfeedback.pair_rule import completion_score
 from silkfire.vlfeedback.template import ASPECT_ORDER, NA
 from silkfire.fire.text import TeacherInput, feedback_text, format_student, parse_score
 
 TEACHER_JUDGE_KEYS = ("kind", "teacher")
 ONE_SCORE = "The FIRE teacher gives one overall score, read as Helpfulness."
+RATED_ASPECTS = ("Helpfulness",)  # what conf/silkie/judge/fire_teacher.yaml sets quality.vlfeedback.aspects to
 
 
 def score_to_rating(score: int) -> int:
@@ -136,19 +138,11 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else float("nan")
 
 
-def completion_score(completion: Mapping[str, Any]) -> float | None:
-    """The mean of a completion's numeric aspect ratings (the ``silkie`` pair rule's score), None if it has none."""
-    ratings = []
-    for note in (completion.get("annotations") or {}).values():
-        try:
-            ratings.append(float(note.get("Rating")))
-        except (TypeError, ValueError):
-            continue
-    return sum(ratings) / len(ratings) if ratings else None
-
-
-def agreement(reference: Sequence[Mapping[str, Any]], judged: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+def agreement(reference: Sequence[Mapping[str, Any]], judged: Sequence[Mapping[str, Any]],
+              judged_aspects: Sequence[str] = RATED_ASPECTS) -> dict[str, float]:
     """How a judge's scores agree with a reference judge's on the same records (same order, same completions).
+    A completion's score is the pair rule's (silkfire.vlfeedback.pair_rule.completion_score): the reference's over
+    VLFeedback's three aspects, the judge's over ``judged_aspects`` (this judge rates Helpfulness only).
 
     ``pairwise_accuracy``: over the completion pairs of one record that the reference rates differently, the share
     the judge orders the same way (a judge tie counts 1/2); ``spearman``: rho over every completion both scored;
@@ -160,7 +154,8 @@ def agreement(reference: Sequence[Mapping[str, Any]], judged: Sequence[Mapping[s
         if ref.get("id") != got.get("id"):
             raise ValueError(f"agreement: record {index} is {ref.get('id')!r} in the reference, {got.get('id')!r} "
                              "in the judged file")
-        scored = [(a, b) for a, b in ((completion_score(c), completion_score(d))
+        scored = [(a, b) for a, b in ((completion_score(c.get("annotations")),
+                                       completion_score(d.get("annotations"), judged_aspects))
                                       for c, d in zip(ref.get("completions") or [], got.get("completions") or []))
                   if a is not None and b is not None]
         for a, b in scored:
