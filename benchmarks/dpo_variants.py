@@ -36,10 +36,10 @@ def point_runs(client: Any, sweeps: list[str], param: str, pair_by: str,
     ``sweeps`` whose params match ``where``."""
     from silkfire import results
 
-    experiments = results._all_experiments(client)
+    experiments = results.all_experiments(client)
     points: dict[tuple[str, str], Any] = {}
     for sweep in sweeps:
-        for run in results._search(client, f"tags.`{results.SWEEP_TAG}` = '{sweep}'", experiments):  # newest first
+        for run in results.search_runs(client, f"tags.`{results.SWEEP_TAG}` = '{sweep}'", experiments):  # newest first
             if run.data.tags.get(results.KIND_TAG) != "pipeline" or run.info.status != "FINISHED":
                 continue
             params = run.data.params
@@ -58,7 +58,7 @@ def rated_items(client: Any, run: Any, folder: Path) -> dict[str, dict[str, tupl
     from silkfire import results
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
-    stage = results._stage_runs(client, run, results._all_experiments(client))["evaluate_dpo"]
+    stage = results.stage_runs(client, run, results.all_experiments(client))["evaluate_dpo"]
     out: dict[str, dict[str, tuple[dict, dict]]] = {}
     for split, pattern in SPLITS.items():
         out[split] = {}
@@ -102,10 +102,10 @@ def compare(client: Any, sweeps: list[str], param: str, baseline: str, pair_by: 
             column = "score" if name == "mmhal_score" else name
             per_variant = {variant: results.t_interval([items[(by, variant)][split]["dpo"][0][column] for by in keys])
                            for variant in (baseline, other)}
-            versus = [results._pair(items[(by, baseline)][split]["dpo"][1], items[(by, other)][split]["dpo"][1],
+            versus = [results.paired_items(items[(by, baseline)][split]["dpo"][1], items[(by, other)][split]["dpo"][1],
                                     f"{split} {by}")[0] for by in keys]
             against_start = {variant: results.paired_bootstrap(
-                [results._pair(items[(by, variant)][split]["sft"][1], items[(by, variant)][split]["dpo"][1],
+                [results.paired_items(items[(by, variant)][split]["sft"][1], items[(by, variant)][split]["dpo"][1],
                                f"{split} {by}")[0] for by in keys], statistic, B=bootstrap)
                 for variant in (baseline, other)}
             block[name] = {"per_variant": per_variant,

@@ -238,7 +238,7 @@ def teacher_error(generated: str, reference: str) -> float | None:
 
 
 # ---- reading one seed's artefacts --------------------------------------------------------------------------------
-def _pair(a: Mapping[Any, list[float]], b: Mapping[Any, list[float]], what: str,
+def paired_items(a: Mapping[Any, list[float]], b: Mapping[Any, list[float]], what: str,
           strata_of: Callable[[Any], Any] | None = None) -> tuple[Paired, int]:
     """Rows of the keys both models have, in a's order; and how many keys only one of them has."""
     keys = [key for key in a if key in b]
@@ -293,7 +293,7 @@ def _agree(what: str, library: float, decomposed: float) -> None:
 
 
 def mme_paired(scored: Mapping[str, Any], a: str, b: str, what: str) -> tuple[Paired, int]:
-    return _pair(scored[a]["images"], scored[b]["images"], what, strata_of=lambda key: key[0])
+    return paired_items(scored[a]["images"], scored[b]["images"], what, strata_of=lambda key: key[0])
 
 
 def read_mmhal(path: Path) -> tuple[dict[str, Any], dict[Any, list[float]]]:
@@ -364,11 +364,13 @@ class SeedRun:
     sweep: str = ""
 
 
-def _all_experiments(client: Any) -> list[str]:
+def all_experiments(client: Any) -> list[str]:
+    """Every experiment id of the store (a sweep's runs may live in several)."""
     return [experiment.experiment_id for experiment in client.search_experiments()]
 
 
-def _search(client: Any, query: str, experiments: Sequence[str]) -> list[Any]:
+def search_runs(client: Any, query: str, experiments: Sequence[str]) -> list[Any]:
+    """Every run matching ``query`` (all pages), newest first."""
     runs, token = [], None
     while True:
         page = client.search_runs(list(experiments), query, max_results=1000, page_token=token,
@@ -389,7 +391,7 @@ def _seed_of(run: Any) -> int | None:
 
 def _expected_seeds(client: Any, sweep: str, experiments: Sequence[str]) -> tuple[list[int] | None, list[Any]]:
     """The seeds the sweep run asked for (param sweep.seed), and its points' errors (sweep/results.json)."""
-    sweeps = [run for run in _search(client, f"tags.`{SWEEP_TAG}` = '{sweep}'", experiments)
+    sweeps = [run for run in search_runs(client, f"tags.`{SWEEP_TAG}` = '{sweep}'", experiments)
               if run.data.tags.get(KIND_TAG) != "pipeline"]
     if not sweeps:
         return None, []
@@ -427,8 +429,8 @@ def find_seed_runs(client: Any, sweep: str, experiments: Sequence[str] | None = 
     """One FINISHED pipeline run per seed of the sweep (the newest when a seed was run again), with its evaluation
     stages' producing runs; a ReportError names every seed that is missing, failed, or lacks a stage. Seeds may
     differ in the branches they ran (the tables of a branch use the seeds that ran it)."""
-    experiments = list(experiments or _all_experiments(client))
-    runs = _search(client, f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{KIND_TAG}` = 'pipeline'", experiments)
+    experiments = list(experiments or all_experiments(client))
+    runs = search_runs(client, f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{KIND_TAG}` = 'pipeline'", experiments)
     expected, points = _expected_seeds(client, sweep, experiments)
     if not runs:
         raise ReportError(f"no pipeline runs tagged {SWEEP_TAG}={sweep!r}: run `silkfire sweep seed=0,1,2 "
@@ -455,7 +457,7 @@ def find_seed_runs(client: Any, sweep: str, experiments: Sequence[str] | None = 
     result = []
     for seed, run in chosen.items():
         try:
-            result.append(SeedRun(seed, run, _stage_runs(client, run, experiments), sweep))
+            result.append(SeedRun(seed, run, stage_runs(client, run, experiments), sweep))
         except ReportError as error:
             problems.append(f"seed {seed}: {error}")
     if problems:
@@ -481,9 +483,10 @@ def merge_seed_runs(per_sweep: Sequence[Sequence[SeedRun]]) -> tuple[list[SeedRu
     return chosen, duplicates
 
 
-def _stage_runs(client: Any, run: Any, experiments: Sequence[str]) -> dict[str, Any]:
+def stage_runs(client: Any, run: Any, experiments: Sequence[str]) -> dict[str, Any]:
+    """A pipeline run's stage runs by stage name (the newest of each)."""
     parent = run.info.run_id
-    children = _search(client, f"tags.`{PARENT_TAG}` = '{parent}'", experiments)
+    children = search_runs(client, f"tags.`{PARENT_TAG}` = '{parent}'", experiments)
     found: dict[str, Any] = {}
     for child in children:  # newest first: keep the newest of each stage
         stage = child.data.tags.get(STAGE_TAG)
@@ -699,7 +702,7 @@ def _split_differences(seeds: Sequence[SeedData], split: str, B: int, seed: int)
                 "images", seeds)
     if silkie := branch_seeds(seeds, "silkie", split):
         blocks = [(s.seed, s.silkie[split]) for s in silkie]
-        mmhal = [_pair(b["mmhal"]["sft"][1], b["mmhal"]["dpo"][1], f"seed {n} mmhal") for n, b in blocks]
+        mmhal = [paired_items(b["mmhal"]["sft"][1], b["mmhal"]["dpo"][1], f"seed {n} mmhal") for n, b in blocks]
         add("DPO - SFT: MMHal-style score (0-6)", "silkie.mmhal_score", mmhal, mean_of(0), "items", silkie)
         add("DPO - SFT: hallucination rate", "silkie.hallucination_rate", mmhal, share_below(0, 3), "items", silkie)
         add("DPO - SFT: MME-style perception", "silkie.mme_perception",
@@ -707,10 +710,10 @@ def _split_differences(seeds: Sequence[SeedData], split: str, B: int, seed: int)
             silkie)
     if fire := branch_seeds(seeds, "fire", split):
         blocks = [(s.seed, s.fire[split]) for s in fire]
-        free = [_pair(b["free"]["sft"][1], b["free"]["fire"][1], f"seed {n} free dialogue") for n, b in blocks]
+        free = [paired_items(b["free"]["sft"][1], b["free"]["fire"][1], f"seed {n} free dialogue") for n, b in blocks]
         for name, statistic in FREE_STATISTICS.items():
             add(f"FIRE - SFT baseline: {name}", f"fire.{name}", free, statistic, "dialogues", fire)
-        fixed = [_pair(b["fixed"]["sft"][1], b["fixed"]["teacher"][1], f"seed {n} fixed teacher")
+        fixed = [paired_items(b["fixed"]["sft"][1], b["fixed"]["teacher"][1], f"seed {n} fixed teacher")
                  for n, b in blocks]
         add("trained - untrained teacher: score MAE", "fire.teacher_mae", fixed, mean_of(0), "items", fire)
     return out
@@ -832,7 +835,7 @@ def build_report(client: Any, sweep: str | Sequence[str], *, B: int = DEFAULT_B,
     if not sweeps:
         raise ReportError("no sweep named")
     checks: list[dict[str, Any]] = []
-    experiments = list(experiments or _all_experiments(client))
+    experiments = list(experiments or all_experiments(client))
     with tempfile.TemporaryDirectory(prefix="silkfire-report-") as folder, _download_bars(progress):
         found = {name: find_seed_runs(client, name, experiments) for name in sweeps}
         seed_runs, duplicates = merge_seed_runs(list(found.values()))
