@@ -10,7 +10,8 @@ principles, divided by a stated hardware peak times a stated efficiency range:
   train (input and weight gradients), 1 x forward for frozen layers the gradient must cross (input gradients only:
   LoRA's frozen base), 0 for the frozen vision tower (it runs forward only); gradient checkpointing adds one more
   forward of the decoder. DPO = the policy's forward + backward on chosen and rejected (two rows per pair, as
-  `silkie.dpo.shared_prefix: false`, the default) every epoch + the reference model's forward once per pair (the
+  `silkie.dpo.shared_prefix: false`; the default `true` runs the shared prompt once, so this is the upper bound)
+  every epoch + the reference model's forward once per pair (the
   repo computes the reference log-probs in one pass before training, sharded over the processes).
 * sampling (vLLM endpoints): prefill is compute-bound (2 x N x prompt tokens incl. the 576 image tokens + the
   vision tower); decode is memory-bandwidth-bound: every step reads the weights once for a whole batch plus each

@@ -25,16 +25,14 @@ class Killed(RuntimeError):
     pass
 
 
-def kill_after_checkpoint(step: int):  # noqa: ANN201 -- a TrainerCallback
-    """A Trainer callback that dies right after checkpoint-<step> is written (as a kill -9 there would)."""
-    from transformers import TrainerCallback
+def kill_after_checkpoint(step: int):  # noqa: ANN201 -- a silkfire.train.callbacks callback
+    """A training callback that dies right after checkpoint-<step> is written (as a kill -9 there would)."""
 
-    class KillAfterCheckpoint(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                raise Killed(f"killed after checkpoint-{step}")
+    def callback(event: str, at: int, values: dict) -> None:
+        if event == "save" and at == step:
+            raise Killed(f"killed after checkpoint-{step}")
 
-    return KillAfterCheckpoint()
+    return callback
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,7 @@ class DPOConfig:
     dtype: str = "float32"  # compute precision (silkfire.runtime): auto | float32 | bfloat16 (fp32 master + autocast)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (runtime.device)
     gradient_checkpointing: bool = False  # runtime.gradient_checkpointing
-    shared_prefix: bool = False  # image + prompt once per pair (pair_logps); False: chosen and rejected rows apart
+    shared_prefix: bool = True  # image + prompt once per pair (pair_logps); False: chosen and rejected rows apart
     loss: str = "sigmoid"  # sigmoid (DPO + rpo_alpha NLL) | mdpo (+ image-conditional and anchored terms, LOSSES)
     mdpo_keep: float = 0.2  # mdpo: the corrupted image keeps a random crop of at most this share of the area
     mdpo_anchor: float = 0.0  # mdpo: the anchor delta the chosen reward is pushed above
