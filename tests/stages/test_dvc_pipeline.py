@@ -169,3 +169,23 @@ def test_fire_student_and_teacher_read_only_their_own_settings() -> None:
     assert "fire.sft.student" in student and not any("teacher" in key for key in student)
     assert "fire.sft.teacher" in teacher and not any("student" in key for key in teacher)
     assert "fire.sft" not in student | teacher  # the whole group would tie them together again
+
+
+@pytest.mark.parametrize(("judge", "reads"), [
+    ("oracle", "data/feedback/samples.jsonl"),
+    ("api", "data/feedback/samples.jsonl"),
+    ("fire_teacher", "models/fire_teacher/model"),
+])
+def test_annotate_depends_on_what_its_judge_reads(judge: str, reads: str, tmp_path: Path) -> None:
+    """The FIRE teacher as judge reads the other branch's model: a retrained teacher must re-run annotate, so its
+    folder is a DVC dep (`silkie.judge.reads`); every judge declares the key, so the dep always resolves."""
+    assert "${silkie.judge.reads}" in stage_spec("annotate")["deps"]
+    cfg = compose([f"silkie/judge={judge}"], ROOT)
+    assert cfg.silkie.judge.reads == reads
+    from silkfire.vlfeedback.judges import make_judge
+
+    if judge == "oracle":  # the key is the stage's, not the judge's: the judge is built without it
+        from silkfire.models.testing import make_test_world
+
+        world = make_test_world(tmp_path / "world", train_scenes=1, val_scenes=1, test_scenes=1)
+        assert make_judge(OmegaConf.to_container(cfg.silkie.judge), world_dir=world) is not None

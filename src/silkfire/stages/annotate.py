@@ -21,6 +21,8 @@ PARAMS = ("silkie.judge", "silkie.fanout", "quality.max_image_pixels", "silkie.s
 DEPS = (
     Dep("${paths.feedback}/samples.jsonl"),
     Dep("${paths.world}"),
+    Dep("${silkie.judge.reads}", "what the judge reads: silkie/judge=fire_teacher's model folder (a retrained "
+        "teacher re-runs annotate); the samples again for the oracle"),
 )
 OUTS = (
     Out("${paths.feedback}/annotated.jsonl"),

@@ -292,11 +292,14 @@ def annotate_shard(records: list[dict[str, Any]], *, judge: Mapping[str, Any], w
 
 
 def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The judge's settings as a plain dict, without ``reads`` (a DVC dep of the annotate stage, not a setting;
+    left unresolved: a conf file loaded alone has no ``paths``)."""
     try:
         from omegaconf import DictConfig, OmegaConf
 
-        if isinstance(cfg, DictConfig):
-            return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        if isinstance(cfg, DictConfig):  # values read in place, so interpolations resolve against the whole config
+            return {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+                    for key in cfg if key != "reads" for value in [cfg[key]]}
     except ImportError:  # pragma: no cover
         pass
-    return dict(cfg)
+    return {key: value for key, value in cfg.items() if key != "reads"}
