@@ -90,3 +90,25 @@ def test_validate_command_fails_a_bad_file_with_its_line(tmp_path: Path) -> None
                           capture_output=True, text=True)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "mme.jsonl" in done.stdout + done.stderr and "Maybe" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("+silkie.pairs.min_margn=1", "did you mean silkie.pairs.min_margin?"),  # the config schema (compose time)
+    ("train.learnng_rate=1", "did you mean train.learning_rate?"),  # Hydra's own refusal, with the same hint
+    ("train.max_steps=abc", "'abc' is a string; conf/ declares a number"),
+])
+def test_a_bad_override_is_one_error_line_with_the_key_meant(override: str, words: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from silkfire.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "conf", tmp_path / "conf")
+    shutil.copy(root / "dvc.yaml", tmp_path / "dvc.yaml")
+    monkeypatch.setenv("SILKFIRE_ROOT", str(tmp_path))
+    assert main(["params", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and "Traceback" not in err
+    assert not (tmp_path / "params.yaml").exists()

@@ -454,6 +454,9 @@ EXIT_BUSY = 3  # the workspace is held by another command (README: exit codes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from hydra.errors import ConfigCompositionException
+
+    from silkfire.config_schema import UnknownConfigKeyError
     from silkfire.runtime import RuntimeConfigError
     from silkfire.workspace import WorkspaceBusy
 
@@ -463,9 +466,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkspaceBusy as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BUSY
-    except RuntimeConfigError as error:  # e.g. runtime.device=cuda on a machine without a GPU: one line, exit 2
+    except (RuntimeConfigError, UnknownConfigKeyError) as error:  # e.g. runtime.device=cuda without a GPU, a typo
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ConfigCompositionException as error:  # Hydra: an override of a key conf/ lacks, an unknown group option
+        print(f"error: {error}{_override_hint(error)}", file=sys.stderr)
+        return 2
+
+
+def _override_hint(error: Exception) -> str:
+    """For Hydra's "Could not override 'key'": the declared key the user probably meant."""
+    import re
+
+    from silkfire.config import CONFIG_DIR, project_root
+    from silkfire.config_schema import closest
+
+    found = re.search(r"Could not override '([^']+)'", str(error))
+    near = closest(found.group(1), project_root() / CONFIG_DIR) if found else None
+    return f"\n  (did you mean {near}?)" if near else ""
 
 
 if __name__ == "__main__":

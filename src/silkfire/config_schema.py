@@ -104,6 +104,12 @@ def _declared_parent(key: str, declared: dict[str, frozenset[str | None]]) -> bo
                for i in range(1, len(parts)))
 
 
+def closest(key: str, conf_dir: Path) -> str | None:
+    """The declared key nearest to ``key`` (a typo's likely meaning), or None."""
+    close = difflib.get_close_matches(key, schema(conf_dir.resolve()), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 def problems(cfg: DictConfig, conf_dir: Path) -> list[str]:
     """What in ``cfg`` the schema refuses, one line each (empty: the config is fine)."""
     declared = schema(conf_dir.resolve())
@@ -115,8 +121,7 @@ def problems(cfg: DictConfig, conf_dir: Path) -> list[str]:
         if key not in declared:
             if _declared_parent(key, declared):
                 continue  # e.g. fire.sft.student.lora.r where conf declares lora: null; its parser checks it
-            close = difflib.get_close_matches(key, declared, n=1, cutoff=0.8)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = f" (did you mean {near}?)" if (near := closest(key, conf_dir)) else ""
             found.append(f"{key}: no file under conf/ declares this key{hint}")
             continue
         kinds = declared[key] - {None}
