@@ -125,3 +125,10 @@ def test_experiment_files_set_only_declared_keys(tmp_path: Path) -> None:
         compose([f"experiment={name}"], tmp_path)  # every shipped experiment passes
     with pytest.raises(UnknownConfigKeyError, match=r"silkie\.dpo\.betta: .*did you mean silkie\.dpo\.beta"):
         compose(["experiment=typo"], tmp_path)
+
+
+def test_user_named_maps_take_new_names() -> None:
+    """A new colour, a new guard metric, a new question family: names the user picks, not typos."""
+    cfg = compose(["+world.colors.purple=[150,40,200]", "+register.guards.val.mme.sft.perception={mode: max, tolerance: 5}",
+                   "+silkie.register.guards.val.dpo.mmhal_score={mode: max, tolerance: 0.1}"], ROOT)
+    assert list(cfg.world.colors.purple) == [150, 40, 200]

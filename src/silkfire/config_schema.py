@@ -24,13 +24,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # Maps whose keys are names the user picks (a policy, a question family, a metric): any child key is valid there.
 OPEN_MAPS = (
-    "silkie.sample.pool",
-    "silkie.sample.family_weights",
+    "silkie.sample.pool",            # policy name -> entry
+    "silkie.sample.family_weights",  # question family -> share
     "train.family_weights",
     "fire.sft.student.family_weights",
     "fire.sft.teacher.family_weights",
-    "quality.drift.tolerances",
-    "world.sizes",
+    "quality.drift.tolerances",      # metric -> max TVD
+    "quality.world.families",        # question family -> its categories
+    "register.guards",               # metric -> {mode, tolerance}
+    "silkie.register.guards",
+    "world.colors",                  # colour name -> RGB
+    "world.sizes",                   # size name -> width
 )
 GROUPS_NOT_IN_SCHEMA = ("experiment",)
 SCALARS = ("boolean", "number", "string")  # differences only: they set keys, never declare them
