@@ -200,3 +200,20 @@ def test_screen_passes_clean_rows_only() -> None:
     assert list(screen.derived["question__value"]) == ["How many bars are in chart 1?"]
     assert np.asarray(screen.types["split"]).tolist() == ["missing"]
     assert screen_fire(table, CONFIG.fire, QualityConfig(min_tokens=2)) is None  # every text needs its count
+
+
+def test_threads_over_blocks_give_the_same_frame_in_file_order(fire_file: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """quality.processes threads work on consecutive blocks; the merged frame is the one-thread frame."""
+    from dataclasses import replace
+
+    small_blocks(monkeypatch)
+    frames = {}
+    for threads in (1, 2):
+        config = replace(CONFIG, processes=threads)
+        loaded, counts, _, error = kinds._load(SPEC, fire_file, config.section("fire"), config, False, Counter())
+        assert error is None
+        frames[threads] = (kinds.concat_frames(loaded), counts)
+    assert len(kinds.jsonl_blocks(fire_file, kinds.COLUMNAR_BLOCK_BYTES)) > 4
+    assert cells(frames[1][0]) == cells(frames[2][0]) and frames[1][1] == frames[2][1]
+    assert frames[2][0][kinds.LINE].is_monotonic_increasing

@@ -298,7 +298,7 @@ class QualityConfig:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     data_docs: bool = True  # false: no Data Docs HTML (saves ~1 s a gate; the JSON/text reports stay)
     chunk_size: int = 50_000  # records parsed and derived at a time (bounds memory on large files)
-    processes: int = 2  # processes parsing + deriving a large JSONL file (>= 64 MB) in blocks; 1: in-process
+    processes: int = 2  # processes for a large JSONL file (>= 64 MB) in blocks; FIRE columnar: threads; 1: in-process
     min_tokens: int = 1  # shortest text field in whitespace tokens
     max_tokens: int = 2048  # longest text field in whitespace tokens (per gate: <gate>.max_tokens)
     drift: DriftConfig = field(default_factory=DriftConfig)
