@@ -224,3 +224,10 @@ def test_length_grouped_batches_cover_every_sample_each_pass_with_less_padding(w
     assert padding(length_grouped_passes(lengths, 4, n, 0)) < padding(shuffled)
     with pytest.raises(ValueError, match="cannot be combined"):
         _config(group_by_length=True, curriculum_steps=3)
+
+
+def test_max_steps_zero_means_epochs_as_in_dpo(world: Path, base: Path, tmp_path: Path):
+    """One convention for every trainer: max_steps <= 0 lets num_epochs decide (16 samples / 8 = 2 steps)."""
+    result = train_sft(base, world / "train.jsonl", world / "val.jsonl", world,
+                       _config(max_steps=0, num_epochs=1.0, eval_steps=0, save_steps=0), tmp_path / "epochs")
+    assert result.metrics["global_step"] == 2

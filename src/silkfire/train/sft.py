@@ -37,7 +37,7 @@ class SFTConfig:
 
     learning_rate: float = 3e-4
     num_epochs: float = 1.0
-    max_steps: int = 2000  # > 0 overrides num_epochs
+    max_steps: int = 2000  # > 0 overrides num_epochs; <= 0: num_epochs decides (as in DPO)
     batch_size: int = 128
     grad_accum: int = 1
     warmup_ratio: float = 0.05
@@ -364,7 +364,7 @@ def _planned(train_data: Any, train_records: Sequence[Any], config: SFTConfig) -
     length-grouped batches (:func:`silkfire.train.data.length_grouped_passes`; HF's own ``group_by_length`` reads
     lengths from ``model_input_names[0]``, LLaVA processors' ``pixel_values``, and silently groups nothing)."""
     if config.curriculum_steps <= 0 and not config.group_by_length:
-        return train_data, config.max_steps
+        return train_data, config.max_steps if config.max_steps > 0 else -1  # <= 0: num_epochs decides (Trainer: -1)
     from silkfire.train.data import PlannedOrder, curriculum_order, group_conversations, length_grouped_passes
 
     per_step = config.batch_size * config.grad_accum
