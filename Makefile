@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-all ui setup clean seeds plateau bench dvc-yaml
+.PHONY: run test test-all ui setup clean seeds plateau bench bench-sft dvc-yaml
 
 run: $(STAMP)  ## run the default pipeline (Prefect flow over the DVC stages, tracked in MLflow)
 	$(BIN)/silkfire run $(ARGS)
@@ -63,6 +63,10 @@ ui: $(STAMP)  ## MLflow UI on the project's store: http://127.0.0.1:5000
 BENCH_STAMP := $(VENV)/.installed-bench
 bench: $(BENCH_STAMP)  ## DPO vs TRL benchmark (BENCH_ARGS: e.g. --rounds 7); writes benchmarks/results/dpo_vs_trl-*.json
 	$(BIN)/python benchmarks/dpo_vs_trl.py $(BENCH_ARGS)
+
+# Our SFT vs TRL's SFTTrainer vs a plain torch loop, same protocol (~3 min on 2 cores).
+bench-sft: $(BENCH_STAMP)  ## SFT vs TRL benchmark; writes benchmarks/results/sft_vs_trl-*.json
+	$(BIN)/python benchmarks/sft_vs_trl.py $(BENCH_ARGS)
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
