@@ -175,7 +175,7 @@ def test_flow_sweep_nests_each_pipeline_run_under_the_sweep(prefect_server: None
     """--mode flow: the Prefect flow per point (smoke run; the second point re-runs only `evaluate`)."""
     from mlflow import MlflowClient
 
-    result = run_sweep(["eval.max_items=12,24", "experiment=smoke"], "evaluate.mme.sft.perception",
+    result = run_sweep(["eval.max_items=12,24", "experiment=smoke"], "evaluate.val.mme.sft.perception",
                        mode="flow", name="items", root=project)
     assert result["failed"] == 0 and len(result["points"]) == 2
     client = MlflowClient()
