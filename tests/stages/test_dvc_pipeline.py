@@ -184,6 +184,12 @@ def test_annotate_depends_on_what_its_judge_reads(judge: str, reads: str, tmp_pa
     assert cfg.silkie.judge.reads == reads
     from silkfire.vlfeedback.judges import make_judge
 
+    if judge == "api":  # the cost total rebuilds the client from the judge's settings: reads is not one of them
+        from silkfire.stages.annotate import judge_totals
+
+        part = {"judge_cost_usd": 0.0, "judge_prompt_tokens": 1e6, "judge_completion_tokens": 0.0}
+        judge_cfg = OmegaConf.to_container(cfg.silkie.judge)
+        assert judge_totals(judge_cfg, [part])["judge_cost_usd"] == pytest.approx(2.5)  # $2.5 per 1M prompt tokens
     if judge == "oracle":  # the key is the stage's, not the judge's: the judge is built without it
         from silkfire.models.testing import make_test_world
 

@@ -48,10 +48,10 @@ from silkfire.vlfeedback.template import NA, TEMPLATE_VERSION, na_count, parse_a
 from silkfire.images import CheckedImage, UnsafeImage, check_image
 from silkfire.llm.client import ApiError, ChatClient, ClientConfig, user_message
 
-API_KEYS = ("kind", "cache_dir", "template_file", "template_version", "on_failure", "chunk_size",
+# the api judge's keys that are not its client's settings ("reads": the annotate stage's DVC dep, every judge has it)
+API_KEYS = ("kind", "reads", "cache_dir", "template_file", "template_version", "on_failure", "chunk_size",
             "max_unparsable_attempts")
 MAX_UNPARSABLE_ATTEMPTS = 3
-ORACLE_KEYS = ("kind",)
 
 
 class JudgeError(RuntimeError):
