@@ -48,7 +48,7 @@ SMOKE = [
     "silkie.sample.progress=false",
     "silkie.dpo.max_steps=2", "silkie.dpo.batch_size=4", "silkie.dpo.save_steps=1", "silkie.dpo.logging_steps=1",
     "silkie.dpo.progress=false", "silkie.dpo.ref_batch_size=16", "silkie.dpo.eval_fraction=0.25",
-    "silkie.evaluate.mme_max_items=8", "silkie.evaluate.mmhal_max_items=4", "silkie.evaluate.mmhal_max_new_tokens=6",
+    "silkie.evaluate.mme_max_items=8", "silkie.evaluate.mmhal_max_items=8", "silkie.evaluate.mmhal_max_new_tokens=6",
     "silkie.evaluate.batch_size=16",
     "world.train_scenes=24", "world.val_scenes=2", "world.test_scenes=8",
     "fire.dialogues.train_questions=16", "fire.dialogues.test_questions=4", "fire.dialogues.progress=false",

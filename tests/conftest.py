@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # What a fresh clone holds that the pipeline needs (src/ is hashed by dvc.yaml's code dependencies).
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "conf", "flows", "src", "pipelines", ".dvc/config", ".dvc/.gitignore",
                  ".dvcignore")
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leak() -> Iterator[None]:
+    """mlflow.set_tracking_uri (the stage runner calls it in-process) also exports MLFLOW_TRACKING_URI: without this,
+    the next test's subprocesses (dvc repro -> silkfire stage) track into the previous test's deleted store
+    ("attempt to write a readonly database"; found after benchmarks/gpu_check.py's test)."""
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  (None: back to "not set")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")
