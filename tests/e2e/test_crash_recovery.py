@@ -26,9 +26,11 @@ def _silkfire(project: Path, env: dict[str, str], *args: str) -> subprocess.Pope
 def _first_checkpoint(project: Path, timeout: float) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [p for p in (project / "models").rglob("checkpoint-*") if p.is_dir()] if (project / "models").is_dir() \
-            else []
-        found += [p for p in (project / ".silkfire").rglob("checkpoint-*") if p.is_dir()] \
+        # a complete one (trainer_state.json is written last): a kill during the save leaves a checkpoint the
+        # rerun rightly ignores, and the test would race the writer
+        found = [p for p in (project / "models").rglob("checkpoint-*") if (p / "trainer_state.json").is_file()] \
+            if (project / "models").is_dir() else []
+        found += [p for p in (project / ".silkfire").rglob("checkpoint-*") if (p / "trainer_state.json").is_file()] \
             if (project / ".silkfire").is_dir() else []
         if found:
             return found[0]
