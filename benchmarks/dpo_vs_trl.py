@@ -55,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -440,8 +441,9 @@ def own_cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def spawn(variant: str, args: argparse.Namespace, inputs_file: Path) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--variant", variant, "--inputs", str(inputs_file), "--workdir", args.workdir,
+def spawn(variant: str, args: argparse.Namespace, inputs_file: Path, script: str = __file__) -> dict[str, Any]:
+    """One side (or the check) in a fresh process of ``script`` (this benchmark, or one built on its protocol)."""
+    command = [sys.executable, script, "--variant", variant, "--inputs", str(inputs_file), "--workdir", args.workdir,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
                "--threads", str(args.threads), "--matmul-size", str(args.matmul_size),
                "--matmul-repeats", str(args.matmul_repeats), *(["--keep-bos"] if args.keep_bos else [])]
@@ -466,15 +468,16 @@ def settle(max_load: float, limit: float) -> float:
     return time.monotonic() - started
 
 
-def run_round(index: int, attempt: int, args: argparse.Namespace, inputs_file: Path) -> dict[str, Any]:
+def run_round(index: int, attempt: int, args: argparse.Namespace, inputs_file: Path,
+              sides: Sequence[str] = tuple(VARIANTS), script: str = __file__) -> dict[str, Any]:
     waited = settle(args.max_load, args.settle)
     load_before = os.getloadavg()[0]
-    names = list(VARIANTS)
+    names = list(sides)
     shift = index % len(names)
     order = names[shift:] + names[:shift]  # rotated each round: every side runs in every position
     busy0, wall0 = busy_jiffies()
     own0 = own_cpu_seconds()
-    results = {name: spawn(name, args, inputs_file) for name in order}
+    results = {name: spawn(name, args, inputs_file, script) for name in order}
     busy1, wall1 = busy_jiffies()
     other = (busy1 - busy0) - (own_cpu_seconds() - own0)
     return {"round": index, "attempt": attempt, "order": order, "settle_wait_seconds": waited,
@@ -482,6 +485,23 @@ def run_round(index: int, attempt: int, args: argparse.Namespace, inputs_file: P
             "wall_seconds": wall1 - wall0, "other_processes_cpu_seconds": max(0.0, other),
             "other_processes_cpu_fraction": max(0.0, other) / max(1e-9, (wall1 - wall0) * (os.cpu_count() or 1)),
             "results": results}
+
+
+def run_rounds(args: argparse.Namespace, inputs_file: Path, sides: Sequence[str] = tuple(VARIANTS),
+               script: str = __file__, unit: str = "pairs/s") -> list[dict[str, Any]]:
+    """``args.rounds`` rounds; a round refused for load is run once more (both kept in the list)."""
+    rounds = []
+    for index in range(args.rounds):
+        for attempt in (0, 1):
+            r = run_round(index, attempt, args, inputs_file, sides, script)
+            rounds.append(r)
+            print(f"round {index}{' (again)' if attempt else ''}: load {r['load_before']:.2f} -> "
+                  f"{r['load_after']:.2f}{' REFUSED' if r['refused'] else ''}, {r['wall_seconds']:.0f} s; "
+                  + ", ".join(f"{n} {v['steady_pairs_per_second']:.1f}" for n, v in r["results"].items())
+                  + f" {unit}", flush=True)
+            if not r["refused"]:
+                break
+    return rounds
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -626,17 +646,7 @@ def main() -> None:
                                                                                  check["loss_diff_on"]) > 1e-4:
             print("WARNING: the two sides do not see the same inputs / compute the same loss (see 'check' in the "
                   "JSON): the comparison is not apples to apples", flush=True)
-        rounds = []
-        for index in range(args.rounds):
-            for attempt in (0, 1):
-                r = run_round(index, attempt, args, inputs_file)
-                rounds.append(r)
-                print(f"round {index}{' (again)' if attempt else ''}: load {r['load_before']:.2f} -> "
-                      f"{r['load_after']:.2f}{' REFUSED' if r['refused'] else ''}, {r['wall_seconds']:.0f} s; "
-                      + ", ".join(f"{n} {v['steady_pairs_per_second']:.1f}" for n, v in r["results"].items())
-                      + " pairs/s", flush=True)
-                if not r["refused"]:
-                    break
+        rounds = run_rounds(args, inputs_file)
     meta["rounds"] = rounds
     meta["wall_seconds"] = time.perf_counter() - started
     summary = summarize(rounds, check)

@@ -30,8 +30,6 @@ import datetime as dt
 import json
 import os
 import random
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo_vs_trl import (ROOT, Clock, busy_jiffies, environment, own_cpu_seconds, settle,  # noqa: E402
-                        spread)
+from dpo_vs_trl import ROOT, Clock, environment, run_rounds, spawn, spread  # noqa: E402
 
 LEARNING_RATE = 1e-4
 SIDES = ("ours", "plain", "trl")
@@ -300,39 +297,6 @@ def child(args: argparse.Namespace) -> None:
 
 
 # ---- driver -----------------------------------------------------------------------------------------------------
-def spawn(variant: str, args: argparse.Namespace, inputs_file: Path) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--variant", variant, "--inputs", str(inputs_file), "--workdir", args.workdir,
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
-               "--threads", str(args.threads), "--matmul-size", str(args.matmul_size),
-               "--matmul-repeats", str(args.matmul_repeats), *(["--keep-bos"] if args.keep_bos else [])]
-    threads = str(args.threads)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONHASHSEED": "0"}
-    started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    if completed.returncode != 0 or not lines:
-        raise SystemExit(f"{variant} failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
-    result["process_seconds"] = time.perf_counter() - started
-    return result
-
-
-def run_round(index: int, attempt: int, args: argparse.Namespace, inputs_file: Path) -> dict[str, Any]:
-    waited = settle(args.max_load, args.settle)
-    load_before = os.getloadavg()[0]
-    shift = index % len(SIDES)
-    order = list(SIDES[shift:] + SIDES[:shift])  # rotated: every side runs in every position
-    busy0, wall0 = busy_jiffies()
-    own0 = own_cpu_seconds()
-    results = {name: spawn(name, args, inputs_file) for name in order}
-    busy1, wall1 = busy_jiffies()
-    other = max(0.0, (busy1 - busy0) - (own_cpu_seconds() - own0))
-    return {"round": index, "attempt": attempt, "order": order, "settle_wait_seconds": waited,
-            "load_before": load_before, "load_after": os.getloadavg()[0], "refused": load_before > args.max_load,
-            "wall_seconds": wall1 - wall0, "other_processes_cpu_seconds": other, "results": results}
-
-
 METRICS = {
     "steady_pairs_per_second": "(1) steady-state training, samples/s",
     "end_to_end_pairs_per_second": "(2) end to end incl. data preparation, samples/s",
@@ -405,23 +369,13 @@ def main() -> None:
         inputs = prepare(Path(work), max(args.samples, args.steps * args.batch))
         inputs_file = Path(work) / "inputs.json"
         inputs_file.write_text(json.dumps(inputs))
-        check = spawn("check", args, inputs_file)
+        check = spawn("check", args, inputs_file, __file__)
         print(f"tokens identical: {check['tokens_identical']}; first-batch loss ours {check['loss_ours']:.6f} vs "
               f"TRL {check['loss_trl']:.6f}", flush=True)
         if not check["tokens_identical"] or check["loss_diff"] > 1e-4:
             print("WARNING: the sides do not see the same tokens / compute the same loss (see 'check' in the JSON)",
                   flush=True)
-        rounds = []
-        for index in range(args.rounds):
-            for attempt in (0, 1):
-                r = run_round(index, attempt, args, inputs_file)
-                rounds.append(r)
-                print(f"round {index}{' (again)' if attempt else ''}: load {r['load_before']:.2f} -> "
-                      f"{r['load_after']:.2f}{' REFUSED' if r['refused'] else ''}; "
-                      + ", ".join(f"{n} {v['steady_pairs_per_second']:.1f}" for n, v in r["results"].items())
-                      + " samples/s", flush=True)
-                if not r["refused"]:
-                    break
+        rounds = run_rounds(args, inputs_file, SIDES, __file__, unit="samples/s")
     meta["wall_seconds"] = time.perf_counter() - started
     summary = summarize(rounds, check)
     text = table(summary, check, meta)
