@@ -150,3 +150,11 @@ def test_gate_report_renders_without_network(tmp_path: Path) -> None:
     page = write_html_report(tmp_path).read_text()
     assert "<table>" in page and "<td><code>train.jsonl</code>" in page
     assert "<script" not in page and "http" not in page  # nothing to fetch, nothing to run
+
+
+def test_only_finite_numbers_reach_mlflow() -> None:
+    """One filter for every metrics sink (stage runner, launched SFT, training curves): MLflow takes finite numbers."""
+    from silkfire.train.callbacks import finite_numbers
+
+    values = {"loss": 0.5, "step": 3, "ok": True, "nan": float("nan"), "inf": float("inf"), "name": "x"}
+    assert finite_numbers(values) == {"loss": 0.5, "step": 3.0}

@@ -5,7 +5,6 @@ up to date); and the run table's row of a finished one (:func:`collect_row`, whi
 from __future__ import annotations
 
 import importlib
-import math
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from silkfire.io import write_json
 from silkfire.reporting import METRICS_TABLE_DIR, metrics_table_row
 from silkfire.stages import ALL_STAGES
 from silkfire.tracking.runs import safe_params, stage_run
+from silkfire.train.callbacks import finite_numbers
 
 if TYPE_CHECKING:
     from silkfire.reporting import StageRow
@@ -84,9 +84,7 @@ def run_stage(name: str, root: Path | None = None) -> dict[str, Any]:
         write_json(metrics_path(root, cfg, name), metrics)
         if (row := metrics_table_row(name, metrics)) is not None:
             write_json(root / cfg.paths.metrics / METRICS_TABLE_DIR / f"{name}.json", row)
-        numeric = {k: float(v) for k, v in flatten(metrics).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-        mlflow.log_metrics(numeric)
+        mlflow.log_metrics(finite_numbers(flatten(metrics)))
         mlflow.set_tag("silkfire.summary", module.summary(metrics))
         metrics["mlflow_run_id"] = run.info.run_id
     return metrics

@@ -9,10 +9,9 @@ One name per metric (README "Look at the results"): SFT's rows arrive under the 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from silkfire.train.callbacks import Callback
+from silkfire.train.callbacks import Callback, finite_numbers
 
 
 def mlflow_logger(prefix: str = "") -> Callback:
@@ -22,9 +21,7 @@ def mlflow_logger(prefix: str = "") -> Callback:
     def log(event: str, step: int, values: dict[str, Any]) -> None:
         if event != "log":
             return
-        metrics = {f"{prefix}{key}": float(value) for key, value in values.items()
-                   if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
-                   and math.isfinite(value)}
+        metrics = {f"{prefix}{key}": value for key, value in finite_numbers(values).items() if key != "step"}
         if metrics:
             mlflow.log_metrics(metrics, step=step)
 

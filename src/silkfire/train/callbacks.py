@@ -16,7 +16,7 @@ Under ``accelerate launch`` every process calls its callbacks; the caller adds p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +48,15 @@ def curve_name(key: str) -> str | None:
     return "train/" + key.removeprefix("train_")
 
 
+def finite_numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    """The entries MLflow can log: finite ints and floats (not booleans), as floats."""
+    return {key: float(value) for key, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+
+
 def curve_values(logs: dict[str, Any]) -> dict[str, float]:
     """The finite numbers of a Trainer log event under their curve names."""
-    return {name: float(value) for key, value in logs.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and (name := curve_name(key)) is not None}
+    return {name: value for key, value in finite_numbers(logs).items() if (name := curve_name(key)) is not None}
 
 
 def trainer_bridge(callbacks: Sequence[Callback]) -> Any:

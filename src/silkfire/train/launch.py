@@ -143,12 +143,11 @@ def _start_tracking(cfg: Any, root: Path, overrides: Sequence[str], run_name: st
 
 
 def _finish_tracking(metrics: dict[str, Any], out_dir: Path) -> None:
-    import math
-
     import mlflow
 
-    mlflow.log_metrics({key: float(value) for key, value in metrics.items()
-                        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)})
+    from silkfire.train.callbacks import finite_numbers
+
+    mlflow.log_metrics(finite_numbers(metrics))
     history = out_dir / "history.csv"
     if history.is_file():
         mlflow.log_artifact(str(history), artifact_path="curves")
